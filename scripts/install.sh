@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs everything the sidecar and its tests need on a fresh Debian machine:
+# dcmtk, Orthanc and dicom3tools from apt, the Python stack into .venv with torch pinned
+# (unpinned, a CUDA build of several GB would come along). Idempotent and quiet on re-runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+need=()
+command -v storescu >/dev/null || need+=(dcmtk)
+command -v Orthanc >/dev/null || need+=(orthanc)
+command -v dciodvfy >/dev/null || need+=(dicom3tools)
+if [ ${#need[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+# Debian's orthanc package may start a system instance on 4242/8042; ours runs on free ports,
+# so it is left alone.
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+if [ ! -f "$stamp" ]; then
+  .venv/bin/pip install -q --disable-pip-version-check torch==2.13.0 -e '.[dev]'
+  touch "$stamp"
+fi

@@ -1,0 +1,28 @@
+"""Named DIMSE status codes (PS3.4 Annex B.2.3 for C-STORE, PS3.7 Annex C).
+
+Handlers return these names, never raw hex.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class StoreStatus(IntEnum):
+    SUCCESS = 0x0000
+    # Warnings
+    COERCION_OF_DATA_ELEMENTS = 0xB000
+    ELEMENTS_DISCARDED = 0xB006
+    DATASET_DOES_NOT_MATCH_SOP_CLASS_WARNING = 0xB007
+    # Failures
+    REFUSED_OUT_OF_RESOURCES = 0xA700
+    DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+    CANNOT_UNDERSTAND = 0xC000
+    REFUSED_SOP_CLASS_NOT_SUPPORTED = 0x0122
+    REFUSED_NOT_AUTHORIZED = 0x0124
+    PROCESSING_FAILURE = 0x0110
+    DUPLICATE_SOP_INSTANCE = 0x0111
+
+
+class EchoStatus(IntEnum):
+    SUCCESS = 0x0000
