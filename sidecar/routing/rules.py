@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Strict(BaseModel):
@@ -22,6 +22,12 @@ class IntRange(_Strict):
     min: int | None = None
     max: int | None = None
 
+    @model_validator(mode="after")
+    def _ordered(self) -> IntRange:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) must not exceed max ({self.max})")
+        return self
+
 
 class Match(_Strict):
     """Header conditions; every condition given must hold. Lists mean "any of".
@@ -29,6 +35,15 @@ class Match(_Strict):
     String comparisons of coded values (Modality, BodyPartExamined, Manufacturer, calling AE)
     are case-insensitive. `*_regex` fields are Python regular expressions searched
     (not anchored) case-insensitively. A missing tag never matches a condition on it.
+
+    ImageType (0008,0008) is multi-valued; its values are compared case-insensitively, and a
+    missing ImageType fails `image_type_excludes` too. NumberOfFrames (0028,0008) absent counts
+    as 1 (a single-frame object); a non-integer value fails the condition. A predicate that
+    raises, or whose name no model contributes, fails its condition in `predicates` and
+    `not_predicates` alike: an unknown cue never sends a series to a model.
+
+    A list given must name at least one value: an empty list could never match and is rejected
+    when the file is loaded rather than silently disabling the rule.
     """
 
     modality: list[str] | None = None
@@ -44,6 +59,25 @@ class Match(_Strict):
     calling_ae: list[str] | None = None
     predicates: list[str] | None = None  # model-contributed, e.g. "us.has_doppler"; all must hold
     not_predicates: list[str] | None = None  # none of these may hold
+
+    @field_validator(
+        "modality",
+        "body_part",
+        "image_type_contains",
+        "image_type_excludes",
+        "sop_class_uid",
+        "calling_ae",
+        "predicates",
+        "not_predicates",
+    )
+    @classmethod
+    def _non_empty(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None:
+            if not v:
+                raise ValueError("at least one value (leave the key out to not test it)")
+            if any(not item.strip() for item in v):
+                raise ValueError("values must not be blank")
+        return v
 
     @field_validator(
         "series_description_regex",

@@ -1,0 +1,135 @@
+"""Model id -> factory, weights verification, warm-up, and the predicates models give the router.
+
+Factories and predicates are named here as "module:attribute" strings of this package, so a model
+that is not installed (its module missing) is simply unavailable, never a crash at import. Nothing
+in configuration is imported or evaluated: configuration names a model id, and only ids listed here
+(or handed in by a test) can be built.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydicom import Dataset
+
+from models.base import ClinicalModel
+
+Predicate = Callable[[Dataset], bool]
+Factory = Callable[..., ClinicalModel]
+
+#: model id -> "module:function"; the function is called as f(weights=Path|None, options=dict).
+FACTORIES: dict[str, str] = {
+    "lge_qa": "models.lge_qa.wrapper:build",
+    "us_synovitis": "models.us_synovitis.wrapper:build",
+    "gout_mtp1": "models.gout_mtp1.wrapper:build",
+    "breast_elastography": "models.elastography.wrapper:build",
+    "hand_joints": "models.hand_joints.wrapper:build",
+}
+
+#: predicate name -> "module:function" taking a Dataset (header only) and returning bool.
+PREDICATES: dict[str, str] = {
+    "mr.is_lge_psir": "models.lge_qa.routing:is_lge_psir",
+    "us.has_doppler": "models.us.predicates:has_doppler",
+    "us.is_cine": "models.us.predicates:is_cine",
+}
+
+#: predicate name -> "module:function" taking a Dataset and returning [(cue, ok, detail)], so
+#: `sidecar route explain` can show each cue a predicate weighed.
+PREDICATE_EXPLAINERS: dict[str, str] = {
+    "mr.is_lge_psir": "models.lge_qa.routing:explain_cues",
+}
+
+
+class ModelUnavailable(Exception):
+    """A model cannot be built: not installed, weights missing or wrong. The message says which."""
+
+
+def _resolve(target: str) -> Any:
+    module, _, attr = target.partition(":")
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name and (module == exc.name or module.startswith(exc.name + ".")):
+            raise ModelUnavailable(f"module {module} is not installed") from exc
+        raise
+    try:
+        return getattr(mod, attr)
+    except AttributeError as exc:
+        raise ModelUnavailable(f"{module} has no {attr}") from exc
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_weights(path: Path | None, expected_sha256: str | None) -> None:
+    """Refuse weights that are missing or whose SHA-256 differs from the configured value."""
+    if path is None:
+        return
+    if not path.is_file():
+        raise ModelUnavailable(f"weights file {path} does not exist")
+    if expected_sha256 is not None:
+        actual = sha256_of(path)
+        if actual != expected_sha256:
+            raise ModelUnavailable(
+                f"weights file {path} has SHA-256 {actual[:16]}..., configuration expects {expected_sha256[:16]}..."
+            )
+
+
+def load_predicates(extra: Mapping[str, Predicate] | None = None) -> dict[str, Predicate]:
+    """The predicates whose modules are installed (plus `extra`)."""
+    out: dict[str, Predicate] = {}
+    for name, target in PREDICATES.items():
+        try:
+            out[name] = _resolve(target)
+        except ModelUnavailable:
+            continue
+    out.update(extra or {})
+    return out
+
+
+def load_predicate_explainers() -> dict[str, Callable[[Dataset], list[tuple[str, bool, str]]]]:
+    """The cue explainers whose modules are installed."""
+    out = {}
+    for name, target in PREDICATE_EXPLAINERS.items():
+        try:
+            out[name] = _resolve(target)
+        except ModelUnavailable:
+            continue
+    return out
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What is needed to build one model (from conf/models.yaml)."""
+
+    model_id: str
+    weights: Path | None
+    sha256: str | None
+    options: Mapping[str, Any]
+
+
+def build_model(spec: ModelSpec, factories: Mapping[str, str | Factory] | None = None) -> ClinicalModel:
+    """Verify weights, build the model and warm it; `ModelUnavailable` says why it cannot be."""
+    table: dict[str, str | Factory] = {**FACTORIES, **(factories or {})}
+    target = table.get(spec.model_id)
+    if target is None:
+        raise ModelUnavailable(f"no model with id {spec.model_id!r} is known")
+    factory: Factory = _resolve(target) if isinstance(target, str) else target
+    verify_weights(spec.weights, spec.sha256)
+    model = factory(weights=spec.weights, options=dict(spec.options))
+    if not isinstance(model, ClinicalModel):
+        raise ModelUnavailable(f"factory for {spec.model_id!r} did not return a ClinicalModel")
+    warm = getattr(model, "warm_up", None)
+    if callable(warm):
+        warm()
+    return model

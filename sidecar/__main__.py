@@ -1,0 +1,68 @@
+"""Command line: serve, route explain, status, replay, demo. Argument parsing only; no logic."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from sidecar import commands
+from sidecar.errors import ConfigError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="sidecar",
+        description="DICOM AI sidecar: receives series by C-STORE, runs clinical models, returns "
+        "DICOM SR and images. Bundled demo weights are NOT FOR CLINICAL USE.",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def with_config(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--config", type=Path, default=Path("conf"),
+                        help="folder holding sidecar.yaml, routes.yaml and models.yaml (default: conf)")
+
+    sp = sub.add_parser("serve", help="run the service until interrupted")
+    with_config(sp)
+
+    rp = sub.add_parser("route", help="routing tools")
+    rsub = rp.add_subparsers(dest="route_command", required=True)
+    ex = rsub.add_parser("explain", help="which route each file matches, rule by rule and cue by cue")
+    with_config(ex)
+    ex.add_argument("paths", nargs="+", type=Path, help="DICOM files or folders")
+
+    st = sub.add_parser("status", help="journal summary: series, jobs, outbox, dead letters")
+    with_config(st)
+
+    rep = sub.add_parser("replay", help="re-run a stored series; the new results supersede the old")
+    with_config(rep)
+    rep.add_argument("series_uid", help="Series Instance UID of a series in the journal")
+    rep.add_argument("--run", action="store_true",
+                     help="run the jobs in this process instead of leaving them to a running sidecar")
+
+    dm = sub.add_parser("demo", help="a sidecar and a PACS stand-in on loopback; push phantoms; show results")
+    dm.add_argument("--keep", type=Path, default=None, help="keep the demo's files in this folder")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return commands.serve(args.config)
+        if args.command == "route":
+            return commands.route_explain(args.config, args.paths)
+        if args.command == "status":
+            return commands.status(args.config)
+        if args.command == "replay":
+            return commands.replay(args.config, args.series_uid, run=args.run)
+        if args.command == "demo":
+            return commands.demo(args.keep)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""Composition root: builds every component from settings, starts and stops them in order.
+
+Start order: journal (recover), spool (sweep partial writes), models (load, verify, warm),
+sender (echo destinations), worker, assembler (recover timers and owed jobs), scheduler,
+listener last, so nothing is acknowledged before everything behind it runs. Stop is the reverse.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from models.base import ClinicalModel
+from models.registry import Factory, ModelSpec, ModelUnavailable, Predicate, build_model, load_predicates
+from sidecar.alerts.fanout import AlertChannel, AlertFanout, LogChannel, WebhookChannel
+from sidecar.assembly.assembler import SeriesAssembler
+from sidecar.assembly.timers import SchedulerTimers, Timers
+from sidecar.journal import Journal
+from sidecar.logging import register_phi
+from sidecar.net.listener import Listener, ListenerConfig
+from sidecar.net.sender import Sender
+from sidecar.net.spool import Spool
+from sidecar.net.transport import StoreTransport
+from sidecar.pipeline.worker import Worker
+from sidecar.routing import validate_routes
+from sidecar.routing.rules import Route
+from sidecar.settings import DicomAlertChannel, LogAlertChannel, Settings, WebhookAlertChannel
+
+log = structlog.get_logger("sidecar.app")
+
+
+@dataclass
+class Seams:
+    """What a test may swap: extra model factories, predicates, transports, timers, clock."""
+
+    factories: Mapping[str, str | Factory] = field(default_factory=dict)
+    predicates: Mapping[str, Predicate] = field(default_factory=dict)
+    transports: Mapping[str, StoreTransport] | None = None
+    timers: Timers | None = None
+    clock: Any = time.time
+
+
+def load_models(settings: Settings, routes: list[Route], factories: Mapping[str, str | Factory]) -> tuple[
+    dict[str, ClinicalModel], dict[str, str]
+]:
+    """Build every model a route needs; returns (models, {model_id: why unavailable})."""
+    wanted = {r.model for r in routes if r.enabled}
+    models: dict[str, ClinicalModel] = {}
+    unavailable: dict[str, str] = {}
+    for model_id in sorted(wanted):
+        entry = settings.models.get(model_id)
+        if entry is None:
+            unavailable[model_id] = "not listed in models.yaml"
+            continue
+        if not entry.enabled:
+            unavailable[model_id] = "disabled in models.yaml"
+            continue
+        spec = ModelSpec(model_id, settings.model_weights(model_id), entry.sha256, entry.options)
+        try:
+            models[model_id] = build_model(spec, factories)
+        except ModelUnavailable as exc:
+            unavailable[model_id] = str(exc)
+    return models, unavailable
+
+
+class Sidecar:
+    """The running service."""
+
+    def __init__(self, settings: Settings, seams: Seams | None = None) -> None:
+        self.settings = settings
+        self.seams = seams or Seams()
+        svc = settings.service
+        self.journal = Journal(svc.journal, clock=self.seams.clock)
+        self.spool = Spool(svc.spool_dir, svc.limits.min_free_disk_bytes)
+        self.models, self.unavailable = load_models(settings, settings.routes, self.seams.factories)
+        for model_id, why in self.unavailable.items():
+            names = [r.name for r in settings.routes if r.model == model_id]
+            log.warning("routes_disabled_model_unavailable", model=model_id, routes=names, reason=why)
+        self.predicates = load_predicates(self.seams.predicates)
+        for warning in validate_routes(settings.routes, self.predicates.keys()):
+            log.warning("route_warning", detail=warning)
+        self.scheduler = BackgroundScheduler(timezone="UTC")
+        self.sender = Sender(self.journal, svc.destinations, svc.sender, svc.ae_title,
+                             transports=self.seams.transports, clock=self.seams.clock)
+        channels: list[AlertChannel] = []
+        alert_destinations: list[str] = []
+        for ch in svc.alert_channels:
+            if isinstance(ch, LogAlertChannel):
+                channels.append(LogChannel())
+            elif isinstance(ch, WebhookAlertChannel):
+                token = ch.token.get_secret_value() if ch.token else None
+                channels.append(WebhookChannel(ch.url, token, ch.timeout_s))
+            elif isinstance(ch, DicomAlertChannel):
+                alert_destinations.append(ch.destination)
+        self.worker = Worker(
+            self.journal, self.models, settings.routes, svc.results_dir,
+            alert_destinations=alert_destinations, fanout=AlertFanout(channels),
+            on_results_queued=self.sender.notify, poll_s=svc.worker.poll_s,
+            torch_threads=svc.worker.torch_threads,
+        )
+        self.timers = self.seams.timers or SchedulerTimers(self.scheduler, self.seams.clock)
+        self.assembler = SeriesAssembler(
+            self.journal, settings.routes, self.predicates,
+            {m: model.card.version for m, model in self.models.items()}, self.timers,
+            on_job_queued=self.worker.notify,
+        )
+        self.listener = Listener(
+            ListenerConfig(
+                ae_title=svc.ae_title, bind_host=svc.bind_host, port=svc.port,
+                max_instance_bytes=svc.limits.max_instance_bytes,
+                max_associations=svc.limits.max_associations, max_pdu_bytes=svc.limits.max_pdu_bytes,
+                calling_ae_titles=tuple(svc.access.calling_ae_titles),
+                require_called_ae_title=svc.access.require_called_ae_title,
+            ),
+            self.spool, self.journal, on_instance=self.assembler.on_instance,
+            on_release=self.assembler.on_release, on_phi=register_phi,
+        )
+        self._started = False
+        self._stopped = threading.Event()
+
+    @property
+    def port(self) -> int:
+        return self.listener.port
+
+    def start(self) -> None:
+        requeued = self.journal.recover()
+        swept = self.spool.sweep_partials()
+        log.info("sidecar_starting", requeued_jobs=requeued, partial_files_removed=swept,
+                 models=sorted(self.models), unavailable=sorted(self.unavailable))
+        self.sender.start()
+        self.worker.start()
+        self.assembler.start()
+        self.scheduler.start()
+        self.scheduler.add_job(self._retention_sweep, "interval", seconds=60, id="retention",
+                               replace_existing=True)
+        self.assembler.recover()
+        self.listener.start()
+        self._started = True
+        log.info("sidecar_ready", port=self.port, ae_title=self.settings.service.ae_title)
+
+    def stop(self) -> None:
+        if not self._started:
+            return
+        self.listener.stop()
+        self.assembler.stop()
+        self.worker.stop()
+        self.sender.stop()
+        self.scheduler.shutdown(wait=False)
+        self.journal.close()
+        self._started = False
+        self._stopped.set()
+        log.info("sidecar_stopped")
+
+    def wait(self) -> None:
+        self._stopped.wait()
+
+    def _retention_sweep(self) -> int:
+        """Remove spooled instances whose series were delivered longer ago than the retention time."""
+        cutoff = self.seams.clock() - self.settings.service.sender.retention_s
+        n = 0
+        for inst in self.journal.deletable_instances(cutoff):
+            self.spool.remove(Path(inst.path))
+            self.journal.mark_deleted(inst.sop_instance_uid)
+            n += 1
+        if n:
+            log.info("spool_retention_sweep", removed=n)
+        return n

@@ -1,0 +1,123 @@
+"""What each CLI command does (the parser in __main__ only dispatches here)."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import FrameType
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from models.registry import load_predicate_explainers, load_predicates
+from sidecar.app import Sidecar, load_models
+from sidecar.assembly.assembler import SeriesAssembler
+from sidecar.assembly.timers import FakeTimers
+from sidecar.journal import Journal
+from sidecar.logging import configure_logging
+from sidecar.pipeline.worker import Worker
+from sidecar.routing import explain, route
+from sidecar.settings import load_settings
+
+
+def serve(config_dir: Path) -> int:
+    settings = load_settings(config_dir)
+    configure_logging(settings.service.log_level, settings.service.log_format)
+    app = Sidecar(settings)
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        app.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    app.start()
+    app.wait()
+    return 0
+
+
+def _dicom_files(paths: Sequence[Path]) -> Iterator[Path]:
+    for p in paths:
+        if p.is_dir():
+            yield from sorted(f for f in p.rglob("*") if f.is_file())
+        else:
+            yield p
+
+
+def route_explain(config_dir: Path, paths: Sequence[Path], out: object = None) -> int:
+    """Print, for each file, which rule matched and why; exit 0 when every file was readable."""
+    settings = load_settings(config_dir)
+    predicates = load_predicates()
+    explainers = load_predicate_explainers()
+    stream = out or sys.stdout
+    bad = 0
+    for path in _dicom_files(paths):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except (InvalidDicomError, OSError, ValueError) as exc:
+            print(f"{path}: not a readable DICOM file ({type(exc).__name__})", file=stream)  # type: ignore[call-overload]
+            bad += 1
+            continue
+        decision = route(settings.routes, ds, calling_ae=None, predicates=predicates, available_models=None)
+        print(explain(decision, str(path)), file=stream)  # type: ignore[call-overload]
+        wanted = {p for r in settings.routes for p in (r.match.predicates or [])}
+        for name in sorted(wanted & explainers.keys()):
+            print(f"  cues of predicate {name}:", file=stream)  # type: ignore[call-overload]
+            for cue, ok, detail in explainers[name](ds):
+                print(f"    {'✓' if ok else '✗'} {cue}: {detail}", file=stream)  # type: ignore[call-overload]
+        if decision.route is not None and decision.route.model not in settings.models:
+            print(f"  note: model {decision.route.model!r} is not in models.yaml; the route is disabled",
+                  file=stream)  # type: ignore[call-overload]
+    return 1 if bad else 0
+
+
+def status(config_dir: Path) -> int:
+    settings = load_settings(config_dir)
+    journal = Journal(settings.service.journal)
+    summary = journal.summary()
+    print(f"journal: {settings.service.journal}")
+    for section in ("series", "jobs", "outbox"):
+        counts = summary[section]
+        body = ", ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "(none)"
+        print(f"{section}: {body}")
+    dead = journal.dead_letters()
+    print(f"dead letters: {len(dead)}")
+    for item in dead[:20]:
+        print(f"  {item.destination} {item.sop_instance_uid}: {item.last_error}")
+    failed = journal.failed_jobs()
+    print(f"failed jobs: {len(failed)}")
+    for job in failed[:20]:
+        print(f"  job {job.id} {job.model_id}: {job.reason}")
+    journal.close()
+    return 0
+
+
+def replay(config_dir: Path, series_uid: str, *, run: bool = False) -> int:
+    settings = load_settings(config_dir)
+    configure_logging(settings.service.log_level, settings.service.log_format)
+    models, unavailable = load_models(settings, settings.routes, {})
+    journal = Journal(settings.service.journal)
+    assembler = SeriesAssembler(journal, settings.routes, load_predicates(),
+                                {m: model.card.version for m, model in models.items()}, FakeTimers())
+    try:
+        revision = assembler.replay(series_uid)
+    except KeyError:
+        print(f"no series {series_uid} in the journal", file=sys.stderr)
+        return 1
+    print(f"series queued again as revision {revision}")
+    if run:
+        worker = Worker(journal, models, settings.routes, settings.service.results_dir)
+        outcomes = worker.drain()
+        print(f"ran {len(outcomes)} jobs: {sum(o.ok for o in outcomes)} ok; a running sidecar sends the results")
+    else:
+        print("a running sidecar picks the jobs up")
+    journal.close()
+    return 0
+
+
+def demo(keep: Path | None) -> int:
+    from sidecar.demo import run_demo  # the demo alone may make phantom data
+
+    return run_demo(keep)
+

@@ -1,0 +1,105 @@
+"""The few header facts the sidecar needs from an instance, checked before anything is kept.
+
+`read_header` raises `InvalidInstance` (DIMSE "cannot understand") for missing or invalid UIDs,
+a missing Modality, pixel data shorter than its header says, and `InstanceRefused` for absurd
+dimensions. A missing optional tag never raises.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydicom import Dataset
+from pydicom.uid import UID
+
+from sidecar.dicom.uids import is_valid_uid
+from sidecar.errors import InstanceRefused, InvalidInstance
+
+
+@dataclass(frozen=True)
+class InstanceHeader:
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_uid: str
+    series_uid: str
+    modality: str
+    number_of_frames: int
+    expected_count: int | None  # instances the series should hold, when the header says
+    phi: tuple[str, ...]  # patient name/ID/birth date strings, for the log scrubber only
+
+
+def _get(ds: Dataset, keyword: str) -> object:
+    try:
+        return ds.get(keyword)
+    except Exception as exc:  # a malformed element raises on access
+        raise InvalidInstance(f"{keyword} cannot be read: {type(exc).__name__}") from exc
+
+
+def _uid(ds: Dataset, keyword: str) -> str:
+    value = _get(ds, keyword)
+    text = str(value).strip().rstrip("\x00") if value is not None else ""
+    if not text:
+        raise InvalidInstance(f"{keyword} is missing or empty")
+    if not is_valid_uid(text):
+        raise InvalidInstance(f"{keyword} is not a valid UID")
+    return text
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    try:
+        value = ds.get(keyword)
+        return int(value) if value not in (None, "") else None
+    except Exception:
+        return None
+
+
+def read_header(ds: Dataset, *, max_pixels: int = 1 << 31, dataset_bytes: int | None = None) -> InstanceHeader:
+    """Check and extract what routing, assembly and the spool need."""
+    sop_class = _uid(ds, "SOPClassUID")
+    sop_instance = _uid(ds, "SOPInstanceUID")
+    study = _uid(ds, "StudyInstanceUID")
+    series = _uid(ds, "SeriesInstanceUID")
+    modality = str(_get(ds, "Modality") or "").strip()
+    if not modality:
+        raise InvalidInstance("Modality is missing or empty")
+    frames = _int(ds, "NumberOfFrames") or 1
+    if frames < 1:
+        raise InvalidInstance("NumberOfFrames is not a positive integer")
+    if "PixelData" in ds:
+        _check_pixels(ds, frames, max_pixels)
+    expected: int | None = None
+    if frames > 1:
+        expected = 1  # one multi-frame object is the whole series
+    else:
+        for kw in ("ImagesInAcquisition", "CardiacNumberOfImages"):
+            n = _int(ds, kw)
+            if n and n > 0:
+                expected = n
+                break
+    phi = tuple(
+        s for s in (str(ds.get(k, "") or "").strip() for k in ("PatientName", "PatientID", "PatientBirthDate"))
+        if len(s) >= 3
+    )
+    return InstanceHeader(sop_class, sop_instance, study, series, modality, frames, expected, phi)
+
+
+def _check_pixels(ds: Dataset, frames: int, max_pixels: int) -> None:
+    rows, cols = _int(ds, "Rows"), _int(ds, "Columns")
+    if not rows or not cols or rows < 1 or cols < 1:
+        raise InvalidInstance("pixel data without valid Rows and Columns")
+    samples = _int(ds, "SamplesPerPixel") or 1
+    bits = _int(ds, "BitsAllocated") or 0
+    if bits not in (1, 8, 16, 32, 64):
+        raise InvalidInstance("BitsAllocated is not 1, 8, 16, 32 or 64")
+    n_pixels = rows * cols * frames * samples
+    if n_pixels > max_pixels:
+        raise InstanceRefused(f"image dimensions too large ({rows}x{cols}x{frames}x{samples})")
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if ts is not None and not UID(str(ts)).is_compressed:
+        expected = (n_pixels * bits + 7) // 8
+        try:
+            actual = len(ds.PixelData)
+        except Exception as exc:
+            raise InvalidInstance(f"pixel data cannot be read: {type(exc).__name__}") from exc
+        if actual < expected:
+            raise InvalidInstance(f"pixel data is {actual} bytes, header needs {expected}")

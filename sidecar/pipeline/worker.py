@@ -1,0 +1,202 @@
+"""The inference worker: takes journal jobs by priority, runs the model, writes and queues results.
+
+Streaming (`instance`) jobs have the lowest priority number and run first. Each job has one
+error boundary: a failure marks the job failed with its reason and the worker goes on. Results
+are written durably under the results folder before the job is marked done, and the job's
+completion and its outbox entries are one journal transaction; result UIDs are derived, so a
+job re-run after a crash produces the same objects and the outbox does not queue them twice.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+import structlog
+from pydicom import Dataset
+
+from models.base import ClinicalModel
+from models.findings import Findings
+from sidecar.alerts.fanout import Alert, AlertFanout
+from sidecar.dicom.uids import is_valid_uid
+from sidecar.errors import ModelError, ResultError
+from sidecar.journal import Job, Journal
+from sidecar.net.spool import Spool
+from sidecar.results import build_results
+from sidecar.results.alert_image import build_alert_image
+from sidecar.routing.rules import Route
+
+log = structlog.get_logger("sidecar.worker")
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    job_id: int
+    ok: bool
+    n_results: int
+    reason: str = ""
+
+
+class Worker:
+    """One thread running jobs one at a time (models keep their weights warm between jobs)."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        models: Mapping[str, ClinicalModel],
+        routes: Sequence[Route],
+        results_dir: Path,
+        *,
+        alert_destinations: Sequence[str] = (),
+        fanout: AlertFanout | None = None,
+        on_results_queued: Callable[[], None] = lambda: None,
+        poll_s: float = 0.2,
+        torch_threads: int | None = None,
+    ) -> None:
+        self.journal = journal
+        self.models = dict(models)
+        self.routes = {r.name: r for r in routes}
+        self.store = Spool(results_dir)
+        self.alert_destinations = list(alert_destinations)
+        self.fanout = fanout or AlertFanout([])
+        self._on_results_queued = on_results_queued
+        self.poll_s = poll_s
+        self.torch_threads = torch_threads
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def notify(self) -> None:
+        self._wake.set()
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="worker", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            self._thread = None
+
+    def _run(self) -> None:
+        if self.torch_threads:
+            import torch
+
+            torch.set_num_threads(self.torch_threads)
+        while not self._stop.is_set():
+            if self.run_once() is None:
+                self._wake.wait(self.poll_s)
+                self._wake.clear()
+
+    def run_once(self) -> JobOutcome | None:
+        """Claim and run one job; None when the queue is empty."""
+        job = self.journal.claim_job()
+        if job is None:
+            return None
+        return self.run_job(job)
+
+    def drain(self) -> list[JobOutcome]:
+        """Run jobs until none is queued (tests, replay)."""
+        out = []
+        while (o := self.run_once()) is not None:
+            out.append(o)
+        return out
+
+    # -- one job ---------------------------------------------------------------------------
+
+    def run_job(self, job: Job) -> JobOutcome:
+        started = time.perf_counter()
+        try:
+            n = self._execute(job)
+        except Exception as exc:  # boundary: a failing job never stops the worker
+            reason = f"{type(exc).__name__}: {exc}"
+            log.error("job_failed", job_id=job.id, model=job.model_id, reason=reason[:300])
+            self.journal.fail_job(job.id, reason)
+            return JobOutcome(job.id, False, 0, reason)
+        log.info("job_done", job_id=job.id, model=job.model_id, n_results=n,
+                 ms=round((time.perf_counter() - started) * 1000, 1), streaming=bool(job.instance_uid))
+        self._on_results_queued()
+        return JobOutcome(job.id, True, n)
+
+    def _execute(self, job: Job) -> int:
+        model = self.models.get(job.model_id)
+        if model is None:
+            raise ModelError(f"model {job.model_id!r} is not loaded")
+        if model.card.version != job.model_version:
+            raise ModelError(
+                f"job wants {job.model_id} {job.model_version}, loaded version is {model.card.version}"
+            )
+        rule = self.routes.get(job.route)
+        if rule is None:
+            raise ModelError(f"route {job.route!r} no longer exists")
+        if job.instance_uid:
+            inst = self.journal.instance(job.instance_uid)
+            stored = [inst] if inst is not None else []
+        else:
+            stored = self.journal.instances(job.series_uid)
+        if not stored:
+            raise ModelError("no stored instances for this job")
+        datasets = [pydicom.dcmread(s.path) for s in stored]
+        findings = model.predict(model.prepare(datasets))
+        input_uid = job.instance_uid or job.series_uid
+        kind = "instance" if job.instance_uid else "series"
+        objects = build_results(findings, datasets, model.card, [o for o in rule.outputs if o != "alert"],
+                                input_uid=input_uid, kind=kind, revision=job.revision)
+        queued: list[tuple[str, str, str]] = []
+        for ds in objects:
+            path = self._write(job, ds)
+            for dest in rule.destinations:
+                queued.append((dest, str(ds.SOPInstanceUID), str(path)))
+        if "alert" in rule.outputs:
+            queued.extend(self._alerts(job, findings, datasets[0], input_uid))
+        self.journal.complete_job(job.id, queued, detail=f"{len(objects)} objects")
+        return len(objects)
+
+    def _write(self, job: Job, ds: Dataset) -> Path:
+        sop = str(ds.SOPInstanceUID)
+        if not is_valid_uid(sop) or not is_valid_uid(job.series_uid):
+            raise ResultError("result has an invalid UID")
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        path = self.store.root / job.series_uid / f"{sop}.dcm"
+        self.store.write(path, buf.getvalue())
+        return path
+
+    def _alerts(self, job: Job, findings: Findings, source: Dataset, input_uid: str) -> list[tuple[str, str, str]]:
+        queued: list[tuple[str, str, str]] = []
+        for c in findings.alerts:
+            key = f"{job.model_id}:{input_uid}:{c.label}:r{job.revision}"
+            p = float(c.probabilities[c.label])
+            inst_no = _int_or_none(source.get("InstanceNumber"))
+            lines = (
+                "AI QA ALERT - NOT FOR CLINICAL USE" if findings.not_for_clinical_use else "AI QA ALERT",
+                f"Model: {job.model_id} {job.model_version}",
+                f"Series {source.get('SeriesNumber', '?')}  image {inst_no if inst_no is not None else '?'}",
+                f"Result: {c.label.replace('_', ' ')} (p = {p:.2f})",
+                "Consider repeating this slice.",
+            )
+            # Log/webhook once per key; the DICOM alert image goes through the outbox, whose
+            # unique (destination, SOP Instance UID) keeps a rerun from sending it twice.
+            if self.journal.add_alert(job.series_uid, key, " | ".join(lines), job.id):
+                self.fanout.publish(Alert(job.series_uid, key, job.model_id, c.label, p, lines, inst_no))
+            if self.alert_destinations:
+                image = build_alert_image(list(lines), source, input_uid=f"{input_uid}", model_id=job.model_id,
+                                          model_version=job.model_version, revision=job.revision)
+                path = self._write(job, image)
+                queued.extend((d, str(image.SOPInstanceUID), str(path)) for d in self.alert_destinations)
+        return queued
+
+
+def _int_or_none(v: object) -> int | None:
+    try:
+        return int(v)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,164 @@
+"""Secondary Capture images (PS3.3 A.8.1) of model-generated pictures, in the source study.
+
+highdicom's SCImage copies patient and study from the source. When the result is not for
+clinical use, "NOT FOR CLINICAL USE" is in the SeriesDescription and ImageComments and burned
+into the pixels (BurnedInAnnotation YES), so every viewer shows it.
+"""
+
+from __future__ import annotations
+
+import highdicom as hd
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from pydicom import Dataset
+
+from models.base import ModelCard
+from models.findings import GeneratedImage
+from sidecar.dicom import codes
+from sidecar.dicom.uids import result_uid, short_uid
+from sidecar.errors import ResultError
+from sidecar.results.sr import series_description
+
+SC_SERIES_NUMBER = 9902
+_BIPED = {"A", "P", "R", "L", "H", "F"}
+# Direction cosine axis -> letter of the direction it points to (PS3.3 C.7.6.1.1.1).
+_AXIS_LETTERS = (("L", "R"), ("P", "A"), ("H", "F"))
+
+
+def load_font(size_px: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """PIL's bundled default font at `size_px` (no font files needed on the host)."""
+    return ImageFont.load_default(size=size_px)
+
+
+def patient_orientation(source: Dataset) -> tuple[str, str] | None:
+    """Row/column directions of `source` as single biped letters, or None when unknown.
+
+    Taken from PatientOrientation, else from the dominant axis of ImageOrientationPatient.
+    """
+    value = source.get("PatientOrientation")
+    if value and len(value) == 2 and all(v and v[0] in _BIPED for v in value):
+        return (value[0][0], value[1][0])
+    iop = source.get("ImageOrientationPatient")
+    if iop and len(iop) == 6:
+        letters = []
+        for cosines in (iop[:3], iop[3:]):
+            axis = int(np.argmax(np.abs(np.asarray(cosines, dtype=float))))
+            positive, negative = _AXIS_LETTERS[axis]
+            letters.append(positive if float(cosines[axis]) > 0 else negative)
+        return (letters[0], letters[1])
+    return None
+
+
+def source_reference(source: Dataset) -> Dataset:
+    """A Source Image Sequence item pointing at `source` (General Image module)."""
+    item = Dataset()
+    item.ReferencedSOPClassUID = source.SOPClassUID
+    item.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    return item
+
+
+def burn_in_notice(pixels: np.ndarray, text: str) -> np.ndarray:
+    """A copy of `pixels` with `text` in white on a black band across the top."""
+    mode = "RGB" if pixels.ndim == 3 else "L"
+    image = Image.fromarray(pixels, mode=mode)
+    height = max(8, min(image.height // 8, 24))
+    font = load_font(max(6, height - 4))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((0, 0, image.width - 1, height), fill=(0, 0, 0) if mode == "RGB" else 0)
+    draw.text((2, 1), text, fill=(255, 255, 255) if mode == "RGB" else 255, font=font)
+    return np.asarray(image, dtype=np.uint8).copy()
+
+
+def secondary_capture(
+    pixels: np.ndarray,
+    photometric: str,
+    source: Dataset,
+    *,
+    series_uid: str,
+    series_number: int,
+    sop_uid: str,
+    instance_number: int,
+    manufacturer: str,
+    description: str,
+    comments: str,
+    burned_in: bool,
+    model_name: str | None = None,
+    software_version: str | None = None,
+) -> Dataset:
+    """An 8-bit SCImage in `source`'s study that references `source` (shared by SC and alerts)."""
+    orientation = patient_orientation(source)
+    laterality = source.get("ImageLaterality") or source.get("Laterality")
+    try:
+        sc = hd.sc.SCImage.from_ref_dataset(
+            ref_dataset=source,
+            pixel_array=pixels,
+            photometric_interpretation=photometric,
+            bits_allocated=8,
+            coordinate_system=hd.CoordinateSystemNames.PATIENT,
+            series_instance_uid=series_uid,
+            series_number=series_number,
+            sop_instance_uid=sop_uid,
+            instance_number=instance_number,
+            manufacturer=manufacturer,
+            patient_orientation=orientation or ("A", "F"),
+            laterality=laterality if laterality in ("L", "R") else None,
+            series_description=description,
+            manufacturer_model_name=model_name,
+            software_versions=software_version,
+        )
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise ResultError(f"cannot build secondary capture: {exc}") from exc
+    if orientation is None:
+        # Unknown orientation: PatientOrientation is Type 2C for SC (PS3.3 C.7.6.1), so empty.
+        sc.PatientOrientation = ""
+    if "Laterality" not in sc:
+        # Type 2C in General Series; SC has no Image Laterality, so it is present, empty.
+        sc.Laterality = ""
+    sc.ImageComments = comments
+    sc.BurnedInAnnotation = "YES" if burned_in else "NO"
+    sc.SourceImageSequence = [source_reference(source)]
+    return sc
+
+
+def build_sc(
+    image: GeneratedImage,
+    source: Dataset,
+    card: ModelCard,
+    *,
+    input_uid: str,
+    index: int,
+    revision: int = 0,
+    not_for_clinical_use: bool | None = None,
+) -> Dataset:
+    """A Secondary Capture of one generated image; `index` (1-based) numbers it in the job.
+
+    `not_for_clinical_use` defaults to the card's flag; the findings' flag can be passed in.
+    """
+    if str(source.SOPInstanceUID) != image.source.sop_instance_uid:
+        raise ResultError(
+            f"generated image {index} is about {short_uid(image.source.sop_instance_uid)}, "
+            f"but source {short_uid(str(source.SOPInstanceUID))} was given"
+        )
+    if image.photometric not in ("MONOCHROME2", "RGB"):
+        raise ResultError(f"generated image {index}: unsupported photometric {image.photometric}")
+    nfcu = card.not_for_clinical_use if not_for_clinical_use is None else not_for_clinical_use
+    pixels = image.pixels
+    comments = image.description
+    if nfcu:
+        pixels = burn_in_notice(pixels, codes.NOT_FOR_CLINICAL_USE_TAG.strip("[]"))
+        comments = f"{codes.NOT_FOR_CLINICAL_USE}. {image.description}"
+    return secondary_capture(
+        pixels,
+        image.photometric,
+        source,
+        series_uid=result_uid(str(source.SeriesInstanceUID), card.id, card.version, "sc-series", 0),
+        series_number=SC_SERIES_NUMBER,
+        sop_uid=result_uid(input_uid, card.id, card.version, f"sc:{index}", revision),
+        instance_number=index,
+        manufacturer=card.manufacturer,
+        description=series_description("AI", f"{card.name} {image.description}", nfcu),
+        comments=comments[:10240],  # LT
+        burned_in=nfcu,
+        model_name=card.id,
+        software_version=card.version,
+    )

@@ -1,0 +1,582 @@
+"""Result writers: every object is written, read back strictly and validated with dciodvfy."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom import Dataset
+
+from models.base import ModelCard
+from models.findings import (
+    Classification,
+    Detection,
+    Findings,
+    GeneratedImage,
+    ImageRef,
+    Measurement,
+)
+from sidecar.dicom import codes
+from sidecar.dicom.uids import result_uid
+from sidecar.errors import ResultError
+from sidecar.results import build_alert_image, build_results, build_sc, build_sr
+from tests.helpers.dicom_factory import (
+    FAKE_PATIENT_NAME,
+    make_dx,
+    make_mr,
+    make_mr_series,
+    make_us,
+    make_us_cine,
+)
+from tests.helpers.validate import assert_valid_dicom, read_strict
+
+LGE_CARD = ModelCard(
+    id="lge_qa",
+    version="1.0.0",
+    name="LGE CMR slice certainty",
+    manufacturer="Sidecar demo models",
+    intended_use="Flag LGE slices to repeat while the patient is in the scanner",
+    labels=("certain", "uncertain"),
+)
+JSN_CARD = ModelCard(
+    id="hand_jsn",
+    version="0.3.0",
+    name="Hand joint space narrowing",
+    manufacturer="Sidecar demo models",
+    intended_use="Grade joint space narrowing on hand radiographs",
+    labels=("0", "1", "2", "3"),
+)
+ELASTO_CARD = ModelCard(
+    id="virtual_elasto",
+    version="0.1.0",
+    name="Virtual elastography",
+    manufacturer="Sidecar demo models",
+    intended_use="Synthetic elastography from B-mode",
+    labels=("soft", "stiff"),
+)
+
+
+def ref(ds: Dataset, frame: int | None = None) -> ImageRef:
+    """An ImageRef to `ds`."""
+    return ImageRef(str(ds.SOPClassUID), str(ds.SOPInstanceUID), frame)
+
+
+def walk(items: Iterator[Dataset] | list[Dataset]) -> Iterator[Dataset]:
+    """Every content item of an SR content tree, depth first."""
+    for item in items:
+        yield item
+        yield from walk(item.get("ContentSequence", []))
+
+
+def meanings(sr: Dataset) -> set[str]:
+    """Concept name meanings and coded value meanings anywhere in the content tree."""
+    found = set()
+    for item in walk(sr.ContentSequence):
+        for seq in ("ConceptNameCodeSequence", "ConceptCodeSequence"):
+            if seq in item:
+                found.add(str(item[seq][0].CodeMeaning))
+    return found
+
+
+def texts(sr: Dataset) -> list[str]:
+    """Values of all TEXT content items."""
+    return [str(i.TextValue) for i in walk(sr.ContentSequence) if i.ValueType == "TEXT"]
+
+
+def measurement_items(sr: Dataset) -> list[Dataset]:
+    """NUM items the report CONTAINS (not the image library's acquisition context)."""
+    return [
+        i for i in walk(sr.ContentSequence) if i.ValueType == "NUM" and i.RelationshipType == "CONTAINS"
+    ]
+
+
+def numbers(sr: Dataset) -> dict[str, float]:
+    """Measurement values by concept name meaning."""
+    return {
+        str(i.ConceptNameCodeSequence[0].CodeMeaning): float(i.MeasuredValueSequence[0].NumericValue)
+        for i in measurement_items(sr)
+    }
+
+
+def referenced_sop_uids(sr: Dataset) -> set[str]:
+    """SOP Instance UIDs referenced by IMAGE content items."""
+    return {
+        str(i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+        for i in walk(sr.ContentSequence)
+        if i.ValueType == "IMAGE"
+    }
+
+
+def written(ds: Dataset, tmp_path: Path, name: str) -> Dataset:
+    """`ds` saved under tmp_path, validated, and read back strictly."""
+    path = tmp_path / name
+    ds.save_as(path, enforce_file_format=True)
+    return assert_valid_dicom(path)
+
+
+def dsrdump(path: Path) -> str:
+    """dcmtk's rendering of an SR with long values in full."""
+    exe = shutil.which("dsrdump")
+    assert exe is not None, "dsrdump (Debian package dcmtk) is required to read our SRs"
+    return subprocess.run(
+        [exe, "+Pl", str(path)], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+
+
+def lge_findings(mr: Dataset, *, uncertain: bool = True) -> Findings:
+    """One LGE slice classified as uncertain, with one measurement."""
+    return Findings(
+        model_id="lge_qa",
+        model_version="1.0.0",
+        classifications=(
+            Classification(
+                label="uncertain",
+                probabilities={"certain": 0.23, "uncertain": 0.77},
+                source=ref(mr),
+                uncertain=uncertain,
+                finding_site="left ventricle",
+            ),
+        ),
+        measurements=(Measurement("Enhanced myocardium fraction", 0.12, "1", ref(mr)),),
+    )
+
+
+@pytest.fixture(scope="module")
+def mr() -> Dataset:
+    return make_mr(seed=7)
+
+
+@pytest.fixture(scope="module")
+def dx() -> Dataset:
+    return make_dx(seed=11)
+
+
+@pytest.fixture(scope="module")
+def us() -> Dataset:
+    return make_us(seed=5)
+
+
+class TestSourceFactory:
+    """The test sources themselves are valid, so SR image libraries are built from real headers."""
+
+    @pytest.mark.parametrize("factory", [make_mr, make_us, make_us_cine, make_dx])
+    def test_factory_dataset_passes_dciodvfy(self, factory, tmp_path: Path) -> None:
+        """Each factory builds an object dciodvfy accepts without errors."""
+        ds = written(factory(seed=3), tmp_path, "source.dcm")
+        assert ds.PatientName == FAKE_PATIENT_NAME
+
+    def test_factory_is_deterministic(self) -> None:
+        """Same seed, same UIDs and pixels."""
+        a, b = make_mr(seed=2), make_mr(seed=2)
+        assert a.SOPInstanceUID == b.SOPInstanceUID and a.PixelData == b.PixelData
+
+
+class TestStructuredReport:
+    """build_sr writes a TID 1500 Comprehensive 3D SR."""
+
+    def test_classification_on_one_mr_image_is_valid_sr_in_source_study(
+        self, mr: Dataset, tmp_path: Path
+    ) -> None:
+        """An instance-mode classification becomes a valid SR in the source's study."""
+        sr = build_sr(
+            lge_findings(mr), [mr], LGE_CARD, input_uid=mr.SOPInstanceUID, kind="instance"
+        )
+        back = written(sr, tmp_path, "sr.dcm")
+        assert back.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"
+        assert back.StudyInstanceUID == mr.StudyInstanceUID
+        assert back.PatientID == mr.PatientID
+        assert back.SeriesInstanceUID != mr.SeriesInstanceUID
+        assert mr.SOPInstanceUID in referenced_sop_uids(back)
+
+    def test_sr_content_holds_label_probabilities_and_measurement(
+        self, mr: Dataset, tmp_path: Path
+    ) -> None:
+        """The content tree carries the label, each class probability and the measurement."""
+        sr = build_sr(
+            lge_findings(mr), [mr], LGE_CARD, input_uid=mr.SOPInstanceUID, kind="instance"
+        )
+        back = written(sr, tmp_path, "sr.dcm")
+        names = meanings(back)
+        assert {"LGE slice certainty", "uncertain", "Left ventricle"} <= names
+        assert "AI QA alert for technologist" in names
+        values = numbers(back)
+        assert values["Probability of certain"] == pytest.approx(0.23)
+        assert values["Probability of uncertain"] == pytest.approx(0.77)
+        assert values["Enhanced myocardium fraction"] == pytest.approx(0.12)
+        units = {
+            str(i.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue)
+            for i in measurement_items(back)
+        }
+        assert units == {"1"}
+
+    def test_sr_says_not_for_clinical_use_in_text_and_series_description(
+        self, mr: Dataset, tmp_path: Path
+    ) -> None:
+        """Demo results say NOT FOR CLINICAL USE in a text item, the series and the flags."""
+        sr = build_sr(
+            lge_findings(mr), [mr], LGE_CARD, input_uid=mr.SOPInstanceUID, kind="instance"
+        )
+        back = written(sr, tmp_path, "sr.dcm")
+        assert codes.NOT_FOR_CLINICAL_USE in texts(back)
+        assert back.SeriesDescription == "AI LGE CMR slice certainty [NOT FOR CLINICAL USE]"
+        assert (back.CompletionFlag, back.VerificationFlag, back.PreliminaryFlag) == (
+            "PARTIAL",
+            "UNVERIFIED",
+            "PRELIMINARY",
+        )
+        assert codes.NOT_FOR_CLINICAL_USE in dsrdump(tmp_path / "sr.dcm")
+
+    def test_sr_names_model_as_device_observer(self, mr: Dataset, tmp_path: Path) -> None:
+        """The observer context is a DEVICE named after the model card."""
+        sr = build_sr(
+            lge_findings(mr), [mr], LGE_CARD, input_uid=mr.SOPInstanceUID, kind="instance"
+        )
+        back = written(sr, tmp_path, "sr.dcm")
+        observer = {
+            str(i.ConceptNameCodeSequence[0].CodeMeaning): i
+            for i in back.ContentSequence
+            if i.RelationshipType == "HAS OBS CONTEXT"
+        }
+        assert observer["Observer Type"].ConceptCodeSequence[0].CodeValue == "121007"
+        assert observer["Device Observer Name"].TextValue == LGE_CARD.name
+        assert observer["Device Observer Manufacturer"].TextValue == LGE_CARD.manufacturer
+        assert observer["Device Observer Model Name"].TextValue == LGE_CARD.id
+        assert back.SoftwareVersions == LGE_CARD.version
+        assert "Algorithm Version" in meanings(back)
+
+    def test_series_summary_references_every_source_image(self, tmp_path: Path) -> None:
+        """A series-mode SR has a group per classified slice and a summary over all slices."""
+        series = make_mr_series(4, seed=3)
+        per_slice = tuple(
+            Classification(
+                label="certain" if i % 2 else "uncertain",
+                probabilities={"certain": 0.1 + 0.2 * i, "uncertain": 0.9 - 0.2 * i},
+                source=ref(ds),
+            )
+            for i, ds in enumerate(series)
+        )
+        findings = Findings(
+            model_id="lge_qa",
+            model_version="1.0.0",
+            classifications=per_slice,
+            summary=Classification("uncertain", {"certain": 0.4, "uncertain": 0.6}),
+            measurements=(Measurement("Uncertain slice fraction", 0.5, "1"),),
+        )
+        uid = series[0].SeriesInstanceUID
+        sr = build_sr(findings, series, LGE_CARD, input_uid=uid, kind="series")
+        back = written(sr, tmp_path, "series.dcm")
+        assert back.SOPInstanceUID == result_uid(uid, "lge_qa", "1.0.0", "sr-series", 0)
+        assert back.SOPInstanceUID != back.SeriesInstanceUID
+        assert back.StudyInstanceUID == series[0].StudyInstanceUID
+        assert referenced_sop_uids(back) == {str(ds.SOPInstanceUID) for ds in series}
+        groups = [
+            i
+            for i in walk(back.ContentSequence)
+            if i.ConceptNameCodeSequence[0].CodeMeaning == "Measurement Group"
+        ]
+        assert len(groups) == 5
+        summary = groups[-1]
+        sources = [i for i in summary.ContentSequence if i.ValueType == "IMAGE"]
+        assert len(sources) == 4
+        assert numbers(back)["Uncertain slice fraction"] == pytest.approx(0.5)
+
+    def test_detections_on_dx_are_planar_rois_with_box_grade_and_laterality(
+        self, dx: Dataset, tmp_path: Path
+    ) -> None:
+        """Each detection is an ROI group: closed box polyline, label, confidence, grade, side."""
+        findings = Findings(
+            model_id="hand_jsn",
+            model_version="0.3.0",
+            detections=(
+                Detection(
+                    label="MCP2",
+                    box=(10.0, 20.0, 30.0, 44.0),
+                    confidence=0.91,
+                    source=ref(dx),
+                    laterality="L",
+                    grade=Classification("2", {"0": 0.05, "1": 0.15, "2": 0.7, "3": 0.1}),
+                ),
+                Detection(label="PIP3", box=(50, 60, 70, 80), confidence=0.55, source=ref(dx)),
+            ),
+        )
+        sr = build_sr(findings, [dx], JSN_CARD, input_uid=dx.SOPInstanceUID, kind="instance")
+        back = written(sr, tmp_path, "dx.dcm")
+        scoords = [i for i in walk(back.ContentSequence) if i.ValueType == "SCOORD"]
+        assert len(scoords) == 2
+        assert scoords[0].GraphicType == "POLYLINE"
+        assert list(scoords[0].GraphicData) == [10, 20, 30, 20, 30, 44, 10, 44, 10, 20]
+        assert scoords[0].ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == (
+            dx.SOPInstanceUID
+        )
+        names = meanings(back)
+        assert {"MCP2", "PIP3", "Joint space narrowing grade", "2", "Left"} <= names
+        assert numbers(back)["Certainty of Finding"] in (pytest.approx(0.91), pytest.approx(0.55))
+        assert numbers(back)["Probability of 2"] == pytest.approx(0.7)
+
+    def test_multiframe_source_is_referenced_by_frame(self, tmp_path: Path) -> None:
+        """A classification of one frame of a cine references that frame number."""
+        cine = make_us_cine(seed=4, frames=5)
+        findings = Findings(
+            model_id="synovitis_us",
+            model_version="0.1",
+            classifications=(
+                Classification("grade 2", {"grade 0": 0.1, "grade 2": 0.9}, source=ref(cine, 3)),
+            ),
+        )
+        card = ModelCard("synovitis_us", "0.1", "Synovitis grading", "Demo", "x", ("grade 0",))
+        sr = build_sr(findings, [cine], card, input_uid=cine.SOPInstanceUID, kind="instance")
+        back = written(sr, tmp_path, "cine.dcm")
+        frames = [
+            int(i.ReferencedSOPSequence[0].ReferencedFrameNumber)
+            for i in walk(back.ContentSequence)
+            if i.ValueType == "IMAGE"
+            and i.ConceptNameCodeSequence[0].CodeMeaning == "Source of Measurement"
+        ]
+        assert frames == [3]
+        assert "EULAR-OMERACT synovitis grade" in meanings(back)
+
+    def test_uids_are_deterministic_and_revision_gets_new_instance(self, mr: Dataset) -> None:
+        """Two builds give the same UIDs; revision 1 is a new instance in the same series."""
+        args = {"input_uid": mr.SOPInstanceUID, "kind": "instance"}
+        first = build_sr(lge_findings(mr), [mr], LGE_CARD, **args)
+        again = build_sr(lge_findings(mr), [mr], LGE_CARD, **args)
+        revised = build_sr(lge_findings(mr), [mr], LGE_CARD, revision=1, **args)
+        assert first.SOPInstanceUID == again.SOPInstanceUID
+        assert first.SeriesInstanceUID == again.SeriesInstanceUID
+        assert first.SOPInstanceUID == result_uid(
+            mr.SOPInstanceUID, "lge_qa", "1.0.0", "sr-instance", 0
+        )
+        assert first.SeriesInstanceUID == result_uid(
+            mr.SeriesInstanceUID, "lge_qa", "1.0.0", "sr-result-series", 0
+        )
+        assert revised.SOPInstanceUID != first.SOPInstanceUID
+        assert revised.SeriesInstanceUID == first.SeriesInstanceUID
+
+    def test_revision_names_its_predecessor(self, mr: Dataset, tmp_path: Path) -> None:
+        """A superseding SR lists revision-1 in PredecessorDocumentsSequence and says so."""
+        args = {"input_uid": mr.SOPInstanceUID, "kind": "instance"}
+        first = build_sr(lge_findings(mr), [mr], LGE_CARD, **args)
+        revised = build_sr(lge_findings(mr), [mr], LGE_CARD, revision=1, **args)
+        back = written(revised, tmp_path, "rev.dcm")
+        study = back.PredecessorDocumentsSequence[0]
+        series = study.ReferencedSeriesSequence[0]
+        assert series.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == first.SOPInstanceUID
+        assert f"Revision 1 supersedes SR {first.SOPInstanceUID}" in texts(back)
+
+    def test_clinical_model_without_demo_flag_is_complete_and_unmarked(
+        self, mr: Dataset, tmp_path: Path
+    ) -> None:
+        """Without the demo flag the SR is COMPLETE, still UNVERIFIED, with no warning text."""
+        card = ModelCard(**{**LGE_CARD.__dict__, "not_for_clinical_use": False})
+        findings = Findings(
+            **{**lge_findings(mr).__dict__, "not_for_clinical_use": False}
+        )
+        sr = build_sr(findings, [mr], card, input_uid=mr.SOPInstanceUID, kind="instance")
+        back = written(sr, tmp_path, "clinical.dcm")
+        assert (back.CompletionFlag, back.VerificationFlag) == ("COMPLETE", "UNVERIFIED")
+        assert "NOT FOR CLINICAL USE" not in back.SeriesDescription
+        assert codes.NOT_FOR_CLINICAL_USE not in texts(back)
+
+    def test_reference_to_image_not_among_sources_raises(self, mr: Dataset) -> None:
+        """A finding about an image the job does not hold is a ResultError."""
+        stranger = make_mr(seed=99)
+        with pytest.raises(ResultError, match="not among the job's sources"):
+            build_sr(
+                lge_findings(stranger), [mr], LGE_CARD, input_uid=mr.SOPInstanceUID, kind="instance"
+            )
+
+    def test_frame_beyond_source_raises(self) -> None:
+        """A frame number past NumberOfFrames is a ResultError."""
+        cine = make_us_cine(frames=2)
+        findings = Findings(
+            model_id="lge_qa",
+            model_version="1.0.0",
+            classifications=(Classification("a", {"a": 1.0}, source=ref(cine, 3)),),
+        )
+        with pytest.raises(ResultError, match="frame 3"):
+            build_sr(findings, [cine], LGE_CARD, input_uid=cine.SOPInstanceUID, kind="instance")
+
+    def test_empty_findings_raise(self, mr: Dataset) -> None:
+        """Findings with nothing to report are a ResultError, not an empty document."""
+        with pytest.raises(ResultError, match="hold no"):
+            build_sr(
+                Findings("lge_qa", "1.0.0"), [mr], LGE_CARD, input_uid=mr.SOPInstanceUID,
+                kind="instance",
+            )
+
+    def test_sources_from_two_studies_raise(self, mr: Dataset) -> None:
+        """A result belongs to one study."""
+        other = make_mr(seed=42)
+        with pytest.raises(ResultError, match="studies"):
+            build_sr(
+                lge_findings(mr), [mr, other], LGE_CARD, input_uid=mr.SOPInstanceUID,
+                kind="series",
+            )
+
+
+class TestSecondaryCapture:
+    """build_sc writes a generated image as a Secondary Capture."""
+
+    def test_rgb_generated_image_is_valid_sc_in_source_study(
+        self, us: Dataset, tmp_path: Path
+    ) -> None:
+        """An RGB picture becomes a valid SC in the source study, marked not for clinical use."""
+        pixels = np.random.default_rng(1).integers(0, 256, (96, 128, 3), dtype=np.uint8)
+        image = GeneratedImage(pixels, "virtual elastography", ref(us), photometric="RGB")
+        sc = build_sc(image, us, ELASTO_CARD, input_uid=us.SOPInstanceUID, index=1)
+        back = written(sc, tmp_path, "rgb.dcm")
+        assert back.PhotometricInterpretation == "RGB"
+        assert back.StudyInstanceUID == us.StudyInstanceUID
+        assert "[NOT FOR CLINICAL USE]" in back.SeriesDescription
+        assert "NOT FOR CLINICAL USE" in back.ImageComments
+        assert back.BurnedInAnnotation == "YES"
+        assert back.SourceImageSequence[0].ReferencedSOPInstanceUID == us.SOPInstanceUID
+        assert back.pixel_array.shape == (96, 128, 3)
+
+    def test_grey_generated_image_is_valid_sc_with_orientation(
+        self, mr: Dataset, tmp_path: Path
+    ) -> None:
+        """A MONOCHROME2 picture of an MR slice keeps the slice's orientation."""
+        pixels = np.full((64, 64), 128, dtype=np.uint8)
+        image = GeneratedImage(pixels, "LGE heat map", ref(mr))
+        sc = build_sc(image, mr, LGE_CARD, input_uid=mr.SOPInstanceUID, index=2)
+        back = written(sc, tmp_path, "grey.dcm")
+        assert back.PhotometricInterpretation == "MONOCHROME2"
+        assert list(back.PatientOrientation) == ["L", "P"]
+        assert back.InstanceNumber == 2
+        assert (back.pixel_array[40:, :] == 128).all()  # notice drawn only in the top band
+
+    def test_sc_uids_are_deterministic_and_change_with_revision(self, us: Dataset) -> None:
+        """Same input, same UIDs; revision 1 gets a new instance UID in the same series."""
+        pixels = np.zeros((32, 32), dtype=np.uint8)
+        image = GeneratedImage(pixels, "map", ref(us))
+        a = build_sc(image, us, ELASTO_CARD, input_uid=us.SOPInstanceUID, index=1)
+        b = build_sc(image, us, ELASTO_CARD, input_uid=us.SOPInstanceUID, index=1)
+        c = build_sc(image, us, ELASTO_CARD, input_uid=us.SOPInstanceUID, index=1, revision=1)
+        assert a.SOPInstanceUID == b.SOPInstanceUID == result_uid(
+            us.SOPInstanceUID, ELASTO_CARD.id, ELASTO_CARD.version, "sc:1", 0
+        )
+        assert c.SOPInstanceUID != a.SOPInstanceUID
+        assert c.SeriesInstanceUID == a.SeriesInstanceUID
+
+    def test_sc_for_a_different_source_raises(self, us: Dataset, mr: Dataset) -> None:
+        """The image's own source must be the dataset given."""
+        image = GeneratedImage(np.zeros((8, 8), dtype=np.uint8), "map", ref(us))
+        with pytest.raises(ResultError):
+            build_sc(image, mr, ELASTO_CARD, input_uid=us.SOPInstanceUID, index=1)
+
+
+class TestAlertImage:
+    """build_alert_image renders a QA alert the console can show."""
+
+    def test_alert_is_valid_sc_in_new_marked_series(self, mr: Dataset, tmp_path: Path) -> None:
+        """The alert is a 512x512 MONOCHROME2 SC in its own series, marked AI QA ALERT."""
+        alert = build_alert_image(
+            ["Slice 5: LGE certainty low (0.41)", "Consider repeating the slice"],
+            mr,
+            input_uid=mr.SOPInstanceUID,
+            model_id="lge_qa",
+            model_version="1.0.0",
+        )
+        back = written(alert, tmp_path, "alert.dcm")
+        assert back.SeriesDescription.startswith("AI QA ALERT")
+        assert back.SeriesInstanceUID != mr.SeriesInstanceUID
+        assert back.StudyInstanceUID == mr.StudyInstanceUID
+        assert back.BurnedInAnnotation == "YES"
+        pixels = back.pixel_array
+        assert pixels.shape == (512, 512)
+        assert pixels[0, :].min() == 255  # border
+        assert 0.01 < (pixels[20:-20, 20:-20] > 0).mean() < 0.5  # text drawn, mostly black
+
+    def test_alert_uids_are_deterministic_and_change_with_revision(self, mr: Dataset) -> None:
+        """Same input, same UIDs; a revision gets a new instance."""
+        args = {"input_uid": mr.SOPInstanceUID, "model_id": "lge_qa", "model_version": "1"}
+        a = build_alert_image(["x"], mr, **args)
+        b = build_alert_image(["x"], mr, **args)
+        c = build_alert_image(["x"], mr, revision=1, **args)
+        assert a.SOPInstanceUID == b.SOPInstanceUID != c.SOPInstanceUID
+        assert a.SeriesInstanceUID == c.SeriesInstanceUID
+
+    def test_alert_text_with_patient_name_is_refused(self, mr: Dataset) -> None:
+        """Text that contains the patient's name never reaches the pixels."""
+        with pytest.raises(ResultError, match="patient's name"):
+            build_alert_image(
+                ["Repeat slice for Phantom"],
+                mr,
+                input_uid=mr.SOPInstanceUID,
+                model_id="lge_qa",
+                model_version="1",
+            )
+
+
+class TestBuildResults:
+    """build_results dispatches a route's outputs to the writers."""
+
+    def test_sr_and_one_sc_per_generated_image(self, us: Dataset, tmp_path: Path) -> None:
+        """outputs ["sr", "sc"] give one SR and one SC per image, all valid."""
+        grey = np.zeros((16, 16), dtype=np.uint8)
+        findings = Findings(
+            model_id=ELASTO_CARD.id,
+            model_version=ELASTO_CARD.version,
+            classifications=(
+                Classification("stiff", {"soft": 0.3, "stiff": 0.7}, source=ref(us)),
+            ),
+            images=(
+                GeneratedImage(grey, "map a", ref(us)),
+                GeneratedImage(grey + 5, "map b", ref(us)),
+            ),
+        )
+        results = build_results(
+            findings, [us], ELASTO_CARD, ["sr", "sc", "gsps"], input_uid=us.SOPInstanceUID,
+            kind="instance",
+        )
+        assert [r.Modality for r in results] == ["SR", "OT", "OT"]
+        assert len({r.SOPInstanceUID for r in results}) == 3
+        for n, result in enumerate(results):
+            written(result, tmp_path, f"r{n}.dcm")
+
+    def test_generated_image_of_unknown_source_raises(self, us: Dataset, mr: Dataset) -> None:
+        """An image about an instance outside the job is a ResultError."""
+        findings = Findings(
+            model_id=ELASTO_CARD.id,
+            model_version=ELASTO_CARD.version,
+            images=(GeneratedImage(np.zeros((8, 8), dtype=np.uint8), "m", ref(mr)),),
+        )
+        with pytest.raises(ResultError, match="not among the job's sources"):
+            build_results(
+                findings, [us], ELASTO_CARD, ["sc"], input_uid=us.SOPInstanceUID, kind="instance"
+            )
+
+
+class TestCodes:
+    """Coded concepts come from one module and never crash on unknown labels."""
+
+    def test_unknown_label_gets_stable_private_code(self) -> None:
+        """An unknown label maps to the same short private code every time."""
+        a = codes.label_concept("m", "weird label / with symbols")
+        assert a == codes.label_concept("m", "weird label / with symbols")
+        assert a.scheme_designator == codes.PRIVATE_SCHEME
+        assert len(a.value) <= 16
+        assert a.meaning == "weird label / with symbols"
+        assert a != codes.label_concept("other_model", "weird label / with symbols")
+
+    def test_standard_labels_use_snomed(self) -> None:
+        """Labels with a standard meaning use SNOMED CT codes."""
+        assert codes.label_concept("any", "Normal").value == "17621005"
+        assert codes.label_concept("any", "present").scheme_designator == "SCT"
+
+    def test_long_label_meaning_fits_lo(self) -> None:
+        """Code meanings are cut to 64 characters."""
+        assert len(codes.label_concept("m", "x" * 200).meaning) == 64
+
+
+def test_read_strict_rejects_nothing_we_write(mr: Dataset, tmp_path: Path) -> None:
+    """Strict read-back of a written SR returns the same SOP instance."""
+    sr = build_sr(lge_findings(mr), [mr], LGE_CARD, input_uid=mr.SOPInstanceUID, kind="instance")
+    path = tmp_path / "sr.dcm"
+    sr.save_as(path, enforce_file_format=True)
+    assert read_strict(path).SOPInstanceUID == sr.SOPInstanceUID

@@ -1,0 +1,651 @@
+"""Metrics as the published studies report them; pure numpy/scipy, no torch, no sidecar.
+
+Conventions: labels are 0/1 (binary) or 0..K-1 (multi-class, ordinal grades); a case is called
+positive when ``score >= threshold``; confidence intervals are two-sided 95% unless told; every
+resampling takes a seed. Each function names the method it follows in its docstring.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+from scipy import ndimage, stats
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A point value with its confidence interval and how the interval was made."""
+
+    value: float
+    ci_low: float
+    ci_high: float
+    method: str = ""
+
+    def as_dict(self) -> dict[str, float | str]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class AucResult:
+    """ROC AUC with its DeLong variance and Wald interval (clipped to [0, 1])."""
+
+    auc: float
+    variance: float
+    ci_low: float
+    ci_high: float
+    n_positive: int
+    n_negative: int
+
+    @property
+    def se(self) -> float:
+        return float(np.sqrt(self.variance))
+
+    def estimate(self) -> Estimate:
+        return Estimate(self.auc, self.ci_low, self.ci_high, "DeLong")
+
+
+@dataclass(frozen=True)
+class DelongTest:
+    """Two correlated ROC AUCs on the same cases, compared (DeLong et al. 1988)."""
+
+    auc_a: float
+    auc_b: float
+    difference: float
+    se: float
+    z: float
+    p: float
+
+
+def _z(confidence: float) -> float:
+    return float(stats.norm.ppf(0.5 + confidence / 2.0))
+
+
+def _binary(y_true: npt.ArrayLike, y_score: npt.ArrayLike) -> tuple[npt.NDArray[np.bool_], FloatArray]:
+    y = np.asarray(y_true).ravel()
+    s = np.asarray(y_score, dtype=np.float64).ravel()
+    if y.shape != s.shape:
+        raise ValueError(f"y_true has {y.size} cases but y_score has {s.size}")
+    if not np.isin(y, (0, 1, True, False)).all():
+        raise ValueError("y_true must hold only 0/1 labels")
+    yb = y.astype(bool)
+    if yb.all() or not yb.any():
+        raise ValueError("ROC needs at least one positive and one negative case")
+    return yb, s
+
+
+# ---------------------------------------------------------------------------------------------
+# ROC AUC and DeLong
+
+
+def midrank(x: npt.ArrayLike) -> FloatArray:
+    """Ranks 1..n with ties given the mean of the ranks they span (Sun & Xu 2014, Alg. 1)."""
+    return np.asarray(stats.rankdata(np.asarray(x, dtype=np.float64), method="average"), dtype=np.float64)
+
+
+def delong_components(
+    y_true: npt.ArrayLike, scores: npt.ArrayLike
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """AUCs and structural components V10 (per positive) and V01 (per negative) for one or more
+    score rows on the same cases, by midranks in O(n log n) (fast DeLong, Sun & Xu 2014).
+
+    ``scores`` is (n_cases,) or (n_models, n_cases); returns (auc[k], v10[k, m], v01[k, n]).
+    """
+    s2 = np.atleast_2d(np.asarray(scores, dtype=np.float64))
+    y, _ = _binary(y_true, s2[0])
+    x_pos, y_neg = s2[:, y], s2[:, ~y]
+    m, n = x_pos.shape[1], y_neg.shape[1]
+    aucs, v10s, v01s = [], [], []
+    for xp, yn in zip(x_pos, y_neg, strict=True):
+        tx, ty, tz = midrank(xp), midrank(yn), midrank(np.concatenate([xp, yn]))
+        aucs.append((tz[:m].sum() - m * (m + 1) / 2.0) / (m * n))
+        v10s.append((tz[:m] - tx) / n)
+        v01s.append(1.0 - (tz[m:] - ty) / m)
+    return np.array(aucs), np.array(v10s), np.array(v01s)
+
+
+def _delong_cov(v10: FloatArray, v01: FloatArray) -> FloatArray:
+    """S = S10/m + S01/n with sample covariances (DeLong 1988, eq. 4)."""
+    s10 = np.atleast_2d(np.cov(v10, ddof=1))
+    s01 = np.atleast_2d(np.cov(v01, ddof=1))
+    return np.asarray(s10 / v10.shape[1] + s01 / v01.shape[1], dtype=np.float64)
+
+
+def roc_auc_delong(y_true: npt.ArrayLike, y_score: npt.ArrayLike, confidence: float = 0.95) -> AucResult:
+    """Binary ROC AUC (Mann-Whitney, ties count one half) with DeLong variance and a Wald CI
+    clipped to [0, 1], as pROC's ``ci.auc(method="delong")`` (DeLong 1988; Sun & Xu 2014)."""
+    aucs, v10, v01 = delong_components(y_true, y_score)
+    var = float(_delong_cov(v10, v01)[0, 0])
+    auc = float(aucs[0])
+    half = _z(confidence) * float(np.sqrt(max(var, 0.0)))
+    lo, hi = max(0.0, auc - half), min(1.0, auc + half)
+    return AucResult(auc, var, lo, hi, int(v10.shape[1]), int(v01.shape[1]))
+
+
+def delong_test(y_true: npt.ArrayLike, scores_a: npt.ArrayLike, scores_b: npt.ArrayLike) -> DelongTest:
+    """Two-sided z test of AUC_a = AUC_b for two scores on the same cases, using the DeLong
+    covariance of the paired AUCs (DeLong, DeLong & Clarke-Pearson 1988)."""
+    aucs, v10, v01 = delong_components(y_true, np.vstack([np.ravel(scores_a), np.ravel(scores_b)]))
+    cov = _delong_cov(v10, v01)
+    diff = float(aucs[0] - aucs[1])
+    var = float(cov[0, 0] + cov[1, 1] - 2.0 * cov[0, 1])
+    se = float(np.sqrt(max(var, 0.0)))
+    if se == 0.0:
+        z, p = (0.0, 1.0) if diff == 0.0 else (float(np.copysign(np.inf, diff)), 0.0)
+    else:
+        z = diff / se
+        p = float(2.0 * stats.norm.sf(abs(z)))
+    return DelongTest(float(aucs[0]), float(aucs[1]), diff, se, z, p)
+
+
+def roc_curve(y_true: npt.ArrayLike, y_score: npt.ArrayLike) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """(fpr, tpr, thresholds) at every distinct score, starting at (0, 0) with threshold +inf;
+    the same points as scikit-learn's ``roc_curve(drop_intermediate=False)``."""
+    y, s = _binary(y_true, y_score)
+    tps, fps, thr = _cumulative_counts(y, s)
+    fpr = np.concatenate([[0.0], fps / (~y).sum()])
+    tpr = np.concatenate([[0.0], tps / y.sum()])
+    return fpr, tpr, np.concatenate([[np.inf], thr])
+
+
+def _cumulative_counts(y: npt.NDArray[np.bool_], s: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
+    order = np.argsort(-s, kind="mergesort")
+    s_sorted, y_sorted = s[order], y[order]
+    last = np.r_[np.flatnonzero(np.diff(s_sorted)), y_sorted.size - 1]
+    tps = np.cumsum(y_sorted)[last].astype(np.float64)
+    fps = (last + 1) - tps
+    return tps, fps, s_sorted[last]
+
+
+def precision_recall_curve(
+    y_true: npt.ArrayLike, y_score: npt.ArrayLike
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """(precision, recall, thresholds) at every distinct score, highest threshold first."""
+    y, s = _binary(y_true, y_score)
+    tps, fps, thr = _cumulative_counts(y, s)
+    return tps / (tps + fps), tps / y.sum(), thr
+
+
+def average_precision(y_true: npt.ArrayLike, y_score: npt.ArrayLike) -> float:
+    """PR AUC as average precision, sum over thresholds of (R_n - R_{n-1}) * P_n, without
+    interpolation (the definition of scikit-learn's ``average_precision_score``)."""
+    precision, recall, _ = precision_recall_curve(y_true, y_score)
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+# ---------------------------------------------------------------------------------------------
+# Multi-class and ordinal grades
+
+
+def one_vs_rest_auc(
+    y_true: npt.ArrayLike, probabilities: npt.ArrayLike, confidence: float = 0.95
+) -> list[AucResult | None]:
+    """Per-class ROC AUC of class k against the rest, scored by column k, with DeLong CIs
+    (one-vs-rest, Hand & Till 2001 macro form). None for a class absent (or alone) in y_true."""
+    y = np.asarray(y_true).ravel().astype(np.int64)
+    p = np.asarray(probabilities, dtype=np.float64)
+    if p.ndim != 2 or p.shape[0] != y.size:
+        raise ValueError(f"probabilities must be (n_cases, n_classes); got {p.shape} for {y.size} cases")
+    out: list[AucResult | None] = []
+    for k in range(p.shape[1]):
+        yk = y == k
+        out.append(roc_auc_delong(yk, p[:, k], confidence) if 0 < yk.sum() < y.size else None)
+    return out
+
+
+def cumulative_auc(
+    y_grade: npt.ArrayLike, score: npt.ArrayLike, n_grades: int | None = None, confidence: float = 0.95
+) -> list[AucResult | None]:
+    """For ordinal grades: AUC of ``grade >= g`` against ``grade < g`` for g = 1..K-1 with one
+    ordinal score (e.g. the expected grade), DeLong CIs. None where a side is empty."""
+    y = np.asarray(y_grade).ravel().astype(np.int64)
+    k = int(n_grades if n_grades is not None else y.max() + 1)
+    out: list[AucResult | None] = []
+    for g in range(1, k):
+        yg = y >= g
+        out.append(roc_auc_delong(yg, score, confidence) if 0 < yg.sum() < y.size else None)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Threshold metrics with bootstrap CIs
+
+THRESHOLD_METRICS = ("accuracy", "sensitivity", "specificity", "precision", "npv", "f1")
+
+
+@dataclass(frozen=True)
+class ThresholdMetrics:
+    """Metrics at one operating point, with percentile bootstrap CIs; ``counts`` holds tp/fp/tn/fn."""
+
+    threshold: float
+    counts: dict[str, int]
+    metrics: dict[str, Estimate] = field(default_factory=dict)
+
+
+def _rates(tp: FloatArray, fp: FloatArray, tn: FloatArray, fn: FloatArray) -> dict[str, FloatArray]:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return {
+            "accuracy": (tp + tn) / (tp + fp + tn + fn),
+            "sensitivity": tp / (tp + fn),
+            "specificity": tn / (tn + fp),
+            "precision": tp / (tp + fp),
+            "npv": tn / (tn + fn),
+            "f1": 2 * tp / (2 * tp + fp + fn),
+        }
+
+
+def stratified_bootstrap_indices(y: npt.ArrayLike, n_boot: int, seed: int) -> IntArray:
+    """(n_boot, n) case indices resampled with replacement within each label, so every replicate
+    keeps the case mix (pROC's stratified bootstrap, Carpenter & Bithell 2000)."""
+    labels = np.asarray(y).ravel()
+    rng = np.random.default_rng(seed)
+    cols = []
+    for value in np.unique(labels):
+        members = np.flatnonzero(labels == value)
+        cols.append(members[rng.integers(0, members.size, size=(n_boot, members.size))])
+    return np.asarray(np.hstack(cols), dtype=np.int64)
+
+
+def _percentile(samples: FloatArray, confidence: float) -> tuple[float, float]:
+    tail = 100.0 * (1.0 - confidence) / 2.0
+    finite = samples[np.isfinite(samples)]
+    if finite.size == 0:
+        return float("nan"), float("nan")
+    lo, hi = np.percentile(finite, [tail, 100.0 - tail])
+    return float(lo), float(hi)
+
+
+def threshold_metrics(
+    y_true: npt.ArrayLike,
+    y_score: npt.ArrayLike,
+    threshold: float,
+    *,
+    n_boot: int = 2000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> ThresholdMetrics:
+    """Accuracy, sensitivity (recall), specificity, precision (PPV), NPV and F1 when
+    ``score >= threshold`` is called positive, each with a percentile bootstrap CI
+    (Efron & Tibshirani 1993) over cases resampled within each label. NaN where undefined."""
+    y, s = _binary(y_true, y_score)
+    pred = s >= threshold
+    tp, fp = float(np.sum(pred & y)), float(np.sum(pred & ~y))
+    tn, fn = float(np.sum(~pred & ~y)), float(np.sum(~pred & y))
+    point = _rates(*(np.array([v]) for v in (tp, fp, tn, fn)))
+    idx = stratified_bootstrap_indices(y, n_boot, seed)
+    yb, pb = y[idx], pred[idx]
+    boot = _rates(
+        np.sum(pb & yb, axis=1).astype(np.float64),
+        np.sum(pb & ~yb, axis=1).astype(np.float64),
+        np.sum(~pb & ~yb, axis=1).astype(np.float64),
+        np.sum(~pb & yb, axis=1).astype(np.float64),
+    )
+    method = f"percentile bootstrap, n={n_boot}, seed={seed}"
+    metrics = {
+        name: Estimate(float(point[name][0]), *_percentile(boot[name], confidence), method)
+        for name in THRESHOLD_METRICS
+    }
+    counts = {"tp": int(tp), "fp": int(fp), "tn": int(tn), "fn": int(fn)}
+    return ThresholdMetrics(float(threshold), counts, metrics)
+
+
+def youden_threshold(y_true: npt.ArrayLike, y_score: npt.ArrayLike) -> float:
+    """The score threshold maximising Youden's J = sensitivity + specificity - 1 (Youden 1950);
+    on ties the highest such threshold. Use with ``score >= threshold``."""
+    fpr, tpr, thr = roc_curve(y_true, y_score)
+    j = tpr - fpr
+    best = int(np.argmax(j[1:])) + 1  # skip the +inf point (nothing called positive)
+    return float(thr[best])
+
+
+def youden_metrics(
+    y_true: npt.ArrayLike, y_score: npt.ArrayLike, *, n_boot: int = 2000, seed: int = 0, confidence: float = 0.95
+) -> ThresholdMetrics:
+    """Threshold metrics at Youden's point chosen on these cases; the bootstrap keeps that
+    threshold fixed, so the CIs describe the operating point, not its selection."""
+    thr = youden_threshold(y_true, y_score)
+    return threshold_metrics(y_true, y_score, thr, n_boot=n_boot, seed=seed, confidence=confidence)
+
+
+def bootstrap_ci(
+    statistic: Callable[[IntArray], float],
+    strata: npt.ArrayLike,
+    *,
+    n_boot: int = 2000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> Estimate:
+    """Percentile bootstrap CI of any statistic of case indices, resampling within ``strata``
+    (e.g. the true labels). ``statistic(np.arange(n))`` is the point value."""
+    n = np.asarray(strata).size
+    idx = stratified_bootstrap_indices(strata, n_boot, seed)
+    samples = np.array([statistic(row) for row in idx], dtype=np.float64)
+    return Estimate(float(statistic(np.arange(n))), *_percentile(samples, confidence),
+                    f"percentile bootstrap, n={n_boot}, seed={seed}")
+
+
+def confusion_matrix(
+    y_true: npt.ArrayLike, y_pred: npt.ArrayLike, labels: Sequence[int] | None = None
+) -> IntArray:
+    """Counts with true labels on rows and predictions on columns (scikit-learn's layout)."""
+    t, p = np.asarray(y_true).ravel(), np.asarray(y_pred).ravel()
+    labs = list(labels) if labels is not None else sorted(set(t.tolist()) | set(p.tolist()))
+    pos = {lab: i for i, lab in enumerate(labs)}
+    cm = np.zeros((len(labs), len(labs)), dtype=np.int64)
+    for a, b in zip(t.tolist(), p.tolist(), strict=True):
+        if a in pos and b in pos:
+            cm[pos[a], pos[b]] += 1
+    return cm
+
+
+@dataclass(frozen=True)
+class CalibrationBins:
+    """Reliability diagram bins: edges, mean predicted probability, observed fraction, counts."""
+
+    edges: FloatArray
+    mean_predicted: FloatArray
+    fraction_positive: FloatArray
+    counts: IntArray
+
+    @property
+    def ece(self) -> float:
+        """Expected calibration error: count-weighted mean |observed - predicted| (Naeini 2015)."""
+        ok = self.counts > 0
+        w = self.counts[ok] / self.counts[ok].sum()
+        return float(np.sum(w * np.abs(self.fraction_positive[ok] - self.mean_predicted[ok])))
+
+
+def calibration_curve(
+    y_true: npt.ArrayLike, y_prob: npt.ArrayLike, n_bins: int = 10, strategy: Literal["uniform", "quantile"] = "uniform"
+) -> CalibrationBins:
+    """Bins of predicted probability (equal width on [0, 1], or equal count) with the observed
+    positive fraction in each, as scikit-learn's ``calibration_curve``; empty bins give NaN."""
+    y = np.asarray(y_true, dtype=np.float64).ravel()
+    p = np.asarray(y_prob, dtype=np.float64).ravel()
+    if strategy == "quantile":
+        edges = np.percentile(p, np.linspace(0, 100, n_bins + 1))
+    else:
+        edges = np.linspace(0.0, 1.0, n_bins + 1)
+    which = np.clip(np.searchsorted(edges[1:-1], p, side="left"), 0, n_bins - 1)
+    counts = np.bincount(which, minlength=n_bins).astype(np.int64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean_p = np.bincount(which, weights=p, minlength=n_bins) / counts
+        frac = np.bincount(which, weights=y, minlength=n_bins) / counts
+    return CalibrationBins(edges, mean_p, frac, counts)
+
+
+def brier_score(y_true: npt.ArrayLike, y_prob: npt.ArrayLike) -> float:
+    """Mean squared difference between predicted probability and outcome (Brier 1950)."""
+    y = np.asarray(y_true, dtype=np.float64).ravel()
+    return float(np.mean((np.asarray(y_prob, dtype=np.float64).ravel() - y) ** 2))
+
+
+# ---------------------------------------------------------------------------------------------
+# Agreement: ICC, Cohen's and Fleiss' kappa
+
+
+@dataclass(frozen=True)
+class IccResult:
+    """Single-measure ICCs with F-based 95% CIs (Shrout & Fleiss 1979; McGraw & Wong 1996)."""
+
+    icc1_1: Estimate  # one-way random, absolute agreement
+    icc2_1: Estimate  # two-way random, absolute agreement
+    icc3_1: Estimate  # two-way mixed, consistency
+    n_subjects: int
+    n_raters: int
+
+
+def icc(ratings: npt.ArrayLike, confidence: float = 0.95) -> IccResult:
+    """ICC(1,1), ICC(2,1), ICC(3,1) of an n_subjects x n_raters matrix with no missing cells,
+    from the two-way ANOVA mean squares, with the F-distribution CIs of McGraw & Wong 1996
+    (Satterthwaite degrees of freedom for ICC(2,1))."""
+    x = np.asarray(ratings, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] < 2 or x.shape[1] < 2 or not np.isfinite(x).all():
+        raise ValueError("ratings must be a finite n_subjects x n_raters matrix, both >= 2")
+    n, k = x.shape
+    gm = x.mean()
+    ss_rows = k * np.sum((x.mean(axis=1) - gm) ** 2)
+    ss_cols = n * np.sum((x.mean(axis=0) - gm) ** 2)
+    ss_err = np.sum((x - gm) ** 2) - ss_rows - ss_cols
+    msr, msc = ss_rows / (n - 1), ss_cols / (k - 1)
+    mse = ss_err / ((n - 1) * (k - 1))
+    msw = (ss_cols + ss_err) / (n * (k - 1))
+    q = 1.0 - (1.0 - confidence) / 2.0
+    v1 = (msr - msw) / (msr + (k - 1) * msw)
+    v2 = (msr - mse) / (msr + (k - 1) * mse + k * (msc - mse) / n)
+    v3 = (msr - mse) / (msr + (k - 1) * mse)
+
+    def f_ci(f: float, df1: float, df2: float) -> tuple[float, float]:
+        fl, fu = f / stats.f.ppf(q, df1, df2), f * stats.f.ppf(q, df2, df1)
+        return float((fl - 1) / (fl + k - 1)), float((fu - 1) / (fu + k - 1))
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ci1 = f_ci(msr / msw, n - 1, n * (k - 1))
+        ci3 = f_ci(msr / mse, n - 1, (n - 1) * (k - 1))
+        a = k * v2 / (n * (1 - v2))
+        b = 1 + k * v2 * (n - 1) / (n * (1 - v2))
+        df = (a * msc + b * mse) ** 2 / ((a * msc) ** 2 / (k - 1) + (b * mse) ** 2 / ((n - 1) * (k - 1)))
+        fs, fss = stats.f.ppf(q, n - 1, df), stats.f.ppf(q, df, n - 1)
+        denom = k * msc + (k * n - k - n) * mse
+        lo2 = n * (msr - fs * mse) / (fs * denom + n * msr)
+        hi2 = n * (fss * msr - mse) / (denom + n * fss * msr)
+    return IccResult(
+        Estimate(float(v1), *ci1, "F, one-way random"),
+        Estimate(float(v2), float(lo2), float(hi2), "F, two-way random, Satterthwaite df"),
+        Estimate(float(v3), *ci3, "F, two-way mixed"),
+        n,
+        k,
+    )
+
+
+def cohen_kappa(
+    rater_a: npt.ArrayLike,
+    rater_b: npt.ArrayLike,
+    weights: Literal["linear", "quadratic"] | None = None,
+    labels: Sequence[int] | None = None,
+) -> float:
+    """Cohen's kappa (1960), weighted (1968) with disagreement |i-j| (linear) or (i-j)^2
+    (quadratic) over the label positions, as scikit-learn's ``cohen_kappa_score``."""
+    cm = confusion_matrix(rater_a, rater_b, labels).astype(np.float64)
+    k = cm.shape[0]
+    expected = np.outer(cm.sum(axis=1), cm.sum(axis=0)) / cm.sum()
+    i, j = np.indices((k, k))
+    if weights is None:
+        w = (i != j).astype(np.float64)
+    elif weights == "linear":
+        w = np.abs(i - j).astype(np.float64)
+    elif weights == "quadratic":
+        w = ((i - j) ** 2).astype(np.float64)
+    else:
+        raise ValueError(f"weights must be None, 'linear' or 'quadratic', not {weights!r}")
+    denom = float(np.sum(w * expected))
+    return float("nan") if denom == 0 else 1.0 - float(np.sum(w * cm)) / denom
+
+
+def category_counts(ratings: npt.ArrayLike, categories: Sequence[int] | None = None) -> IntArray:
+    """n_subjects x n_raters category ratings -> n_subjects x n_categories counts for Fleiss."""
+    r = np.asarray(ratings)
+    cats = list(categories) if categories is not None else sorted(set(r.ravel().tolist()))
+    return np.stack([(r == c).sum(axis=1) for c in cats], axis=1).astype(np.int64)
+
+
+def fleiss_kappa(counts: npt.ArrayLike) -> float:
+    """Fleiss' kappa (1971) for n_subjects x n_categories counts, the same number of raters
+    per subject: (P_bar - P_e) / (1 - P_e)."""
+    c = np.asarray(counts, dtype=np.float64)
+    raters = c.sum(axis=1)
+    if not np.all(raters == raters[0]) or raters[0] < 2:
+        raise ValueError("every subject needs the same number (>= 2) of ratings")
+    n = raters[0]
+    p_j = c.sum(axis=0) / c.sum()
+    p_i = (np.sum(c**2, axis=1) - n) / (n * (n - 1))
+    p_e = float(np.sum(p_j**2))
+    return float("nan") if p_e == 1.0 else float((p_i.mean() - p_e) / (1.0 - p_e))
+
+
+# ---------------------------------------------------------------------------------------------
+# Image-to-image: NCC and SSIM
+
+
+def ncc(a: npt.ArrayLike, b: npt.ArrayLike, mask: npt.ArrayLike | None = None) -> float:
+    """Zero-mean normalised cross-correlation, sum((a-mean a)(b-mean b)) / sqrt(sum(a-mean a)^2
+    sum(b-mean b)^2), in [-1, 1]; the elastography study's similarity of a generated map to the
+    acquired one (Pearson's r over pixels). NaN when either image is constant."""
+    x = np.asarray(a, dtype=np.float64)
+    y = np.asarray(b, dtype=np.float64)
+    if x.shape != y.shape:
+        raise ValueError(f"image shapes differ: {x.shape} vs {y.shape}")
+    if mask is not None:
+        m = np.asarray(mask, dtype=bool)
+        x, y = x[m], y[m]
+    x, y = x - x.mean(), y - y.mean()
+    denom = float(np.sqrt(np.sum(x * x) * np.sum(y * y)))
+    return float("nan") if denom == 0.0 else float(np.sum(x * y) / denom)
+
+
+def mean_sd(values: npt.ArrayLike) -> tuple[float, float]:
+    """Mean and sample SD (ddof=1) of finite values, as the studies report ``mean ± sd``."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    v = v[np.isfinite(v)]
+    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
+
+
+def ncc_summary(pairs: Sequence[tuple[npt.ArrayLike, npt.ArrayLike]]) -> tuple[float, float]:
+    """Mean and SD of NCC over (generated, real) pairs."""
+    return mean_sd([ncc(g, r) for g, r in pairs])
+
+
+def ssim(
+    a: npt.ArrayLike,
+    b: npt.ArrayLike,
+    *,
+    data_range: float | None = None,
+    sigma: float = 1.5,
+    k1: float = 0.01,
+    k2: float = 0.03,
+) -> float:
+    """Mean SSIM (Wang et al. 2004) with an 11x11 Gaussian window (sigma 1.5), population
+    covariances and the border of half a window dropped, matching scikit-image's
+    ``structural_similarity(gaussian_weights=True)``. ``data_range`` defaults to the joint range."""
+    x = np.asarray(a, dtype=np.float64)
+    y = np.asarray(b, dtype=np.float64)
+    if x.shape != y.shape:
+        raise ValueError(f"image shapes differ: {x.shape} vs {y.shape}")
+    truncate = 3.5
+    pad = int(truncate * sigma + 0.5)
+    if min(x.shape) < 2 * pad + 1:
+        raise ValueError(f"images must be at least {2 * pad + 1} pixels on every side")
+    if data_range is None:
+        data_range = float(max(x.max(), y.max()) - min(x.min(), y.min())) or 1.0
+    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
+
+    def blur(z: FloatArray) -> FloatArray:
+        return np.asarray(ndimage.gaussian_filter(z, sigma=sigma, truncate=truncate, mode="reflect"))
+
+    ux, uy = blur(x), blur(y)
+    vx = blur(x * x) - ux * ux
+    vy = blur(y * y) - uy * uy
+    vxy = blur(x * y) - ux * uy
+    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+    return float(s[tuple(slice(pad, -pad) for _ in s.shape)].mean())
+
+
+# ---------------------------------------------------------------------------------------------
+# Detection
+
+
+@dataclass(frozen=True)
+class Box:
+    """An axis-aligned box (x1, y1) top-left to (x2, y2) bottom-right, continuous coordinates;
+    ground truths leave ``score`` at 1."""
+
+    image_id: str
+    label: str
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+    score: float = 1.0
+
+
+def iou(a: Box | Sequence[float], b: Box | Sequence[float]) -> float:
+    """Intersection over union of two (x1, y1, x2, y2) boxes; 0 when they do not overlap."""
+    ax1, ay1, ax2, ay2 = (a.x1, a.y1, a.x2, a.y2) if isinstance(a, Box) else tuple(a)
+    bx1, by1, bx2, by2 = (b.x1, b.y1, b.x2, b.y2) if isinstance(b, Box) else tuple(b)
+    iw = max(0.0, min(ax2, bx2) - max(ax1, bx1))
+    ih = max(0.0, min(ay2, by2) - max(ay1, by1))
+    inter = iw * ih
+    union = (ax2 - ax1) * (ay2 - ay1) + (bx2 - bx1) * (by2 - by1) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class DetectionAP:
+    """AP per class at one IoU threshold, their mean over classes with ground truth, and the
+    PR points per class (for plotting)."""
+
+    iou_threshold: float
+    per_class: dict[str, float]
+    n_ground_truth: dict[str, int]
+    curves: dict[str, tuple[FloatArray, FloatArray]]
+
+    @property
+    def mean_ap(self) -> float:
+        vals = [v for v in self.per_class.values() if np.isfinite(v)]
+        return float(np.mean(vals)) if vals else float("nan")
+
+
+def voc_ap(recall: npt.ArrayLike, precision: npt.ArrayLike) -> float:
+    """Area under the precision envelope, all-point interpolation (PASCAL VOC 2010+)."""
+    mrec = np.r_[0.0, np.asarray(recall, dtype=np.float64), 1.0]
+    mpre = np.r_[0.0, np.asarray(precision, dtype=np.float64), 0.0]
+    mpre = np.maximum.accumulate(mpre[::-1])[::-1]
+    steps = np.flatnonzero(mrec[1:] != mrec[:-1])
+    return float(np.sum((mrec[steps + 1] - mrec[steps]) * mpre[steps + 1]))
+
+
+def detection_ap(
+    detections: Sequence[Box], ground_truths: Sequence[Box], iou_threshold: float = 0.5
+) -> DetectionAP:
+    """Per-class average precision: detections by descending score, each compared with the
+    best-overlapping ground truth of its image and class: a true positive when IoU >= threshold
+    and that box is not yet taken, else a false positive (duplicates count against), AP by VOC all-point interpolation (Everingham et al. 2010). A class with
+    ground truth and no detections scores 0; one with no ground truth is NaN and left out of mAP."""
+    classes = sorted({b.label for b in ground_truths} | {d.label for d in detections})
+    per_class: dict[str, float] = {}
+    n_gt: dict[str, int] = {}
+    curves: dict[str, tuple[FloatArray, FloatArray]] = {}
+    for cls in classes:
+        gts: dict[str, list[Box]] = {}
+        for g in ground_truths:
+            if g.label == cls:
+                gts.setdefault(g.image_id, []).append(g)
+        used = {img: np.zeros(len(bs), dtype=bool) for img, bs in gts.items()}
+        n_gt[cls] = sum(len(bs) for bs in gts.values())
+        dets = sorted((d for d in detections if d.label == cls), key=lambda d: -d.score)
+        tp = np.zeros(len(dets))
+        for i, d in enumerate(dets):
+            cands = gts.get(d.image_id, [])
+            if not cands:
+                continue
+            ious = np.array([iou(d, g) for g in cands])
+            best = int(np.argmax(ious))
+            if ious[best] >= iou_threshold and not used[d.image_id][best]:
+                used[d.image_id][best] = True
+                tp[i] = 1.0
+        if n_gt[cls] == 0:
+            per_class[cls] = float("nan")
+            curves[cls] = (np.zeros(0), np.zeros(0))
+            continue
+        ctp, cfp = np.cumsum(tp), np.cumsum(1.0 - tp)
+        rec = ctp / n_gt[cls]
+        prec = ctp / np.maximum(ctp + cfp, np.finfo(np.float64).eps)
+        per_class[cls] = voc_ap(rec, prec) if dets else 0.0
+        curves[cls] = (rec, prec)
+    return DetectionAP(float(iou_threshold), per_class, n_gt, curves)
