@@ -6,7 +6,8 @@ the destination's `StoreTransport` (one association for DICOM), and records each
 
 - delivered: `mark_sent`;
 - retryable: `mark_retry` with exponential backoff, `backoff_initial_s * 2**attempts` capped
-  at `backoff_max_s`, less up to 10 % seeded jitter so that many items do not retry in step;
+  at `backoff_max_s`, less up to 10 % seeded jitter (one draw per pass, so a batch that
+  failed together is retried together) so that destinations do not retry in step;
 - not retryable, or the `max_attempts`-th failure: `mark_dead` with the reason.
 
 A worker sleeps until the destination's next due item or `poll_s`, whichever comes first, and
@@ -130,12 +131,19 @@ class Sender:
 
     # -- delivery --------------------------------------------------------------------------
 
-    def backoff_s(self, attempts: int) -> float:
-        """Delay before the next try of an item that has failed `attempts` + 1 times."""
+    def _jitter(self) -> float:
+        with self._rng_lock:
+            return 1.0 - JITTER * self._rng.random()
+
+    def backoff_s(self, attempts: int, jitter: float | None = None) -> float:
+        """Delay before the next try of an item that has failed `attempts` + 1 times.
+
+        `jitter` (a factor in (0.9, 1]) is drawn per pass, so items that failed together stay
+        together and go out again over one association.
+        """
         s = self.settings
         base = min(s.backoff_max_s, s.backoff_initial_s * 2.0 ** min(attempts, 60))
-        with self._rng_lock:
-            return base * (1.0 - JITTER * self._rng.random())
+        return base * (self._jitter() if jitter is None else jitter)
 
     def deliver_due(self, destination: str) -> int:
         """One pass for one destination: send the due batch and record outcomes. Returns its size.
@@ -159,6 +167,7 @@ class Sender:
 
     def _record(self, destination: str, items: list[OutboxItem], outcomes: list[SendOutcome]) -> None:
         now = self._clock()
+        jitter = self._jitter()
         sent = retried = 0
         dead: list[str] = []
         next_in: list[float] = []
@@ -180,7 +189,7 @@ class Sender:
                 self.journal.mark_dead(item.id, f"gave up after {attempt} attempts: {out.error}")
                 dead.append("max attempts")
             else:
-                delay = self.backoff_s(item.attempts)
+                delay = self.backoff_s(item.attempts, jitter)
                 self.journal.mark_retry(item.id, out.error, now + delay)
                 next_in.append(delay)
                 retried += 1

@@ -32,7 +32,7 @@ from typing import Protocol, runtime_checkable
 import structlog
 from pydicom import Dataset, dcmread
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE
+from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -113,6 +113,10 @@ def classify_store_status(status: int, comment: str = "") -> SendOutcome:
 # -- DICOM ---------------------------------------------------------------------------------
 
 
+class _NoContext(DeliveryError):
+    """The peer associated but accepted none of the offered contexts (not retryable)."""
+
+
 @dataclass(frozen=True)
 class _Loaded:
     index: int
@@ -144,18 +148,26 @@ class DicomTransport:
         return ae
 
     def _associate(self, ae: AE, contexts: list[PresentationContext]) -> Association:
-        assoc = ae.associate(self.dest.host, self.dest.port, contexts=contexts, ae_title=self.dest.ae_title)
-        if not assoc.is_established:
-            raise DeliveryError(self._why_not_established(assoc))
-        return assoc
-
-    def _why_not_established(self, assoc: Association) -> str:
+        """An established association, or DeliveryError (retryable) / _NoContext (not) saying why."""
+        seen: set[str] = set()
+        handlers = [
+            (evt.EVT_CONN_OPEN, lambda event: seen.add("connected")),
+            (evt.EVT_ACCEPTED, lambda event: seen.add("accepted")),
+        ]
+        assoc = ae.associate(
+            self.dest.host, self.dest.port, contexts=contexts, ae_title=self.dest.ae_title, evt_handlers=handlers
+        )
+        if assoc.is_established:
+            return assoc
         where = f"{self.dest.ae_title}@{self.dest.host}:{self.dest.port}"
+        if "accepted" in seen and not assoc.accepted_contexts:
+            offered = sorted({UID(cx.abstract_syntax).name for cx in contexts})
+            raise _NoContext(f"{where} accepted no presentation context for {', '.join(offered)}")
+        if "connected" not in seen:
+            raise DeliveryError(f"cannot connect to {where} (refused or timed out)")
         if assoc.is_rejected:
-            return f"association rejected by {where}"
-        if assoc.is_aborted:
-            return f"association aborted by {where}"
-        return f"cannot connect to {where} (refused or timed out)"
+            raise DeliveryError(f"association rejected by {where}")
+        raise DeliveryError(f"association aborted by {where}")
 
     def echo(self) -> None:
         ae = self._ae()
@@ -195,6 +207,10 @@ class DicomTransport:
         ae = self._ae()
         try:
             assoc = self._associate(ae, contexts)
+        except _NoContext as exc:
+            for item in group:
+                outcomes[item.index] = SendOutcome.failed(str(exc))
+            return
         except DeliveryError as exc:
             for item in group:
                 outcomes[item.index] = SendOutcome.retry(str(exc))

@@ -3,16 +3,18 @@
 The picture is 512x512 MONOCHROME2, white text on black inside a white border, headed
 "AI QA ALERT", as a Secondary Capture in the source study. Its series is its own (derived from
 the source series and the model), with "AI QA ALERT" in the SeriesDescription. Only the
-caller's text is rendered: no patient attribute is ever drawn, and text that contains the
-patient's name is refused.
+caller's text is rendered: no patient attribute is ever drawn, and any word of the caller's
+text that is a part of the patient's name is masked, so a slip never puts a name on a console
+(masking, not refusing, so the alert still goes out).
 """
 
 from __future__ import annotations
 
+import re
 import textwrap
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 from pydicom import Dataset
 
 from sidecar.dicom import codes
@@ -30,13 +32,35 @@ _LINE_GAP_PX = 8
 _MAX_LINES = 12
 
 
-def _name_parts(source: Dataset) -> list[str]:
-    """Components of the source's PatientName long enough to be told apart from words."""
+_NAME_MASK = "***"
+
+
+def _name_pattern(source: Dataset) -> re.Pattern[str] | None:
+    """A whole-word, case-blind pattern for the parts of the source's PatientName."""
     name = source.get("PatientName")
     if not name:
-        return []
-    parts = [str(name)] + [p for p in (name.family_name, name.given_name) if p]
-    return [p.lower() for p in parts if len(p) >= 3]
+        return None
+    parts = {str(name)} | {
+        p for p in (name.family_name, name.given_name, name.middle_name) if p and len(p) >= 2
+    }
+    alternatives = "|".join(re.escape(p) for p in sorted(parts, key=len, reverse=True))
+    return re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)", re.IGNORECASE)
+
+
+def mask_patient_name(text_lines: list[str], source: Dataset) -> list[str]:
+    """`text_lines` with every whole-word part of the patient's name replaced by ***."""
+    pattern = _name_pattern(source)
+    if pattern is None:
+        return list(text_lines)
+    return [pattern.sub(_NAME_MASK, line) for line in text_lines]
+
+
+def _wrap(line: str, room_px: int, font: ImageFont.FreeTypeFont | ImageFont.ImageFont) -> list[str]:
+    """`line` broken at spaces (or inside a word too long) to fit `room_px` in `font`."""
+    chars = len(line)
+    while chars > 1 and any(font.getlength(w) > room_px for w in textwrap.wrap(line, chars)):
+        chars -= 1
+    return textwrap.wrap(line, chars) or [""]
 
 
 def render_alert(text_lines: list[str]) -> np.ndarray:
@@ -53,8 +77,8 @@ def render_alert(text_lines: list[str]) -> np.ndarray:
     y += _TITLE_PX + 2 * _LINE_GAP_PX
     rule_y = y - _LINE_GAP_PX
     draw.line((_MARGIN_PX, rule_y, ALERT_SIZE_PX - _MARGIN_PX, rule_y), fill=255, width=2)
-    width_chars = 30  # fits 512 px at 26 px with margins
-    wrapped = [w for line in text_lines for w in (textwrap.wrap(line, width_chars) or [""])]
+    room_px = ALERT_SIZE_PX - 2 * _MARGIN_PX
+    wrapped = [w for line in text_lines for w in _wrap(line, room_px, text_font)]
     if len(wrapped) > _MAX_LINES:
         wrapped = wrapped[: _MAX_LINES - 1] + ["..."]
     for line in wrapped:
@@ -74,13 +98,11 @@ def build_alert_image(
 ) -> Dataset:
     """A Secondary Capture that shows `text_lines` as an AI QA alert, in a new series of the study.
 
-    Raises ResultError when there is no text or the text contains the patient's name.
+    Parts of the patient's name in the text are masked. Raises ResultError when there is no text.
     """
     if not any(line.strip() for line in text_lines):
         raise ResultError("an alert needs at least one line of text")
-    joined = "\n".join(text_lines).lower()
-    if any(part in joined for part in _name_parts(source)):
-        raise ResultError("alert text contains the patient's name; alerts carry no names")
+    text_lines = mask_patient_name(text_lines, source)
     description = f"{codes.AI_QA_ALERT} {model_id}"[:64]
     return secondary_capture(
         render_alert(text_lines),

@@ -111,8 +111,12 @@ def secondary_capture(
     if orientation is None:
         # Unknown orientation: PatientOrientation is Type 2C for SC (PS3.3 C.7.6.1), so empty.
         sc.PatientOrientation = ""
-    if "Laterality" not in sc:
-        # Type 2C in General Series; SC has no Image Laterality, so it is present, empty.
+    body_part = source.get("BodyPartExamined")
+    if body_part:
+        sc.BodyPartExamined = body_part
+    elif "Laterality" not in sc:
+        # Laterality is Type 2C (General Series, PS3.3 C.7.3.1) on a paired body part; with no
+        # body part known, whether it applies is unknown, so it is present and empty.
         sc.Laterality = ""
     sc.ImageComments = comments
     sc.BurnedInAnnotation = "YES" if burned_in else "NO"

@@ -158,7 +158,9 @@ class _ReportBuilder:
             for label, p in c.probabilities.items()
         ]
 
-    def evaluations(self, c: Classification, name: CodedConcept) -> list[hd.sr.QualitativeEvaluation]:
+    def evaluations(
+        self, c: Classification, name: CodedConcept
+    ) -> list[hd.sr.QualitativeEvaluation]:
         """The winning label under `name`, and the technologist alert where flagged."""
         items = [
             hd.sr.QualitativeEvaluation(
@@ -300,7 +302,9 @@ class _ReportBuilder:
             qualitative_evaluations=evaluations or None,
         )
 
-    def notes(self, not_for_clinical_use: bool, revision: int, predecessor: str | None) -> list[str]:
+    def notes(
+        self, not_for_clinical_use: bool, revision: int, predecessor: str | None
+    ) -> list[str]:
         lines = []
         if not_for_clinical_use:
             lines.append(codes.NOT_FOR_CLINICAL_USE)

@@ -114,8 +114,12 @@ def make_mr(
     sop_uid: str | None = None,
     instance_number: int = 1,
     size: int = 64,
+    images_in_acquisition: int | None = None,
 ) -> Dataset:
-    """A single-frame MR Image (uint16, `size` x `size`), slice `instance_number` of an axial stack."""
+    """An MR Image (uint16, `size` x `size`): slice `instance_number` of an axial stack.
+
+    ImagesInAcquisition (an expected count the assembler uses) is set only when given.
+    """
     rng = np.random.default_rng([seed, instance_number])
     ds = _base(
         MRImageStorage,
@@ -148,6 +152,8 @@ def make_mr(
     ds.ImagePositionPatient = ["-48", "-48", str(10 * (instance_number - 1))]
     ds.SliceLocation = str(10 * (instance_number - 1))
     ds.AcquisitionNumber = 1
+    if images_in_acquisition is not None:
+        ds.ImagesInAcquisition = images_in_acquisition
     pixels = rng.integers(0, 4096, size=(size, size), dtype=np.uint16)
     _grey_pixels(ds, pixels, 16)
     ds.BitsStored = 12
@@ -158,16 +164,27 @@ def make_mr(
 
 
 def make_mr_series(
-    n: int, *, seed: int = 0, study_uid: str | None = None, series_uid: str | None = None
+    n: int,
+    *,
+    seed: int = 0,
+    study_uid: str | None = None,
+    series_uid: str | None = None,
+    images_in_acquisition: int | None = None,
 ) -> list[Dataset]:
     """`n` MR slices of one series (instance numbers 1..n)."""
-    first = make_mr(seed=seed, study_uid=study_uid, series_uid=series_uid)
+    first = make_mr(
+        seed=seed,
+        study_uid=study_uid,
+        series_uid=series_uid,
+        images_in_acquisition=images_in_acquisition,
+    )
     return [first] + [
         make_mr(
             seed=seed,
             study_uid=first.StudyInstanceUID,
             series_uid=first.SeriesInstanceUID,
             instance_number=i,
+            images_in_acquisition=images_in_acquisition,
         )
         for i in range(2, n + 1)
     ]

@@ -48,7 +48,7 @@ def dciodvfy_lines(path: str | Path) -> list[str]:
 
 
 def assert_valid_dicom(path_or_dataset: str | Path | Dataset) -> Dataset:
-    """Write (if given a Dataset), read back strictly and validate with dciodvfy; return the read."""
+    """Write (if a Dataset), read back strictly, validate with dciodvfy; return the read-back."""
     with tempfile.TemporaryDirectory(prefix="validate-") as tmp:
         if isinstance(path_or_dataset, Dataset):
             path = Path(tmp) / "object.dcm"

@@ -188,10 +188,11 @@ class TestThresholdMetrics:
             assert est.ci_low <= est.value <= est.ci_high
 
     def test_youden_point_by_hand(self) -> None:
-        """J is highest (2/3) calling scores >= 0.6 positive."""
+        """J is highest (2/3) at >= 0.6 and at >= 0.35; the tie goes to the higher threshold."""
         y = [0, 0, 1, 0, 1, 1]
         s = [0.1, 0.3, 0.35, 0.5, 0.6, 0.9]
         assert M.youden_threshold(y, s) == pytest.approx(0.6)
+        assert M.youden_threshold([0, 0, 1, 0, 1], [0.1, 0.2, 0.3, 0.4, 0.5]) == pytest.approx(0.3)  # J = 2/3
         ym = M.youden_metrics(y, s, n_boot=50)
         assert ym.metrics["sensitivity"].value == pytest.approx(2 / 3)
         assert ym.metrics["specificity"].value == pytest.approx(1.0)
@@ -330,6 +331,24 @@ class TestImageSimilarity:
         """SSIM of an image with itself is 1."""
         img = self._image()
         assert M.ssim(img, img) == pytest.approx(1.0)
+
+    def test_ssim_equals_a_brute_force_windowed_computation(self) -> None:
+        """On 16x16 images every kept window lies inside the image, so SSIM is the mean of the
+        Wang et al. formula over explicit 11x11 Gaussian-weighted windows (sigma 1.5)."""
+        rng = np.random.default_rng(8)
+        a = rng.random((16, 16))
+        b = 0.7 * a + 0.3 * rng.random((16, 16))
+        taps = np.exp(-(np.arange(-5, 6) ** 2) / (2 * 1.5**2))
+        w = np.outer(taps, taps) / taps.sum() ** 2
+        c1, c2 = 0.01**2, 0.03**2
+        values = []
+        for i, j in itertools.product(range(5, 11), repeat=2):
+            x, y = a[i - 5:i + 6, j - 5:j + 6], b[i - 5:i + 6, j - 5:j + 6]
+            mx, my = np.sum(w * x), np.sum(w * y)
+            vx, vy = np.sum(w * x * x) - mx**2, np.sum(w * y * y) - my**2
+            cxy = np.sum(w * x * y) - mx * my
+            values.append((2 * mx * my + c1) * (2 * cxy + c2) / ((mx**2 + my**2 + c1) * (vx + vy + c2)))
+        assert M.ssim(a, b, data_range=1.0) == pytest.approx(float(np.mean(values)), rel=1e-9)
 
     def test_ssim_of_constant_images_is_the_luminance_term(self) -> None:
         """Flat 0.5 against flat 0.25 (range 1): (2*.5*.25 + C1) / (.5^2 + .25^2 + C1)."""

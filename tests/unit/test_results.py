@@ -24,6 +24,7 @@ from sidecar.dicom import codes
 from sidecar.dicom.uids import result_uid
 from sidecar.errors import ResultError
 from sidecar.results import build_alert_image, build_results, build_sc, build_sr
+from sidecar.results.alert_image import mask_patient_name
 from tests.helpers.dicom_factory import (
     FAKE_PATIENT_NAME,
     make_dx,
@@ -90,14 +91,18 @@ def texts(sr: Dataset) -> list[str]:
 def measurement_items(sr: Dataset) -> list[Dataset]:
     """NUM items the report CONTAINS (not the image library's acquisition context)."""
     return [
-        i for i in walk(sr.ContentSequence) if i.ValueType == "NUM" and i.RelationshipType == "CONTAINS"
+        i
+        for i in walk(sr.ContentSequence)
+        if i.ValueType == "NUM" and i.RelationshipType == "CONTAINS"
     ]
 
 
 def numbers(sr: Dataset) -> dict[str, float]:
     """Measurement values by concept name meaning."""
     return {
-        str(i.ConceptNameCodeSequence[0].CodeMeaning): float(i.MeasuredValueSequence[0].NumericValue)
+        str(i.ConceptNameCodeSequence[0].CodeMeaning): float(
+            i.MeasuredValueSequence[0].NumericValue
+        )
         for i in measurement_items(sr)
     }
 
@@ -501,15 +506,24 @@ class TestAlertImage:
         assert a.SOPInstanceUID == b.SOPInstanceUID != c.SOPInstanceUID
         assert a.SeriesInstanceUID == c.SeriesInstanceUID
 
-    def test_alert_text_with_patient_name_is_refused(self, mr: Dataset) -> None:
-        """Text that contains the patient's name never reaches the pixels."""
-        with pytest.raises(ResultError, match="patient's name"):
+    def test_patient_name_in_alert_text_is_masked(self, mr: Dataset) -> None:
+        """Whole-word parts of the patient's name are masked; other words are kept."""
+        lines = mask_patient_name(["Repeat slice for PHANTOM test", "Phantoms^Testing ok"], mr)
+        assert lines == ["Repeat slice for *** ***", "Phantoms^Testing ok"]
+        alert = build_alert_image(
+            ["Repeat slice for Phantom"],
+            mr,
+            input_uid=mr.SOPInstanceUID,
+            model_id="lge_qa",
+            model_version="1",
+        )
+        assert "Phantom" not in alert.ImageComments
+
+    def test_alert_without_text_raises(self, mr: Dataset) -> None:
+        """An alert needs something to say."""
+        with pytest.raises(ResultError, match="at least one line"):
             build_alert_image(
-                ["Repeat slice for Phantom"],
-                mr,
-                input_uid=mr.SOPInstanceUID,
-                model_id="lge_qa",
-                model_version="1",
+                ["  "], mr, input_uid=mr.SOPInstanceUID, model_id="lge_qa", model_version="1"
             )
 
 

@@ -299,8 +299,8 @@ def youden_threshold(y_true: npt.ArrayLike, y_score: npt.ArrayLike) -> float:
     """The score threshold maximising Youden's J = sensitivity + specificity - 1 (Youden 1950);
     on ties the highest such threshold. Use with ``score >= threshold``."""
     fpr, tpr, thr = roc_curve(y_true, y_score)
-    j = tpr - fpr
-    best = int(np.argmax(j[1:])) + 1  # skip the +inf point (nothing called positive)
+    j = (tpr - fpr)[1:]  # skip the +inf point (nothing called positive)
+    best = int(np.flatnonzero(j >= j.max() - 1e-12)[0]) + 1  # ties within rounding: highest threshold
     return float(thr[best])
 
 
@@ -615,8 +615,9 @@ def detection_ap(
 ) -> DetectionAP:
     """Per-class average precision: detections by descending score, each compared with the
     best-overlapping ground truth of its image and class: a true positive when IoU >= threshold
-    and that box is not yet taken, else a false positive (duplicates count against), AP by VOC all-point interpolation (Everingham et al. 2010). A class with
-    ground truth and no detections scores 0; one with no ground truth is NaN and left out of mAP."""
+    and that box is not yet taken, else a false positive (duplicates count against); AP by VOC
+    all-point interpolation (Everingham et al. 2010). A class with ground truth and no
+    detections scores 0; one with no ground truth is NaN and left out of mAP."""
     classes = sorted({b.label for b in ground_truths} | {d.label for d in detections})
     per_class: dict[str, float] = {}
     n_gt: dict[str, int] = {}

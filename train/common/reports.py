@@ -92,7 +92,9 @@ def fmt(x: float | None) -> str:
     return "—" if x is None or not math.isfinite(float(x)) else f"{float(x):.3f}"
 
 
-def _row(label: str, est: M.Estimate | M.AucResult | float, method: str = "", sd: float | None = None) -> dict[str, Any]:
+def _row(
+    label: str, est: M.Estimate | M.AucResult | float, method: str = "", sd: float | None = None
+) -> dict[str, Any]:
     if isinstance(est, M.AucResult):
         est = est.estimate()
     if isinstance(est, M.Estimate):
@@ -559,7 +561,8 @@ def write_detection_report(
         lo, hi = np.percentile(vals, [tail, 100 - tail])
         return float(lo), float(hi)
 
-    summary: dict[str, dict[str, Any]] = {"map": _row(f"mAP@{iou_threshold:g}", M.Estimate(res.mean_ap, *ci("__map__"), method))}
+    map_est = M.Estimate(res.mean_ap, *ci("__map__"), method)
+    summary: dict[str, dict[str, Any]] = {"map": _row(f"mAP@{iou_threshold:g}", map_est)}
     for n in names:
         if n in res.per_class and math.isfinite(res.per_class[n]):
             summary[f"ap.{n}"] = _row(f"AP@{iou_threshold:g}, {n}", M.Estimate(res.per_class[n], *ci(n), method))

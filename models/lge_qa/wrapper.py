@@ -1,0 +1,199 @@
+"""The LGE QA model behind the sidecar's model seam: PSIR slices in, per-slice certainty out.
+
+`build(weights, options)` loads a checkpoint written by `train.lge_qa.task` with
+`torch.load(weights_only=True)`: ``{"state_dict": ..., "metadata": {...}}`` where metadata holds
+version, threshold (chosen on validation), size, spacing_mm, input_size, percentiles, seed and
+not_for_clinical_use. Preprocessing is `transforms.slice_to_tensor` with the checkpoint's
+settings, the same call training made.
+
+Options: ``threshold`` (float, overrides the checkpoint's), ``torch_threads`` (int),
+``size`` (network size when no weights are given; default "b0").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydicom import Dataset
+
+from models.base import ModelCard
+from models.findings import Classification, Findings, ImageRef
+from models.lge_qa.labels import HIGH_CERTAINTY, LABELS, LOW_CERTAINTY
+from models.lge_qa.net import DEFAULT_SIZE, EfficientNetV2
+from models.lge_qa.transforms import TransformConfig, n_frames, slice_to_tensor
+
+MODEL_ID = "lge_qa"
+NAME = "LGE CMR slice certainty (EfficientNetV2)"
+MANUFACTURER = "DICOM AI sidecar project"
+INTENDED_USE = (
+    "Quality assurance during cardiac MR: flags short-axis PSIR late gadolinium enhancement "
+    "slices an expert reader would be uncertain about (faint or equivocal enhancement, poor "
+    "myocardial nulling, artefacts, low SNR), so the technologist can repeat the slice, adjust "
+    "TI, swap phase encoding or add a cross-cut while the patient is still in the scanner. "
+    "It does not diagnose LGE and does not replace the reader."
+)
+REFERENCE = (
+    "EfficientNetV2 classifier of short-axis PSIR LGE slices as high vs low certainty, labels "
+    "from two blinded experts' VAS scores (0-100), 70/15/15 split (seed study of issue 4)."
+)
+PUBLISHED: dict[str, float] = {
+    "accuracy": 0.94,
+    "auc": 0.94,
+    "recall": 0.80,
+    "precision": 0.97,
+    "f1": 0.87,
+    "external_accuracy": 0.91,
+    "external_auc": 0.91,
+    "inter_expert_accuracy": 0.86,
+}
+FINDING_SITE = "left ventricle"
+
+
+class LgeQaError(ValueError):
+    """A checkpoint or a slice this model cannot use; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class LgeQaBatch:
+    """Prepared slices: the network input (N, 1, H, W) and one source reference per slice."""
+
+    tensor: torch.Tensor
+    refs: tuple[ImageRef, ...]
+
+
+def _refs_and_tensors(ds: Dataset, config: TransformConfig) -> tuple[list[ImageRef], list[np.ndarray]]:
+    sop_class = str(getattr(ds, "SOPClassUID", ""))
+    sop_uid = str(getattr(ds, "SOPInstanceUID", ""))
+    frames = n_frames(ds)
+    if frames == 1:
+        return [ImageRef(sop_class, sop_uid)], [slice_to_tensor(ds, None, config)]
+    refs = [ImageRef(sop_class, sop_uid, frame=i + 1) for i in range(frames)]
+    return refs, [slice_to_tensor(ds, i, config) for i in range(frames)]
+
+
+class LgeQaModel:
+    """EfficientNetV2 LGE slice-certainty model; `predict` answers per slice and for the batch."""
+
+    def __init__(
+        self,
+        net: EfficientNetV2,
+        metadata: Mapping[str, Any],
+        threshold: float,
+    ) -> None:
+        self.net = net.eval()
+        self.metadata = dict(metadata)
+        self.threshold = float(threshold)
+        self.config = TransformConfig(
+            spacing_mm=float(metadata.get("spacing_mm", TransformConfig.spacing_mm)),
+            size=int(metadata.get("input_size", TransformConfig.size)),
+            percentiles=tuple(metadata.get("percentiles", TransformConfig.percentiles)),  # type: ignore[arg-type]
+        )
+        self.card = ModelCard(
+            id=MODEL_ID,
+            version=str(metadata.get("version", "0+untrained")),
+            name=NAME,
+            manufacturer=MANUFACTURER,
+            intended_use=INTENDED_USE,
+            labels=LABELS,
+            not_for_clinical_use=bool(metadata.get("not_for_clinical_use", True)),
+            reference=REFERENCE,
+            published=dict(PUBLISHED),
+        )
+
+    def prepare(self, datasets: Sequence[Dataset]) -> LgeQaBatch:
+        """Single-frame slices and multi-frame Enhanced MR (one ref per frame) -> one batch."""
+        refs: list[ImageRef] = []
+        tensors: list[np.ndarray] = []
+        for ds in datasets:
+            r, t = _refs_and_tensors(ds, self.config)
+            refs.extend(r)
+            tensors.extend(t)
+        if not tensors:
+            raise LgeQaError("no slices to prepare")
+        return LgeQaBatch(torch.from_numpy(np.stack(tensors)), tuple(refs))
+
+    def probabilities(self, batch: LgeQaBatch) -> np.ndarray:
+        """P(low certainty) per slice."""
+        with torch.inference_mode():
+            return torch.sigmoid(self.net(batch.tensor)).double().numpy()
+
+    def predict(self, batch: LgeQaBatch) -> Findings:
+        """One Classification per slice (uncertain = p_low >= threshold) plus a batch summary."""
+        p_low = self.probabilities(batch)
+        items = []
+        for ref, p in zip(batch.refs, p_low, strict=True):
+            low = bool(p >= self.threshold)
+            items.append(
+                Classification(
+                    label=LOW_CERTAINTY if low else HIGH_CERTAINTY,
+                    probabilities={HIGH_CERTAINTY: float(1.0 - p), LOW_CERTAINTY: float(p)},
+                    source=ref,
+                    uncertain=low,
+                    finding_site=FINDING_SITE,
+                )
+            )
+        n_low = sum(c.uncertain for c in items)
+        worst = float(p_low.max())
+        summary = Classification(
+            label=LOW_CERTAINTY if n_low else HIGH_CERTAINTY,
+            probabilities={HIGH_CERTAINTY: 1.0 - worst, LOW_CERTAINTY: worst},
+            source=None,
+            uncertain=n_low > 0,
+            finding_site=FINDING_SITE,
+        )
+        return Findings(
+            model_id=MODEL_ID,
+            model_version=self.card.version,
+            classifications=tuple(items),
+            summary=summary,
+            not_for_clinical_use=self.card.not_for_clinical_use,
+            notes=(
+                f"{n_low} of {len(items)} slices low certainty (threshold {self.threshold:.3f}); "
+                "summary probability is the highest slice probability",
+            ),
+        )
+
+    def warm_up(self) -> None:
+        """One forward pass on zeros, so the first real slice does not pay for allocation."""
+        size = self.config.size
+        with torch.inference_mode():
+            self.net(torch.zeros(1, 1, size, size))
+
+
+def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(state_dict, metadata) from a checkpoint file; tensors only, no pickled code."""
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError) as exc:
+        raise LgeQaError(f"cannot read checkpoint {path}: {exc}") from exc
+    if not isinstance(blob, dict) or "state_dict" not in blob or "metadata" not in blob:
+        raise LgeQaError(f"{path} is not an lge_qa checkpoint (state_dict + metadata)")
+    state = {k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()}
+    return state, dict(blob["metadata"])
+
+
+def build(weights: Path | None = None, options: Mapping[str, Any] | None = None) -> LgeQaModel:
+    """The factory the registry calls: load `weights` (or an untrained net) and apply `options`."""
+    opts = dict(options or {})
+    if "torch_threads" in opts:
+        torch.set_num_threads(int(opts["torch_threads"]))
+    if weights is not None:
+        state, metadata = load_checkpoint(Path(weights))
+        net = EfficientNetV2(str(metadata.get("size", DEFAULT_SIZE)))
+        try:
+            net.load_state_dict(state)
+        except RuntimeError as exc:
+            raise LgeQaError(f"{weights}: weights do not fit size {metadata.get('size')!r}") from exc
+    else:
+        metadata = {"version": "0+untrained", "threshold": 0.5, "not_for_clinical_use": True,
+                    "size": str(opts.get("size", DEFAULT_SIZE))}
+        net = EfficientNetV2(metadata["size"])
+    threshold = float(opts.get("threshold", metadata.get("threshold", 0.5)))
+    if not 0.0 < threshold < 1.0:
+        raise LgeQaError(f"threshold {threshold} must lie in (0, 1)")
+    return LgeQaModel(net, metadata, threshold)
