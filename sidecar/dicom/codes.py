@@ -133,10 +133,11 @@ class ModelConcepts:
 # Model id -> concepts. A model not listed here gets generic AI concepts (see `model_concepts`).
 MODEL_CONCEPTS: dict[str, ModelConcepts] = {
     "lge_qa": ModelConcepts(LGE_SLICE_CERTAINTY, LGE_SLICE_CERTAINTY),
-    "synovitis_us": ModelConcepts(SYNOVITIS_GRADE, SYNOVITIS_GRADE),
-    "gout_us": ModelConcepts(GOUT_MTP1_FINDING, GOUT_MTP1_FINDING),
-    "hand_jsn": ModelConcepts(JOINT_SPACE_NARROWING_GRADE, JOINT_SPACE_NARROWING_GRADE),
-    "knee_kl": ModelConcepts(KELLGREN_LAWRENCE_GRADE, KELLGREN_LAWRENCE_GRADE),
+    "us_synovitis": ModelConcepts(SYNOVITIS_GRADE, SYNOVITIS_GRADE),
+    "gout_mtp1": ModelConcepts(GOUT_MTP1_FINDING, GOUT_MTP1_FINDING),
+    # Hand radiographs: detections carry a grade; the scheme (SHS narrowing or KL) is named by
+    # the detection's grade labels, the default concept is narrowing.
+    "hand_joints": ModelConcepts(JOINT_SPACE_NARROWING_GRADE, JOINT_SPACE_NARROWING_GRADE),
 }
 
 # --- Fixed wording ----------------------------------------------------------------------------

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-import structlog
 from pydicom import Dataset, dcmread
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
@@ -40,8 +39,6 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from sidecar.dicom.status import EchoStatus, StoreStatus
 from sidecar.errors import DeliveryError
 from sidecar.settings import DicomDestination, FolderDestination
-
-log = structlog.get_logger("sidecar.transport")
 
 #: pynetdicom (and PS3.8) allow at most 128 presentation contexts per association request.
 MAX_CONTEXTS = 128

@@ -172,8 +172,8 @@ class Worker:
 
     def _alerts(self, job: Job, findings: Findings, source: Dataset, input_uid: str) -> list[tuple[str, str, str]]:
         queued: list[tuple[str, str, str]] = []
-        for c in findings.alerts:
-            key = f"{job.model_id}:{input_uid}:{c.label}:r{job.revision}"
+        for index, c in enumerate(findings.alerts):
+            key = f"{job.model_id}:{input_uid}:{index}:{c.label}:r{job.revision}"
             p = float(c.probabilities[c.label])
             inst_no = _int_or_none(source.get("InstanceNumber"))
             lines = (
@@ -188,7 +188,7 @@ class Worker:
             if self.journal.add_alert(job.series_uid, key, " | ".join(lines), job.id):
                 self.fanout.publish(Alert(job.series_uid, key, job.model_id, c.label, p, lines, inst_no))
             if self.alert_destinations:
-                image = build_alert_image(list(lines), source, input_uid=f"{input_uid}", model_id=job.model_id,
+                image = build_alert_image(list(lines), source, input_uid=f"{input_uid}#{index}", model_id=job.model_id,
                                           model_version=job.model_version, revision=job.revision)
                 path = self._write(job, image)
                 queued.extend((d, str(image.SOPInstanceUID), str(path)) for d in self.alert_destinations)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 
 
@@ -14,8 +15,6 @@ def free_port() -> int:
 
 def nodelay_env() -> dict[str, str]:
     """The environment for dcmtk and Orthanc: Debian's builds stall ~40 ms per image without it."""
-    import os
-
     env = dict(os.environ)
     env["TCP_NODELAY"] = "1"
     return env

@@ -44,7 +44,7 @@ LGE_CARD = ModelCard(
     labels=("certain", "uncertain"),
 )
 JSN_CARD = ModelCard(
-    id="hand_jsn",
+    id="hand_joints",
     version="0.3.0",
     name="Hand joint space narrowing",
     manufacturer="Sidecar demo models",
@@ -294,7 +294,7 @@ class TestStructuredReport:
     ) -> None:
         """Each detection is an ROI group: closed box polyline, label, confidence, grade, side."""
         findings = Findings(
-            model_id="hand_jsn",
+            model_id="hand_joints",
             model_version="0.3.0",
             detections=(
                 Detection(
@@ -326,13 +326,13 @@ class TestStructuredReport:
         """A classification of one frame of a cine references that frame number."""
         cine = make_us_cine(seed=4, frames=5)
         findings = Findings(
-            model_id="synovitis_us",
+            model_id="us_synovitis",
             model_version="0.1",
             classifications=(
                 Classification("grade 2", {"grade 0": 0.1, "grade 2": 0.9}, source=ref(cine, 3)),
             ),
         )
-        card = ModelCard("synovitis_us", "0.1", "Synovitis grading", "Demo", "x", ("grade 0",))
+        card = ModelCard("us_synovitis", "0.1", "Synovitis grading", "Demo", "x", ("grade 0",))
         sr = build_sr(findings, [cine], card, input_uid=cine.SOPInstanceUID, kind="instance")
         back = written(sr, tmp_path, "cine.dcm")
         frames = [

@@ -1,0 +1,176 @@
+"""`python -m train <model> fit|evaluate|card|manifest|demo-weights [options]`.
+
+Parses the command line into the typed requests of train.tasks and hands them to the model's
+registered task. Default folders: runs/<model>/fit (checkpoints, epochs.jsonl, phantoms),
+runs/<model>/evaluate (report), runs/<model>/card (model card).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from train.common.manifest import KEYS, ManifestError, build_manifest
+from train.tasks import (
+    CardRequest,
+    DemoWeightsRequest,
+    EvaluateRequest,
+    FitRequest,
+    TaskSpec,
+    load_tasks,
+)
+
+RUNS = Path("runs")
+
+
+def _fit_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--manifest", type=Path, help="manifest CSV with train and val splits "
+                   "(default: the task's seeded phantoms, written under --out)")
+    p.add_argument("--out", type=Path, help="folder for last.pt, best.pt, epochs.jsonl "
+                   "(default: runs/<model>/fit)")
+    p.add_argument("--epochs", type=int, help="maximum number of epochs")
+    p.add_argument("--lr", type=float, help="learning rate (AdamW; Adam for GANs)")
+    p.add_argument("--weight-decay", type=float, help="decoupled weight decay")
+    p.add_argument("--scheduler", choices=("cosine", "plateau", "none"),
+                   help="learning-rate schedule: cosine annealing over the epochs, "
+                        "reduce-on-plateau of the validation metric, or constant")
+    p.add_argument("--patience", type=int,
+                   help="stop after this many epochs without improvement (0: never)")
+    p.add_argument("--seed", type=int, help="seed for weights, shuffling and phantoms")
+    p.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (default: cuda if present)")
+    p.add_argument("--no-amp", action="store_true", help="no mixed precision even on CUDA")
+    p.add_argument("--checkpoint-every", type=int,
+                   help="also keep epoch_NNN.pt every N epochs (0: only last.pt and best.pt)")
+    p.add_argument("--batch-size", type=int, default=16, help="training batch size (default 16)")
+    p.add_argument("--num-workers", type=int, default=0,
+                   help="DataLoader worker processes (default 0: load in the main process)")
+    p.add_argument("--resume", type=Path, help="checkpoint to resume from exactly (e.g. last.pt)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def build_parser(tasks: dict[str, TaskSpec]) -> argparse.ArgumentParser:
+    """The argument parser; `tasks` supplies the model choices and their summaries."""
+    models = "\n".join(f"  {name:<14} {spec.summary}" for name, spec in sorted(tasks.items()))
+    parser = argparse.ArgumentParser(
+        prog="python -m train",
+        description="Train, evaluate and document the sidecar's clinical models.",
+        epilog=f"models:\n{models}\n\nRun 'python -m train <model> <command> --help' for the "
+               "options of one command.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", choices=sorted(tasks), metavar="model",
+                        help="the model id (listed below)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+
+    fit = sub.add_parser("fit", help="train on a manifest (or phantoms), with checkpoints",
+                         description="Train the model. Options left out take the task's defaults.")
+    _fit_options(fit)
+
+    ev = sub.add_parser("evaluate", help="score a split and write metrics.json, report.md, plots",
+                        description="Evaluate a checkpoint on one split of a manifest.")
+    ev.add_argument("--manifest", type=Path,
+                    help="manifest CSV (default: the phantoms beside the checkpoint)")
+    ev.add_argument("--checkpoint", type=Path,
+                    help="checkpoint to evaluate (default: runs/<model>/fit/best.pt)")
+    ev.add_argument("--split", default="test",
+                    help="split to evaluate: test, external, val ... (default test)")
+    ev.add_argument("--out", type=Path, help="report folder (default: runs/<model>/evaluate)")
+    ev.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
+    ev.add_argument("--device", help="torch device (default: cuda if present, else cpu)")
+    ev.add_argument("--seed", type=int, default=0, help="bootstrap seed for CIs (default 0)")
+
+    cd = sub.add_parser("card", help="write card.md and card.yaml from an evaluation",
+                        description="Write the model card from an evaluation folder.")
+    cd.add_argument("--evaluation", type=Path,
+                    help="evaluation folder with metrics.json (default: runs/<model>/evaluate)")
+    cd.add_argument("--checkpoint", type=Path,
+                    help="the weights the card describes (default: runs/<model>/fit/best.pt)")
+    cd.add_argument("--out", type=Path, help="card folder (default: runs/<model>/card)")
+
+    mf = sub.add_parser("manifest", help="build a manifest CSV from a DICOM folder and labels",
+                        description="Walk a DICOM (or PNG) folder, group files by --key, join "
+                                    "the label CSV and write the manifest.")
+    mf.add_argument("--dicom-dir", type=Path, required=True, help="folder to walk (recursively)")
+    mf.add_argument("--labels", type=Path, required=True,
+                    help="label CSV: the key column plus label, label_*, reader<N>_*, view, "
+                         "site, split, patient_id (any of them)")
+    mf.add_argument("--key", choices=KEYS,
+                    help="what a label row names: one file (sop_instance_uid), a series "
+                         "(series_uid), a study (accession) or a file path (path, for PNGs) "
+                         "(default: the task's key)")
+    mf.add_argument("--out", type=Path, required=True, help="manifest CSV to write")
+    mf.add_argument("--strict", action="store_true",
+                    help="fail when a label row matches no file")
+
+    dw = sub.add_parser("demo-weights", help="rebuild the bundled demo weights from phantoms",
+                        description="Train from seeded phantoms and write the demo weights "
+                                    "(NOT FOR CLINICAL USE).")
+    dw.add_argument("--out", type=Path, help="weights file (default: the task's bundled path)")
+    dw.add_argument("--work-dir", type=Path,
+                    help="folder for phantoms and checkpoints (default: runs/<model>/demo)")
+    dw.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    return parser
+
+
+def _fit_request(spec: TaskSpec, args: argparse.Namespace) -> FitRequest:
+    overrides = {
+        "epochs": args.epochs, "lr": args.lr, "weight_decay": args.weight_decay,
+        "scheduler": args.scheduler, "patience": args.patience, "seed": args.seed,
+        "device": args.device, "checkpoint_every": args.checkpoint_every,
+    }
+    config = replace(spec.default_config, **{k: v for k, v in overrides.items() if v is not None})
+    if args.no_amp:
+        config = replace(config, amp=False)
+    if args.no_progress:
+        config = replace(config, progress=False)
+    return FitRequest(out_dir=args.out or RUNS / spec.name / "fit", config=config,
+                      manifest=args.manifest, batch_size=args.batch_size,
+                      num_workers=args.num_workers, resume=args.resume)
+
+
+def run(spec: TaskSpec, args: argparse.Namespace) -> str:
+    """Dispatch one parsed command; returns the line to print."""
+    base = RUNS / spec.name
+    if args.command == "fit":
+        result = spec.fit(_fit_request(spec, args))
+        return (f"best {result.val_metric} {result.best_metric:.4f} at epoch {result.best_epoch}; "
+                f"checkpoint {result.best_checkpoint}")
+    if args.command == "evaluate":
+        out = spec.evaluate(EvaluateRequest(
+            checkpoint=args.checkpoint or base / "fit" / "best.pt",
+            out_dir=args.out or base / "evaluate", manifest=args.manifest, split=args.split,
+            batch_size=args.batch_size, device=args.device, seed=args.seed))
+        return f"report written to {out}"
+    if args.command == "card":
+        out = spec.card(CardRequest(
+            evaluation_dir=args.evaluation or base / "evaluate",
+            checkpoint=args.checkpoint or base / "fit" / "best.pt",
+            out_dir=args.out or base / "card"))
+        return f"model card written to {out}"
+    if args.command == "manifest":
+        manifest = build_manifest(args.dicom_dir, args.labels, key=args.key or spec.manifest_key,
+                                  out_csv=args.out, strict=args.strict)
+        return f"{len(manifest)} rows written to {args.out}"
+    if args.command == "demo-weights":
+        out = spec.demo_weights(DemoWeightsRequest(
+            work_dir=args.work_dir or base / "demo", out_path=args.out, seed=args.seed))
+        return f"demo weights written to {out} (NOT FOR CLINICAL USE)"
+    raise AssertionError(f"unhandled command {args.command!r}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit status (2 for bad input, as argparse does)."""
+    tasks = load_tasks()
+    args = build_parser(tasks).parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s %(message)s")
+    try:
+        print(run(tasks[args.model], args))
+    except (ManifestError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
