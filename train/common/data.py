@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from monai.data import CacheDataset
 from monai.data import Dataset as MonaiDataset
-from monai.transforms import Compose, MapTransform, Transform
+from monai.transforms import Compose, Transform
 from torch.utils.data import Dataset, WeightedRandomSampler
 
 from train.common.manifest import Manifest, ManifestError, ManifestRow
@@ -78,11 +78,8 @@ class _LoadRowd(Transform):
         return item
 
 
-class _ToTensord(MapTransform):
+class _ToTensord(Transform):
     """The last step: arrays become plain torch tensors (no MONAI metadata in the batch)."""
-
-    def __init__(self) -> None:
-        super().__init__(keys=[], allow_missing_keys=True)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         out: dict[Hashable, Any] = {}
