@@ -120,3 +120,21 @@ class Findings:
         if self.summary is not None:
             items.append(self.summary)
         return tuple(c for c in items if c.uncertain)
+
+    def for_instance(self, sop_instance_uid: str) -> Findings:
+        """The part of a batched result that is about one source instance (no series summary)."""
+
+        def mine(ref: ImageRef | None) -> bool:
+            return ref is not None and ref.sop_instance_uid == sop_instance_uid
+
+        return Findings(
+            model_id=self.model_id,
+            model_version=self.model_version,
+            classifications=tuple(c for c in self.classifications if mine(c.source)),
+            measurements=tuple(m for m in self.measurements if mine(m.source)),
+            detections=tuple(d for d in self.detections if mine(d.source)),
+            images=tuple(i for i in self.images if mine(i.source)),
+            summary=None,
+            not_for_clinical_use=self.not_for_clinical_use,
+            notes=self.notes,
+        )

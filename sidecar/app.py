@@ -103,7 +103,7 @@ class Sidecar:
             self.journal, self.models, settings.routes, svc.results_dir,
             alert_destinations=alert_destinations, fanout=AlertFanout(channels),
             on_results_queued=self.sender.notify, poll_s=svc.worker.poll_s,
-            torch_threads=svc.worker.torch_threads,
+            torch_threads=svc.worker.torch_threads, max_batch=svc.worker.max_batch,
         )
         self.timers = self.seams.timers or SchedulerTimers(self.scheduler, self.seams.clock)
         self.assembler = SeriesAssembler(

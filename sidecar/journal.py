@@ -407,6 +407,27 @@ class Journal:
             )
         return self.job(row[0])
 
+    def claim_batch(self, like: Job, limit: int) -> list[Job]:
+        """Also claim up to `limit` more queued streaming jobs of the same model, version and route.
+
+        Used to batch slices that queued up behind a running one into one forward pass.
+        """
+        if not like.instance_uid or limit <= 0:
+            return []
+        with self._tx() as db:
+            ids = [r[0] for r in db.execute(
+                "SELECT id FROM jobs WHERE state = 'queued' AND instance_uid != '' AND model_id = ?"
+                " AND model_version = ? AND route = ? ORDER BY priority, id LIMIT ?",
+                (like.model_id, like.model_version, like.route, limit),
+            ).fetchall()]
+            now = self._clock()
+            for job_id in ids:
+                db.execute(
+                    "UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = ? WHERE id = ?",
+                    (now, job_id),
+                )
+        return [j for j in (self.job(i) for i in ids) if j is not None]
+
     def job(self, job_id: int) -> Job | None:
         rows = self._query(
             f"SELECT {', '.join(Job.__dataclass_fields__)} FROM jobs WHERE id = ?", (job_id,)

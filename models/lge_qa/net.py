@@ -102,7 +102,7 @@ class ConvBnAct(nn.Sequential):
     ) -> None:
         super().__init__(
             nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False),
-            nn.BatchNorm2d(cout, eps=1e-3, momentum=0.01),
+            nn.BatchNorm2d(cout, eps=1e-3),
             nn.SiLU(inplace=True) if act else nn.Identity(),
         )
 

@@ -57,6 +57,7 @@ class Worker:
         on_results_queued: Callable[[], None] = lambda: None,
         poll_s: float = 0.2,
         torch_threads: int | None = None,
+        max_batch: int = 16,
     ) -> None:
         self.journal = journal
         self.models = dict(models)
@@ -67,6 +68,7 @@ class Worker:
         self._on_results_queued = on_results_queued
         self.poll_s = poll_s
         self.torch_threads = torch_threads
+        self.max_batch = max(1, max_batch)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -96,18 +98,21 @@ class Worker:
                 self._wake.wait(self.poll_s)
                 self._wake.clear()
 
-    def run_once(self) -> JobOutcome | None:
-        """Claim and run one job; None when the queue is empty."""
+    def run_once(self) -> list[JobOutcome] | None:
+        """Claim and run one job, or a batch of streaming jobs of one model; None when idle."""
         job = self.journal.claim_job()
         if job is None:
             return None
-        return self.run_job(job)
+        more = self.journal.claim_batch(job, self.max_batch - 1) if job.instance_uid else []
+        if more:
+            return self.run_batch([job, *more])
+        return [self.run_job(job)]
 
     def drain(self) -> list[JobOutcome]:
         """Run jobs until none is queued (tests, replay)."""
-        out = []
+        out: list[JobOutcome] = []
         while (o := self.run_once()) is not None:
-            out.append(o)
+            out.extend(o)
         return out
 
     # -- one job ---------------------------------------------------------------------------
@@ -115,18 +120,46 @@ class Worker:
     def run_job(self, job: Job) -> JobOutcome:
         started = time.perf_counter()
         try:
-            n = self._execute(job)
+            model, rule, datasets = self._load(job)
+            findings = model.predict(model.prepare(datasets))
+            n = self._finish(job, model, rule, findings, datasets)
         except Exception as exc:  # boundary: a failing job never stops the worker
-            reason = f"{type(exc).__name__}: {exc}"
-            log.error("job_failed", job_id=job.id, model=job.model_id, reason=reason[:300])
-            self.journal.fail_job(job.id, reason)
-            return JobOutcome(job.id, False, 0, reason)
+            return self._failed(job, exc)
         log.info("job_done", job_id=job.id, model=job.model_id, n_results=n,
                  ms=round((time.perf_counter() - started) * 1000, 1), streaming=bool(job.instance_uid))
         self._on_results_queued()
         return JobOutcome(job.id, True, n)
 
-    def _execute(self, job: Job) -> int:
+    def run_batch(self, jobs: list[Job]) -> list[JobOutcome]:
+        """Streaming jobs of one model in one forward pass; on any error each job runs alone."""
+        started = time.perf_counter()
+        try:
+            loaded = [self._load(job) for job in jobs]
+            model, _, _ = loaded[0]
+            datasets = [ds for _, _, dss in loaded for ds in dss]
+            findings = model.predict(model.prepare(datasets))
+        except Exception as exc:  # boundary: fall back to one job at a time
+            log.warning("batch_failed_running_singly", n_jobs=len(jobs), error_type=type(exc).__name__)
+            return [self.run_job(job) for job in jobs]
+        outcomes = []
+        for job, (model, rule, dss) in zip(jobs, loaded, strict=True):
+            try:
+                n = self._finish(job, model, rule, findings.for_instance(job.instance_uid), dss)
+                outcomes.append(JobOutcome(job.id, True, n))
+            except Exception as exc:  # boundary: one slice's results failing never fails the rest
+                outcomes.append(self._failed(job, exc))
+        log.info("batch_done", n_jobs=len(jobs), model=jobs[0].model_id,
+                 ms=round((time.perf_counter() - started) * 1000, 1))
+        self._on_results_queued()
+        return outcomes
+
+    def _failed(self, job: Job, exc: Exception) -> JobOutcome:
+        reason = f"{type(exc).__name__}: {exc}"
+        log.error("job_failed", job_id=job.id, model=job.model_id, reason=reason[:300])
+        self.journal.fail_job(job.id, reason)
+        return JobOutcome(job.id, False, 0, reason)
+
+    def _load(self, job: Job) -> tuple[ClinicalModel, Route, list[Dataset]]:
         model = self.models.get(job.model_id)
         if model is None:
             raise ModelError(f"model {job.model_id!r} is not loaded")
@@ -144,8 +177,12 @@ class Worker:
             stored = self.journal.instances(job.series_uid)
         if not stored:
             raise ModelError("no stored instances for this job")
-        datasets = [pydicom.dcmread(s.path) for s in stored]
-        findings = model.predict(model.prepare(datasets))
+        return model, rule, [pydicom.dcmread(s.path) for s in stored]
+
+    def _finish(
+        self, job: Job, model: ClinicalModel, rule: Route, findings: Findings, datasets: list[Dataset]
+    ) -> int:
+        """Build, write and queue the results of one job, and mark it done (one transaction)."""
         input_uid = job.instance_uid or job.series_uid
         kind = "instance" if job.instance_uid else "series"
         objects = build_results(findings, datasets, model.card, [o for o in rule.outputs if o != "alert"],

@@ -104,3 +104,35 @@ class TestWorker:
         assert "Phantom" not in " ".join(alert.lines)
         assert isinstance(alert.lines, tuple) and alert.label in ("bright", "dark")
         assert alert.instance_number == int(series[0].InstanceNumber)
+
+
+class TestBatching:
+    def test_queued_streaming_jobs_run_in_one_forward(self, tmp_path: Path) -> None:
+        """Slices queued behind each other share one predict call and keep their own SRs."""
+        j, route, series = _setup(tmp_path, "brightness", "instance", ["sr"])
+        uid = str(series[0].SeriesInstanceUID)
+        for ds in series:
+            j.enqueue_job(series_uid=uid, instance_uid=str(ds.SOPInstanceUID), model_id="brightness",
+                          model_version="1.0.0", revision=0, route="r", priority=0)
+        model = BrightnessModel()
+        outcomes = Worker(j, {"brightness": model}, [route], tmp_path / "results", max_batch=8).drain()
+        assert [o.ok for o in outcomes] == [True, True] and model.calls == 1
+        for item, ds in zip(j.outbox(uid), series, strict=True):
+            sr = pydicom.dcmread(item.path)
+            evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
+            refs = {str(x.ReferencedSOPInstanceUID) for x in evidence.ReferencedSOPSequence}
+            assert refs == {str(ds.SOPInstanceUID)}
+
+    def test_batch_error_falls_back_to_single_jobs(self, tmp_path: Path) -> None:
+        """A slice that breaks the batch fails alone; the other slice still gets its result."""
+        j, route, series = _setup(tmp_path, "brightness", "instance", ["sr"])
+        uid = str(series[0].SeriesInstanceUID)
+        broken = j.instance(str(series[1].SOPInstanceUID))
+        assert broken is not None
+        Path(broken.path).write_bytes(b"garbage, not DICOM")
+        for ds in series:
+            j.enqueue_job(series_uid=uid, instance_uid=str(ds.SOPInstanceUID), model_id="brightness",
+                          model_version="1.0.0", revision=0, route="r", priority=0)
+        outcomes = Worker(j, {"brightness": BrightnessModel()}, [route], tmp_path / "results").drain()
+        assert sorted(o.ok for o in outcomes) == [False, True]
+        assert len(j.outbox(uid)) == 1

@@ -63,7 +63,7 @@ class DemoConfig:
     slices_per_patient: int = 8
     size: str = "tiny"
     transform: TransformConfig = TransformConfig()
-    epochs: int = 8
+    epochs: int = 10
     batch_size: int = 32
     lr: float = 3e-3
     target_precision: float = 0.95

@@ -1,0 +1,1 @@
+"""Benchmarks (not tests): ingest throughput and series/slice-to-result latency. See README.md."""

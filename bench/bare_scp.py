@@ -1,0 +1,48 @@
+"""The ingest baseline: a bare pynetdicom C-STORE SCP that writes `event.encoded_dataset()` to files.
+
+No decoding, no header check, no fsync, no journal: what pynetdicom itself costs per image.
+Run: `python -m bench.bare_scp PORT FOLDER` (127.0.0.1 only); SIGTERM stops it.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification
+
+
+def main(argv: list[str]) -> int:
+    port, folder = int(argv[0]), Path(argv[1])
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def on_store(event: evt.Event) -> int:
+        uid = str(event.request.AffectedSOPInstanceUID)
+        with open(folder / f"{uid}.dcm", "wb") as fh:
+            fh.write(event.encoded_dataset())
+        return 0x0000  # Success
+
+    ae = AE(ae_title="BARE")
+    ae.add_supported_context(Verification)
+    for cx in AllStoragePresentationContexts:
+        ae.add_supported_context(cx.abstract_syntax)
+    server = ae.start_server(("127.0.0.1", port), block=False,
+                             evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    done = threading.Event()
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        done.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    done.wait()
+    server.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,145 @@
+"""The real sidecar service (with the test models), instrumented for `bench.ingest --profile`.
+
+`python -m bench.serve_profiled CONFIG_DIR` builds the service exactly as
+`tests.helpers.serve_with_test_models` does, and optionally:
+
+- BENCH_PHASES=FILE: wall-clock timers around each step of the C-STORE handler (decode, header
+  check, duplicate check, encode for the spool, spool write + fsync, journal commit, whole
+  handler), written to FILE as JSON on SIGTERM. SIGUSR1 resets the counters (after warm-up).
+  The timers wrap the functions from outside (this process only); sidecar code is unchanged.
+- BENCH_CPROFILE=FILE: cProfile on every thread started after start-up (pynetdicom runs each
+  association and its DUL reader on their own threads), merged and dumped to FILE (pstats)
+  on SIGTERM. pyinstrument is not used because it samples only the thread that starts it.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import functools
+import json
+import os
+import pstats
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+_lock = threading.Lock()
+_phases: dict[str, list[float]] = {}
+_profiles: list[tuple[str, cProfile.Profile]] = []
+
+
+def _timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            dt = time.perf_counter() - t0
+            with _lock:
+                acc = _phases.setdefault(name, [0, 0.0])
+                acc[0] += 1
+                acc[1] += dt
+    return wrapper
+
+
+def _install_phase_timers() -> None:
+    from pynetdicom import events
+
+    import sidecar.net.listener as listener_mod
+    from sidecar.journal import Journal
+    from sidecar.net.spool import Spool
+
+    listener_mod.read_header = _timed("header_check", listener_mod.read_header)  # type: ignore[attr-defined]
+    Spool.write = _timed("spool_write_fsync", Spool.write)  # type: ignore[method-assign]
+    Journal.record_instance = _timed("journal_commit", Journal.record_instance)  # type: ignore[method-assign]
+    Journal.has_instance = _timed("duplicate_check", Journal.has_instance)  # type: ignore[method-assign]
+    listener_mod.Listener._handle_store = _timed(  # type: ignore[method-assign]
+        "handler_total", listener_mod.Listener._handle_store)
+    events.Event.encoded_dataset = _timed("encode_for_spool", events.Event.encoded_dataset)  # type: ignore[method-assign]
+    prop = events.Event.dataset
+    events.Event.dataset = property(_timed("decode_dataset", prop.fget))  # type: ignore[method-assign,arg-type]
+
+
+def _install_thread_profiler() -> None:
+    def hook(frame: FrameType, event: str, arg: object) -> None:
+        sys.setprofile(None)
+        prof = cProfile.Profile()
+        with _lock:
+            _profiles.append((threading.current_thread().name, prof))
+        prof.enable()
+
+    threading.setprofile(hook)  # type: ignore[arg-type]
+
+
+def _dump_profiles(path: Path) -> None:
+    threading.setprofile(None)  # type: ignore[arg-type]
+    stats: pstats.Stats | None = None
+    names: dict[str, int] = {}
+    with _lock:
+        profiles = list(_profiles)
+    for name, prof in profiles:
+        prefix = name.split("@")[0].split("-")[0]
+        names[prefix] = names.get(prefix, 0) + 1
+        try:
+            prof.create_stats()
+        except Exception:  # a profiler still enabled on a running thread: take what it has
+            continue
+        if not getattr(prof, "stats", None):
+            continue
+        if stats is None:
+            stats = pstats.Stats(prof)
+        else:
+            stats.add(prof)
+    if stats is not None:
+        stats.dump_stats(str(path))
+    Path(str(path) + ".threads.json").write_text(json.dumps(names))
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python -m bench.serve_profiled CONFIG_DIR", file=sys.stderr)
+        return 2
+    phases_out = os.environ.get("BENCH_PHASES")
+    profile_out = os.environ.get("BENCH_CPROFILE")
+    if phases_out:
+        _install_phase_timers()
+
+    from sidecar.app import Seams, Sidecar
+    from sidecar.logging import configure_logging
+    from sidecar.settings import load_settings
+    from tests.helpers.models import FACTORIES
+
+    settings = load_settings(Path(argv[0]))
+    configure_logging(settings.service.log_level, settings.service.log_format)
+    app = Sidecar(settings, Seams(factories=FACTORIES))
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        app.stop()
+
+    def _reset(signum: int, frame: FrameType | None) -> None:
+        with _lock:
+            _phases.clear()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGUSR1, _reset)
+    if profile_out:
+        _install_thread_profiler()
+    app.start()
+    app.wait()
+    if phases_out:
+        with _lock:
+            Path(phases_out).write_text(json.dumps(_phases))
+    if profile_out:
+        _dump_profiles(Path(profile_out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
