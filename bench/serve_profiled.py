@@ -55,6 +55,7 @@ def _install_phase_timers() -> None:
     from sidecar.journal import Journal
     from sidecar.net.spool import Spool
 
+    os.fsync = _timed("os_fsync", os.fsync)  # spool file and folder fsyncs (SQLite's are in C)
     listener_mod.read_header = _timed("header_check", listener_mod.read_header)  # type: ignore[attr-defined]
     Spool.write = _timed("spool_write_fsync", Spool.write)  # type: ignore[method-assign]
     Journal.record_instance = _timed("journal_commit", Journal.record_instance)  # type: ignore[method-assign]
@@ -78,6 +79,8 @@ def _install_thread_profiler() -> None:
 
 
 def _dump_profiles(path: Path) -> None:
+    """Merge the profiles of the association threads (pynetdicom's AcceptorThread runs the handlers,
+    its DUL reactor runs on a plain Thread); start-up threads (worker, scheduler) are left out."""
     threading.setprofile(None)  # type: ignore[arg-type]
     stats: pstats.Stats | None = None
     names: dict[str, int] = {}
@@ -86,6 +89,8 @@ def _dump_profiles(path: Path) -> None:
     for name, prof in profiles:
         prefix = name.split("@")[0].split("-")[0]
         names[prefix] = names.get(prefix, 0) + 1
+        if prefix not in ("AcceptorThread", "Thread"):
+            continue
         try:
             prof.create_stats()
         except Exception:  # a profiler still enabled on a running thread: take what it has

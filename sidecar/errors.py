@@ -4,7 +4,8 @@
     ├── ConfigError            invalid configuration (file, key, what was expected)
     ├── IngestError            an instance the listener cannot keep
     │   ├── InvalidInstance    missing/invalid attributes or UIDs     -> "cannot understand"
-    │   ├── InstanceRefused    not allowed (size, SOP class, caller)  -> "refused"
+    │   ├── InstanceRefused    not allowed (SOP class, caller)        -> "refused"
+    │   ├── InstanceTooLarge   over the size or dimension limits      -> "out of resources"
     │   └── SpoolFull          disk below its watermark or write fail -> "out of resources"
     ├── JournalError           the journal cannot be read or written
     ├── RoutingError           a rule cannot be built
@@ -42,6 +43,10 @@ class InvalidInstance(IngestError):
 
 class InstanceRefused(IngestError):
     """The instance is understood but not accepted (DIMSE 'refused')."""
+
+
+class InstanceTooLarge(IngestError):
+    """Bigger than the configured size or dimension limits (DIMSE 'out of resources')."""
 
 
 class SpoolFull(IngestError):

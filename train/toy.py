@@ -73,8 +73,9 @@ def write_phantoms(folder: Path, *, seed: int, n_images: int = N_IMAGES) -> Mani
             subject = dicom_writer.Subject(
                 patient_id=patient, patient_name="PHANTOM^TOY",
                 study_uid=dicom_writer.phantom_uid("toy-study", str(seed), patient))
+            region = dicom_writer.UsRegion(0, 0, SIZE - 1, SIZE - 1, 0.02, 0.02)
             ds = dicom_writer.us_image(
-                toy_image(label, generator), regions=[dicom_writer.UsRegion(0, 0, SIZE - 1, SIZE - 1, 0.02, 0.02)],
+                toy_image(label, generator), regions=[region],
                 subject=subject, sop_instance_uid=uid, instance_number=i + 1,
                 series_uid=dicom_writer.phantom_uid("toy-series", str(seed), patient))
             dicom_writer.write(ds, images / f"{i:04d}.dcm")

@@ -1,7 +1,7 @@
 """The few header facts the sidecar needs from an instance, checked before anything is kept.
 
 `read_header` raises `InvalidInstance` (DIMSE "cannot understand") for missing or invalid UIDs,
-a missing Modality, pixel data shorter than its header says, and `InstanceRefused` for absurd
+a missing Modality, pixel data shorter than its header says, and `InstanceTooLarge` for absurd
 dimensions. A missing optional tag never raises.
 """
 
@@ -13,7 +13,7 @@ from pydicom import Dataset
 from pydicom.uid import UID
 
 from sidecar.dicom.uids import is_valid_uid
-from sidecar.errors import InstanceRefused, InvalidInstance
+from sidecar.errors import InstanceTooLarge, InvalidInstance
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ def _check_pixels(ds: Dataset, frames: int, max_pixels: int) -> None:
         raise InvalidInstance("BitsAllocated is not 1, 8, 16, 32 or 64")
     n_pixels = rows * cols * frames * samples
     if n_pixels > max_pixels:
-        raise InstanceRefused(f"image dimensions too large ({rows}x{cols}x{frames}x{samples})")
+        raise InstanceTooLarge(f"image dimensions too large ({rows}x{cols}x{frames}x{samples})")
     ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     if ts is not None and not UID(str(ts)).is_compressed:
         expected = (n_pixels * bits + 7) // 8

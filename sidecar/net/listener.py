@@ -34,7 +34,7 @@ from pynetdicom.sop_class import Verification
 
 from sidecar.dicom.headers import InstanceHeader, read_header
 from sidecar.dicom.status import EchoStatus, StoreStatus
-from sidecar.errors import InstanceRefused, InvalidInstance, JournalError, SpoolFull
+from sidecar.errors import InstanceRefused, InstanceTooLarge, InvalidInstance, JournalError, SpoolFull
 from sidecar.journal import InstanceRecord, Journal, Recorded
 from sidecar.net.spool import Spool
 
@@ -135,6 +135,7 @@ class Listener:
             (evt.EVT_RELEASED, self._handle_released),
             (evt.EVT_ABORTED, self._handle_aborted),
             (evt.EVT_REJECTED, self._handle_rejected),
+            (evt.EVT_ACCEPTED, self._handle_accepted),
         ]
         self._server = self.ae.start_server(
             (self.config.bind_host, self.config.port), block=False, evt_handlers=handlers
@@ -162,6 +163,18 @@ class Listener:
     def _handle_rejected(self, event: evt.Event) -> None:
         log.warning("association_rejected", calling_ae=_calling_ae(event), peer=_peer(event))
 
+    def _handle_accepted(self, event: evt.Event) -> None:
+        """Log the presentation contexts we turned down, so the operator sees why a store failed."""
+        try:
+            rejected = [
+                (str(cx.abstract_syntax), int(cx.result or 0)) for cx in event.assoc.rejected_contexts
+            ]
+        except AttributeError:
+            return
+        if rejected:
+            log.warning("contexts_rejected", calling_ae=_calling_ae(event),
+                        contexts=[f"{uid} (result {res})" for uid, res in rejected[:8]], n=len(rejected))
+
     def _handle_aborted(self, event: evt.Event) -> None:
         with self._lock:
             self._assoc_series.pop(id(event.assoc), None)
@@ -185,7 +198,7 @@ class Listener:
             return _failure(StoreStatus.CANNOT_UNDERSTAND, str(exc), calling_ae)
         except InstanceRefused as exc:
             return _failure(StoreStatus.REFUSED_NOT_AUTHORIZED, str(exc), calling_ae)
-        except SpoolFull as exc:
+        except (SpoolFull, InstanceTooLarge) as exc:
             return _failure(StoreStatus.REFUSED_OUT_OF_RESOURCES, str(exc), calling_ae)
         except JournalError as exc:
             return _failure(StoreStatus.REFUSED_OUT_OF_RESOURCES, f"journal unavailable: {exc}", calling_ae)
@@ -198,7 +211,7 @@ class Listener:
         raw = event.request.DataSet
         size = raw.getbuffer().nbytes if raw is not None else 0
         if size > self.config.max_instance_bytes:
-            raise InstanceRefused(
+            raise InstanceTooLarge(
                 f"instance of {size} bytes exceeds the limit of {self.config.max_instance_bytes} bytes"
             )
         try:
@@ -208,9 +221,9 @@ class Listener:
             raise InvalidInstance(f"dataset cannot be decoded: {type(exc).__name__}") from exc
         header = read_header(ds, max_pixels=self.config.max_pixels, dataset_bytes=size)
         if header.sop_instance_uid != str(event.request.AffectedSOPInstanceUID):
-            raise InvalidInstance("SOPInstanceUID differs from the C-STORE request's Affected SOP Instance UID")
+            raise InvalidInstance("SOPInstanceUID differs from Affected SOP Instance UID")
         if header.sop_class_uid != str(event.request.AffectedSOPClassUID):
-            raise InvalidInstance("SOPClassUID differs from the C-STORE request's Affected SOP Class UID")
+            raise InvalidInstance("SOPClassUID differs from Affected SOP Class UID")
         if self._on_phi is not None:
             self._on_phi(*header.phi)
         path = self.spool.path_for(header.study_uid, header.series_uid, header.sop_instance_uid)

@@ -40,8 +40,10 @@ class Spool:
 
     def write(self, path: Path, data: bytes) -> None:
         """Write `data` to `path` durably (temp file, fsync, rename, fsync folder)."""
-        if self.free_bytes() - len(data) < self.min_free_bytes:
-            raise SpoolFull("spool disk is below its free-space watermark")
+        free = self.free_bytes()
+        if free - len(data) < self.min_free_bytes:
+            raise SpoolFull(f"spool disk: {free // 1024} KiB free, {len(data) // 1024} KiB needed,"
+                            f" watermark {self.min_free_bytes // 1024} KiB")
         folder = path.parent
         try:
             folder.mkdir(parents=True, exist_ok=True)

@@ -27,18 +27,19 @@ import numpy as np
 import pydicom
 import pydicom.config
 import pytest
+import yaml
 from PIL import Image
 from pydicom import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import (
+    UID,
+    ExplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGLSLossless,
     RLELossless,
-    ExplicitVRLittleEndian,
-    UID,
 )
 from pynetdicom import AE, _config
 from pynetdicom.association import Association
@@ -50,7 +51,12 @@ from sidecar.dicom.status import StoreStatus
 from tests.helpers.dicom_factory import fake_uid, make_mr, make_us
 from tests.helpers.sidecar import running_sidecar, write_config
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    # The in-process sidecar decodes the crafted datasets; pydicom warns about the UIDs we broke.
+    pytest.mark.filterwarnings("ignore:Invalid value for VR UI:UserWarning"),
+    pytest.mark.filterwarnings("ignore:The value length .* exceeds the maximum length:UserWarning"),
+]
 
 HOST = "127.0.0.1"
 SCU_AE = "BADINPUT"
@@ -89,6 +95,7 @@ class Service:
     def mr_association(self, *syntaxes: str) -> Iterator[Association]:
         """An association offering MR Image Storage in `syntaxes` (default Explicit VR LE)."""
         contexts = [(MRImageStorage, [ts]) for ts in (syntaxes or (ExplicitVRLittleEndian,))]
+        contexts.append((Verification, [ExplicitVRLittleEndian]))
         assoc = self.associate(contexts)
         assert assoc.is_established, "the sidecar refused a plain MR association"
         try:
@@ -282,7 +289,7 @@ class TestRefusedHeaders:
         data = _crafted(13, _set("SOPInstanceUID", fake_uid("other-instance")))
         with service.mr_association() as assoc:
             status = _send_bytes(assoc, data, service.root)
-        _assert_refused(status, StoreStatus.CANNOT_UNDERSTAND, "Affected SOP Instance UID")
+        _assert_refused(status, StoreStatus.CANNOT_UNDERSTAND, "SOPInstanceUID differs")
         service.assert_still_serving()
 
     def test_sop_class_differing_from_the_context_is_cannot_understand(self, service: Service) -> None:
@@ -290,7 +297,7 @@ class TestRefusedHeaders:
         data = _crafted(14, _set("SOPClassUID", UltrasoundImageStorage))
         with service.mr_association() as assoc:
             status = _send_bytes(assoc, data, service.root)
-        _assert_refused(status, StoreStatus.CANNOT_UNDERSTAND, "SOPClassUID")
+        _assert_refused(status, StoreStatus.CANNOT_UNDERSTAND, "SOPClassUID differs")
         service.assert_still_serving()
 
 
@@ -336,7 +343,7 @@ class TestRefusedPixelsAndSizes:
 
         with service.mr_association() as assoc:
             status = _send_bytes(assoc, _crafted(23, change), service.root)
-        _assert_refused(status, StoreStatus.REFUSED_NOT_AUTHORIZED, "dimensions too large")
+        _assert_refused(status, StoreStatus.REFUSED_OUT_OF_RESOURCES, "dimensions too large")
         service.assert_still_serving()
 
     def test_instance_over_the_configured_size_limit_is_refused(self, service: Service) -> None:
@@ -344,7 +351,7 @@ class TestRefusedPixelsAndSizes:
         ds = make_mr(seed=24, size=256)
         with service.mr_association() as assoc:
             status = assoc.send_c_store(ds)
-        _assert_refused(status, StoreStatus.REFUSED_NOT_AUTHORIZED, "exceeds the limit", str(MAX_INSTANCE_BYTES))
+        _assert_refused(status, StoreStatus.REFUSED_OUT_OF_RESOURCES, "exceeds the limit", str(MAX_INSTANCE_BYTES))
         assert not service.app.journal.has_instance(str(ds.SOPInstanceUID))
         service.assert_still_serving()
 
@@ -483,8 +490,6 @@ def few_inodes_tmpfs(tmp_path: Path) -> Iterator[Path]:
 def _spool_on(folder: Path, data_dir: Path, **limits: int) -> Path:
     """A config whose spool lives on `data_dir` and whose journal does not."""
     cfg = _config_for(folder, **limits)
-    import yaml
-
     svc = yaml.safe_load((cfg / "sidecar.yaml").read_text())
     svc["data_dir"] = str(data_dir)
     svc["journal_url"] = f"sqlite:///{folder / 'journal.sqlite'}"
@@ -503,7 +508,7 @@ class TestFullDisk:
             with svc.mr_association() as assoc:
                 status = assoc.send_c_store(ds)
                 assert assoc.send_c_echo().Status == 0x0000
-            _assert_refused(status, StoreStatus.REFUSED_OUT_OF_RESOURCES, "free-space watermark")
+            _assert_refused(status, StoreStatus.REFUSED_OUT_OF_RESOURCES, "watermark")
             assert not svc.app.journal.has_instance(str(ds.SOPInstanceUID))
             assert svc.spooled_files() == set()
 
@@ -622,29 +627,38 @@ def _raw_peer(service: Service) -> socket.socket:
     return sock
 
 
-def _assert_closed_by_sidecar(sock: socket.socket) -> list[int]:
-    """Read until the sidecar closes the connection; the PDU types it sent meanwhile."""
-    seen = []
-    while (pdu := _read_pdu(sock)) is not None:
-        seen.append(pdu[0])
-    return seen
+def _answer_to_garbage(sock: socket.socket) -> int | None:
+    """The sidecar's first PDU type after garbage, or None when it just closed the connection.
+
+    PS3.8 9.2 (AA-1): an unrecognised PDU is answered with an A-ABORT, after which the acceptor
+    waits for the peer to close the transport (the test closes it at once).
+    """
+    pdu = _read_pdu(sock)
+    return None if pdu is None else pdu[0]
 
 
 class TestMisbehavingPeers:
     """Garbage and aborts on the socket never hurt the service or what it acknowledged."""
 
-    @pytest.mark.parametrize("garbage", [
-        pytest.param(np.random.default_rng(7).bytes(4096), id="random-bytes"),
-        pytest.param(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", id="http-request"),
-        pytest.param(b"\x09\x00\x00\x00\x00\x10" + bytes(16), id="unknown-pdu-type"),
+    @pytest.mark.parametrize(("garbage", "aborts"), [
+        pytest.param(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", True, id="http-request"),
+        pytest.param(b"\x09\x00\x00\x00\x00\x10" + bytes(16), True, id="unknown-pdu-type"),
+        pytest.param(np.random.default_rng(7).bytes(4096), False, id="random-bytes"),
     ])
-    def test_garbage_bytes_are_dropped_and_the_service_keeps_serving(self, service: Service, garbage: bytes) -> None:
-        """Bytes that are not a DICOM upper layer PDU make the sidecar drop (or abort) the connection."""
+    def test_garbage_bytes_do_not_stop_the_service(self, service: Service, garbage: bytes, aborts: bool) -> None:
+        """Bytes that are not an upper layer PDU get an A-ABORT (or a wait) and other peers are served meanwhile."""
         with _raw_peer(service) as sock:
             sock.sendall(garbage)
-            seen = _assert_closed_by_sidecar(sock)
-        assert set(seen) <= {0x07}, f"unexpected PDUs in answer to garbage: {seen}"
-        service.assert_still_serving()
+            sock.settimeout(2.0)
+            try:
+                answer: int | str | None = _answer_to_garbage(sock)
+            except TimeoutError:
+                answer = "still reading"  # e.g. a random byte that looks like a PDU type with a huge length
+            if aborts:
+                assert answer == 0x07, f"expected an A-ABORT PDU, got {answer}"
+            else:
+                assert answer in (0x07, None, "still reading")
+            service.assert_still_serving()  # while the garbage connection is still open
 
     def test_pdu_announcing_gigabytes_then_closing_is_survived(self, service: Service) -> None:
         """A PDU header claiming a 4 GiB body, followed by a close, leaves the service serving."""

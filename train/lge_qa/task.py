@@ -47,7 +47,7 @@ from train.phantoms.lge import VENDORS, LgeSlice, lge_cohort, psir_dataset
 
 MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "lge_qa"
 DEMO_WEIGHTS = MODEL_DIR / "weights" / "demo.pt"
-DEMO_SEED = 2024
+DEMO_SEED = 0
 #: the study's figures under the report's metric keys (recall is sensitivity)
 PUBLISHED_FOR_REPORT: dict[str, float] = {
     "accuracy": 0.94, "auc": 0.94, "sensitivity": 0.80, "precision": 0.97, "f1": 0.87,
@@ -275,6 +275,133 @@ def evaluate_scores(y: np.ndarray, p: np.ndarray, threshold: float, vas: np.ndar
             reference=REFERENCE,
         )
     return out
+
+
+# --- the harness CLI (`python -m train lge_qa ...`) ----------------------------------------------
+
+
+def _manifest_arrays(path: Path, split: str, transform: TransformConfig) -> Arrays:
+    """One split of a site's manifest: DICOM slices through `slice_to_tensor`, labels from the
+    rows' reader VAS columns (`reader<N>_vas`) by the card's rule, else from `label` text."""
+    import pydicom
+
+    from train.common.manifest import Manifest
+
+    manifest = Manifest.read(path).split(split)
+    if len(manifest) == 0:
+        raise ValueError(f"{path}: no rows in split {split!r}")
+    xs, ys, vas = [], [], []
+    for row in manifest:
+        xs.append(slice_to_tensor(pydicom.dcmread(manifest.resolve(row)), None, transform))
+        scores = [v for k, v in sorted(row.reader_scores.items()) if k.endswith("_vas")]
+        ys.append(L.is_low_certainty(scores) if scores else int(row.label == L.LOW_CERTAINTY))
+        vas.append((scores + [float("nan")] * 2)[:2])
+    return Arrays(np.stack(xs), np.array(ys, dtype=np.int64), np.array(manifest.patient_ids()),
+                  np.array(vas, dtype=np.float64), np.array(["site"] * len(ys)))
+
+
+def _phantom_split(cfg: DemoConfig) -> tuple[Arrays, dict[str, np.ndarray]]:
+    data = cohort_arrays(lge_cohort(cfg.n_patients, cfg.seed, cfg.slices_per_patient), cfg.transform)
+    splits = patient_split(data.patients, data.y, (0.7, 0.15, 0.15), seed=cfg.seed)
+    return data, {name: np.flatnonzero(splits == name) for name in ("train", "val", "test")}
+
+
+def _subset(a: Arrays, i: np.ndarray) -> Arrays:
+    return Arrays(a.x[i], a.y[i], a.patients[i], a.vas[i], a.kinds[i])
+
+
+def task_fit(request: Any) -> Any:
+    """FitRequest -> FitResult; also writes `lge_qa.pt` (serving checkpoint) into out_dir."""
+    cfg = DemoConfig(seed=request.config.seed)
+    torch.set_num_threads(cfg.torch_threads)
+    if request.manifest is not None:
+        train = _manifest_arrays(request.manifest, "train", cfg.transform)
+        val = _manifest_arrays(request.manifest, "val", cfg.transform)
+    else:
+        data, idx = _phantom_split(cfg)
+        train, val = _subset(data, idx["train"]), _subset(data, idx["val"])
+    net = EfficientNetV2(cfg.size)
+    train_loader = DataLoader(_Augmented(train.x, train.y, True), batch_size=request.batch_size,
+                              shuffle=True, generator=torch.Generator().manual_seed(cfg.seed))
+    val_loader = DataLoader(_Augmented(val.x, val.y, False), batch_size=64)
+    result = fit_classifier(net, train_loader, val_loader, config=request.config,
+                            out_dir=request.out_dir, task="binary", val_metric="auc",
+                            resume=request.resume)
+    threshold = choose_threshold(val.y, predict(net, val.x), cfg.target_precision)
+    save_checkpoint(net, _metadata(cfg, threshold, f"0.1.0-fit.seed{cfg.seed}", request.manifest is None),
+                    Path(request.out_dir) / "lge_qa.pt")
+    return result
+
+
+def _metadata(cfg: DemoConfig, threshold: float, version: str, phantoms: bool) -> dict[str, Any]:
+    return {
+        "model_id": "lge_qa", "version": version, "threshold": threshold, "size": cfg.size,
+        "spacing_mm": cfg.transform.spacing_mm, "input_size": cfg.transform.size,
+        "percentiles": list(cfg.transform.percentiles), "seed": cfg.seed,
+        "vas_bounds": [L.VasBounds().low, L.VasBounds().high], "not_for_clinical_use": True,
+        "trained_on": "phantoms" if phantoms else "site manifest",
+    }
+
+
+def task_evaluate(request: Any) -> Path:
+    """EvaluateRequest -> report folder: a serving checkpoint (`lge_qa.pt`, demo.pt) on one split."""
+    from train.common.reports import write_report
+
+    checkpoint = Path(request.checkpoint)
+    if checkpoint.is_dir() or checkpoint.name in ("best.pt", "last.pt"):
+        checkpoint = (checkpoint if checkpoint.is_dir() else checkpoint.parent) / "lge_qa.pt"
+    model = build(checkpoint, {})
+    cfg = DemoConfig(seed=int(model.metadata.get("seed", DEMO_SEED)), transform=model.config)
+    if request.manifest is not None:
+        data = _manifest_arrays(request.manifest, request.split, cfg.transform)
+    else:
+        full, idx = _phantom_split(cfg)
+        data = _subset(full, idx[request.split])
+    p = predict(model.net, data.x)
+    write_report(request.out_dir, task="binary", y_true=data.y, y_score=p,
+                 class_names=list(L.LABELS), threshold=model.threshold,
+                 published=PUBLISHED_FOR_REPORT, title=f"LGE QA, split {request.split}",
+                 extra={"checkpoint": str(checkpoint), "version": model.card.version},
+                 seed=request.seed)
+    return Path(request.out_dir)
+
+
+def task_card(request: Any) -> Path:
+    """CardRequest -> card folder (card.md + card.yaml) from an evaluation's metrics.json."""
+    from train.common.cards import write_model_card
+
+    model = build(Path(request.checkpoint), {})
+    sha = hashlib.sha256(Path(request.checkpoint).read_bytes()).hexdigest()
+    write_model_card(
+        request.out_dir, model_id="lge_qa", version=model.card.version, name=NAME,
+        intended_use=INTENDED_USE, inputs_and_routing="Short-axis PSIR LGE slices (mr.is_lge_psir).",
+        labels=L.LABELS, label_rule=L.describe(), training_data=str(model.metadata.get("trained_on", "")),
+        metrics=Path(request.evaluation_dir) / "metrics.json", not_for_clinical_use=True,
+        weights_sha256=sha, manufacturer=MANUFACTURER, reference=REFERENCE,
+    )
+    return Path(request.out_dir)
+
+
+def task_demo_weights(request: Any) -> Path:
+    """DemoWeightsRequest -> the rebuilt demo weights (plus report and card)."""
+    out = Path(request.out_path) if request.out_path is not None else DEMO_WEIGHTS
+    demo_weights(DemoConfig(seed=request.seed), out, Path(request.work_dir) / "evaluate",
+                 write_card=out == DEMO_WEIGHTS)
+    return out
+
+
+def _register() -> None:
+    from train.tasks import TaskSpec, register_task
+
+    register_task(TaskSpec(
+        name="lge_qa",
+        summary="LGE CMR slice certainty (EfficientNetV2): high vs low certainty from reader VAS",
+        fit=task_fit, evaluate=task_evaluate, card=task_card, demo_weights=task_demo_weights,
+        default_config=FitConfig(epochs=DemoConfig.epochs, lr=DemoConfig.lr, patience=4, seed=DEMO_SEED),
+    ))
+
+
+_register()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,6 +12,7 @@ All patient data is fake: `Subject` insists on a "PHANTOM" name and a "PH-" id.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -54,8 +55,17 @@ UNITS_CM, UNITS_SECONDS, UNITS_CM_PER_S = 3, 4, 7
 
 
 def phantom_uid(*parts: str) -> str:
-    """A UID under 2.25 that is a pure function of `parts` (reproducible phantoms)."""
-    return str(generate_uid(prefix=None, entropy_srcs=["phantom", *parts]))
+    """A UID under 2.25 that is a pure function of `parts` (reproducible phantoms).
+
+    A name-based UUID (RFC 9562 version 8 layout, SHA-256) written as its integer under the
+    2.25 root (PS3.5 §B.2). pydicom's `generate_uid(prefix=None)` ignores its entropy sources,
+    so it cannot be used for this.
+    """
+    digest = hashlib.sha256("\x1f".join(["sidecar-phantom-v1", *parts]).encode()).digest()
+    raw = bytearray(digest[:16])
+    raw[6] = (raw[6] & 0x0F) | 0x80
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    return f"2.25.{int.from_bytes(raw, 'big')}"
 
 
 def _new_uid() -> str:
@@ -139,8 +149,9 @@ def _set_pixels(ds: Dataset, pixels: npt.ArrayLike, *, photometric: str, frames:
     frame_shape = arr.shape[1:] if frames else arr.shape
     expected = 3 if samples == 3 else 2
     if len(frame_shape) != expected or (samples == 3 and frame_shape[-1] != 3):
-        raise ValueError(f"{photometric} pixels need shape {'(rows, cols, 3)' if samples == 3 else '(rows, cols)'}"
-                         f"{' per frame' if frames else ''}, got {arr.shape}")
+        want = "(rows, cols, 3)" if samples == 3 else "(rows, cols)"
+        per = " per frame" if frames else ""
+        raise ValueError(f"{photometric} pixels need shape {want}{per}, got {arr.shape}")
     bits_allocated = arr.dtype.itemsize * 8
     stored = bits_stored or bits_allocated
     if arr.size and int(arr.max()) >= 2 ** (stored - (arr.dtype.kind == "i")):

@@ -276,8 +276,8 @@ def radiograph_pixels(intensity: npt.ArrayLike, *, monochrome1: bool,
     lo, hi = att.min(), att.max()
     norm = (att - lo) / (hi - lo) if hi > lo else np.zeros_like(att)
     top = 2**bits_stored - 1
-    values = np.rint((1.0 - norm if monochrome1 else norm) * top)
-    return values.astype(np.uint16)
+    values = np.rint(norm * top).astype(np.uint16)
+    return (top - values).astype(np.uint16) if monochrome1 else values
 
 
 # --- output ----------------------------------------------------------------------------------

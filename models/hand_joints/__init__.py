@@ -1,0 +1,1 @@
+"""Hand radiographs: joint detection and per-joint grading (SHS narrowing for RA, KL for hand OA)."""

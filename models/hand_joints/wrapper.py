@@ -1,0 +1,327 @@
+"""The hand-joints model behind the sidecar's model seam: radiographs in, graded joints out.
+
+`build(weights, options)` loads a checkpoint written by `train.hand_joints.task` with
+`torch.load(weights_only=True)`: ``{"detector": state_dict, "grader": state_dict,
+"metadata": {...}}`` (version, detector channels, grid, crop size, not_for_clinical_use).
+
+Per radiograph: `transforms.hands_of` (grey levels, polarity, spacing, laterality, split,
+mirror) -> detector heatmaps -> keypoints -> boxes from geometry -> crops -> grades. A hand of
+unknown side is run both ways and the orientation the detector is surer of wins (the detector
+only ever saw canonical right hands).
+
+Which scheme is reported follows the clinical indication in the study / series / requested
+procedure descriptions (`scheme_for`): rheumatoid arthritis -> SHS narrowing, hand
+osteoarthritis -> KL, both or neither -> both. A joint scored by both schemes then has one
+detection per scheme.
+
+Options: ``scheme`` ("auto", "shs", "kl", "both"; default auto), ``min_confidence`` (joints
+whose heatmap peak is below are not reported; default 0.1), ``torch_threads`` (int).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydicom import Dataset
+
+from models.base import ModelCard
+from models.findings import Classification, Detection, Findings, ImageRef, Measurement
+from models.hand_joints import joints as J
+from models.hand_joints import transforms as T
+from models.hand_joints.net import DetectorConfig, JointGrader, build_detector
+
+MODEL_ID = "hand_joints"
+NAME = "Hand radiograph joint detection and grading (SHS narrowing, KL)"
+MANUFACTURER = "DICOM AI sidecar project"
+INTENDED_USE = (
+    "Second reader for hand radiographs (PA, CR or DX): localises the joints the modified "
+    "Sharp/van der Heijde narrowing score (rheumatoid arthritis) and the Kellgren-Lawrence "
+    "grade (hand osteoarthritis) read, proposes a grade per joint and its healthy/mild/severe "
+    "class, and sums them per hand. A radiologist reviews every joint; it does not diagnose."
+)
+REFERENCE = (
+    "Deep learning detection of the scored joints on single-hand radiographs and grading of "
+    "SHS joint space narrowing (RA, 960 images / 509 patients) and KL (hand OA, 216 images / "
+    "112 patients), reported as healthy / mild / severe with PR-AUC (seed study of issue 7)."
+)
+PUBLISHED: dict[str, float] = {
+    "ra.pr_auc.healthy": 0.907, "ra.pr_auc.mild": 0.763, "ra.pr_auc.severe": 0.766,
+    "ra.pr_auc.all": 0.812,
+    "oa.pr_auc.healthy": 0.945, "oa.pr_auc.mild": 0.938, "oa.pr_auc.severe": 0.869,
+    "oa.pr_auc.all": 0.917,
+}
+LABELS: tuple[str, ...] = (*J.grade_labels(J.SHS), *J.grade_labels(J.KL), *J.THREE_CLASSES)
+
+_RA = re.compile(r"rheumat|\bRA\b|sharp|heijde|svdh|erosi|polyarthrit", re.IGNORECASE)
+_OA = re.compile(r"osteoarth|arthros|\bOA\b|kellgren|\bKL\b|heberden|bouchard|rhizarthr", re.IGNORECASE)
+_INDICATION_KEYWORDS = ("StudyDescription", "SeriesDescription", "RequestedProcedureDescription",
+                        "ReasonForTheRequestedProcedure", "AdmittingDiagnosesDescription",
+                        "ProtocolName", "PerformedProcedureStepDescription")
+
+
+class HandJointsError(ValueError):
+    """A checkpoint or option this model cannot use; the message says which and why."""
+
+
+def indication_text(ds: Dataset) -> str:
+    """The free text that may carry the clinical indication (descriptions, request items)."""
+    parts = [str(ds.get(k, "") or "") for k in _INDICATION_KEYWORDS]
+    for seq in ("RequestAttributesSequence",):
+        for item in ds.get(seq, []) or []:
+            parts += [str(item.get(k, "") or "") for k in _INDICATION_KEYWORDS]
+    return " ".join(parts)
+
+
+def scheme_for(ds: Dataset, option: str = "auto") -> tuple[str, ...]:
+    """The schemes to report: the option if fixed, else by indication (RA -> SHS, OA -> KL)."""
+    if option in (J.SHS, J.KL):
+        return (option,)
+    if option == "both":
+        return J.SCHEMES
+    if option != "auto":
+        raise HandJointsError(f"scheme option must be auto, shs, kl or both, got {option!r}")
+    text = indication_text(ds)
+    ra, oa = bool(_RA.search(text)), bool(_OA.search(text))
+    if ra and not oa:
+        return (J.SHS,)
+    if oa and not ra:
+        return (J.KL,)
+    return J.SCHEMES
+
+
+@dataclass(frozen=True)
+class JointResult:
+    """One joint of one hand: where (source pixels), how sure, and the grade probabilities."""
+
+    name: str
+    point: tuple[float, float]  # (col, row) pixel-centre coordinates of the source image
+    box: tuple[float, float, float, float]  # DICOM continuous coordinates of the source image
+    confidence: float
+    p_shs: np.ndarray  # (5,)
+    p_kl: np.ndarray  # (5,)
+
+
+@dataclass(frozen=True)
+class HandResult:
+    """All joints of one hand and the side it was reported as."""
+
+    laterality: str
+    side_inferred: bool
+    joints: tuple[JointResult, ...]
+
+
+def locate(detector: torch.nn.Module, grids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 1, G, G) detector inputs -> keypoints (N, K, 2) as grid (x, y) and confidences (N, K).
+
+    The peak of each heatmap, refined by the sigmoid-weighted centroid of its 3 x 3 neighbourhood.
+    """
+    with torch.inference_mode():
+        heat = torch.sigmoid(detector(torch.from_numpy(np.ascontiguousarray(grids))).float())
+    n, k, h, w = heat.shape
+    flat = heat.reshape(n, k, h * w)
+    conf, idx = flat.max(dim=2)
+    ys, xs = (idx // w).numpy(), (idx % w).numpy()
+    hm = heat.numpy()
+    pts = np.zeros((n, k, 2))
+    for i in range(n):
+        for j in range(k):
+            y, x = int(ys[i, j]), int(xs[i, j])
+            y0, y1, x0, x1 = max(0, y - 1), min(h, y + 2), max(0, x - 1), min(w, x + 2)
+            patch = hm[i, j, y0:y1, x0:x1].astype(np.float64)
+            gy, gx = np.mgrid[y0:y1, x0:x1]
+            s = patch.sum()
+            pts[i, j] = ((gx * patch).sum() / s, (gy * patch).sum() / s) if s > 0 else (x, y)
+    return pts, conf.numpy().astype(np.float64)
+
+
+def grade_crops(grader: JointGrader, crops: np.ndarray, joint_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Crops (N, 1, C, C) and joint indices (N,) -> (P(SHS grade) (N, 5), P(KL grade) (N, 5))."""
+    if len(crops) == 0:
+        return np.zeros((0, J.N_GRADES)), np.zeros((0, J.N_GRADES))
+    with torch.inference_mode():
+        shs, kl = grader(torch.from_numpy(np.ascontiguousarray(crops)), torch.from_numpy(joint_idx).long())
+    return shs.softmax(1).double().numpy(), kl.softmax(1).double().numpy()
+
+
+class HandJointsModel:
+    """Keypoint UNet + crop grader; `predict` answers per joint, per hand and per image."""
+
+    def __init__(self, detector: torch.nn.Module, grader: JointGrader, metadata: Mapping[str, Any],
+                 scheme: str = "auto", min_confidence: float = 0.1) -> None:
+        self.detector = detector.eval()
+        self.grader = grader.eval()
+        self.metadata = dict(metadata)
+        self.scheme_option = scheme
+        self.min_confidence = float(min_confidence)
+        self.grid = int(metadata.get("grid", T.GRID))
+        self.crop = int(metadata.get("crop", T.CROP))
+        self.card = ModelCard(
+            id=MODEL_ID, version=str(metadata.get("version", "0+untrained")), name=NAME,
+            manufacturer=MANUFACTURER, intended_use=INTENDED_USE, labels=LABELS,
+            not_for_clinical_use=bool(metadata.get("not_for_clinical_use", True)),
+            reference=REFERENCE, published=dict(PUBLISHED))
+
+    # -- the analysis one radiograph gets (training's evaluation calls this too) -------------
+
+    def _orient(self, hand: T.Hand) -> tuple[T.Hand, np.ndarray, np.ndarray, bool]:
+        """Keypoints (hand pixels) and confidences; unknown side: the orientation that fits best."""
+        candidates = [hand] if hand.laterality in ("L", "R") else [hand, hand.flipped()]
+        best: tuple[T.Hand, np.ndarray, np.ndarray] | None = None
+        best_score = -1.0
+        for cand in candidates:
+            grid, gm = T.detector_grid(cand, self.grid)
+            pts, conf = locate(self.detector, grid[np.newaxis])
+            score = float(np.mean(conf[0]))
+            if score > best_score:
+                best, best_score = (cand, gm.to_image(pts[0]), conf[0]), score
+        assert best is not None
+        return best[0], best[1], best[2], len(candidates) > 1
+
+    def analyse(self, ds: Dataset, laterality: str | None = None) -> list[HandResult]:
+        """Every hand of one radiograph, joints in source coordinates."""
+        out = []
+        for hand in T.hands_of(ds, laterality):
+            oriented, pts, conf, inferred = self._orient(hand)
+            geometry = J.geometry_from_keypoints(pts)
+            crops = np.stack([T.joint_crop(oriented.pixels, geo, name, self.crop)
+                              for name, geo in zip(J.JOINTS, geometry, strict=True)])
+            p_shs, p_kl = grade_crops(self.grader, crops, np.arange(len(J.JOINTS)))
+            src_pts = oriented.to_source(pts)
+            results = []
+            for k, (name, geo) in enumerate(zip(J.JOINTS, geometry, strict=True)):
+                c0, r0, c1, r1 = J.joint_box(name, geo)
+                box = oriented.box_to_source((c0 + 0.5, r0 + 0.5, c1 + 0.5, r1 + 0.5))
+                results.append(JointResult(name, (float(src_pts[k, 0]), float(src_pts[k, 1])),
+                                           _clip_box(box, ds), float(conf[k]), p_shs[k], p_kl[k]))
+            side = oriented.laterality or ("L" if oriented.mirrored else "R")
+            out.append(HandResult(side, inferred, tuple(results)))
+        return out
+
+    # -- the model seam ----------------------------------------------------------------------
+
+    def prepare(self, datasets: Sequence[Dataset]) -> list[Dataset]:
+        """The radiographs themselves: hands are cut and oriented in `predict`, per image."""
+        usable = [ds for ds in datasets if "PixelData" in ds]
+        if not usable:
+            raise HandJointsError("no radiograph with pixel data to analyse")
+        return usable
+
+    def predict(self, batch: Sequence[Dataset]) -> Findings:
+        """One Detection per scored joint (per scheme), with its grade; sums per hand."""
+        detections: list[Detection] = []
+        measurements: list[Measurement] = []
+        notes: list[str] = []
+        for ds in batch:
+            ref = ImageRef(str(ds.SOPClassUID), str(ds.SOPInstanceUID))
+            schemes = scheme_for(ds, self.scheme_option)
+            for hand in self.analyse(ds):
+                side_word = {"L": "left", "R": "right"}[hand.laterality]
+                if hand.side_inferred:
+                    notes.append(f"Laterality not in the headers; {side_word} hand inferred from the image.")
+                for scheme in schemes:
+                    scored = [j for j in hand.joints
+                              if j.name in J.SCHEME_JOINTS[scheme] and j.confidence >= self.min_confidence]
+                    grades = []
+                    for j in scored:
+                        probs = j.p_shs if scheme == J.SHS else j.p_kl
+                        grade = int(np.argmax(probs))
+                        grades.append(grade)
+                        three = J.three_class_probabilities(scheme, probs)
+                        p = {lab: float(np.clip(v, 0, 1)) for lab, v in zip(J.grade_labels(scheme), probs, strict=True)}
+                        p.update({lab: float(np.clip(v, 0, 1)) for lab, v in zip(J.THREE_CLASSES, three, strict=True)})
+                        detections.append(Detection(
+                            label=j.name, box=j.box, confidence=float(np.clip(j.confidence, 0, 1)), source=ref,
+                            laterality=hand.laterality,
+                            grade=Classification(label=J.grade_label(scheme, grade), probabilities=p, source=ref,
+                                                 finding_site=J.JOINT_SITES[j.name], laterality=hand.laterality)))
+                    measurements += _hand_measurements(scheme, side_word, grades, ref)
+                    missing = len(J.SCHEME_JOINTS[scheme]) - len(scored)
+                    if missing:
+                        notes.append(f"{side_word} hand: {missing} {scheme.upper()} joint(s) below "
+                                     f"confidence {self.min_confidence:g}, not scored.")
+            notes.append("Schemes reported: " + ", ".join(s.upper() for s in schemes)
+                         + " (chosen from the clinical indication; both when it is unknown).")
+        return Findings(
+            model_id=MODEL_ID, model_version=self.card.version, measurements=tuple(measurements),
+            detections=tuple(detections), not_for_clinical_use=self.card.not_for_clinical_use,
+            notes=tuple(dict.fromkeys(notes)))
+
+    def warm_up(self) -> None:
+        """One pass of each network on zeros."""
+        with torch.inference_mode():
+            self.detector(torch.zeros(1, 1, self.grid, self.grid))
+            self.grader(torch.zeros(1, 1, self.crop, self.crop), torch.zeros(1, dtype=torch.long))
+
+
+def _clip_box(box: tuple[float, float, float, float], ds: Dataset) -> tuple[float, float, float, float]:
+    """The box kept inside the image (DICOM continuous coordinates 0..Columns, 0..Rows)."""
+    cols, rows = float(ds.Columns), float(ds.Rows)
+    c0, r0, c1, r1 = box
+    c0, c1 = min(max(c0, 0.0), cols - 1.0), min(max(c1, 1.0), cols)
+    r0, r1 = min(max(r0, 0.0), rows - 1.0), min(max(r1, 1.0), rows)
+    return (c0, r0, max(c1, c0 + 1.0), max(r1, r0 + 1.0))
+
+
+def _hand_measurements(scheme: str, side: str, grades: Sequence[int], ref: ImageRef) -> list[Measurement]:
+    """Per hand: the total (SHS narrowing score or KL sum) and the count of joints per grade and class."""
+    name = "SHS narrowing total" if scheme == J.SHS else "KL sum"
+    out = [Measurement(f"{side} hand {name}", float(sum(grades)), "1", ref)]
+    counts = np.bincount(np.asarray(grades, dtype=int), minlength=J.N_GRADES) if grades else np.zeros(J.N_GRADES)
+    prefix = "SHS JSN" if scheme == J.SHS else "KL"
+    out += [Measurement(f"{side} hand joints {prefix} {g}", float(counts[g]), "1", ref) for g in range(J.N_GRADES)]
+    classes = np.zeros(3)
+    for g in range(J.N_GRADES):
+        classes[J.THREE_CLASS[scheme][g]] += counts[g]
+    out += [Measurement(f"{side} hand joints {prefix} {c}", float(v), "1", ref)
+            for c, v in zip(J.THREE_CLASSES, classes, strict=True)]
+    return out
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """The checkpoint blob; tensors and plain values only, no pickled code."""
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError) as exc:
+        raise HandJointsError(f"cannot read checkpoint {path}: {exc}") from exc
+    if not isinstance(blob, dict) or not {"detector", "grader", "metadata"} <= set(blob):
+        raise HandJointsError(f"{path} is not a hand_joints checkpoint (detector, grader, metadata)")
+    return blob
+
+
+def build_nets(metadata: Mapping[str, Any]) -> tuple[torch.nn.Module, JointGrader]:
+    """Fresh networks shaped as `metadata` says."""
+    cfg = DetectorConfig(channels=tuple(metadata.get("channels", DetectorConfig.channels)),
+                         strides=tuple(metadata.get("strides", DetectorConfig.strides)),
+                         num_res_units=int(metadata.get("num_res_units", DetectorConfig.num_res_units)))
+    return build_detector(cfg), JointGrader(width=int(metadata.get("grader_width", 16)))
+
+
+def build(weights: Path | None = None, options: Mapping[str, Any] | None = None) -> HandJointsModel:
+    """The factory the registry calls: load `weights` (or untrained nets) and apply `options`."""
+    opts = dict(options or {})
+    if "torch_threads" in opts:
+        torch.set_num_threads(int(opts["torch_threads"]))
+    if weights is not None:
+        blob = load_checkpoint(Path(weights))
+        metadata = dict(blob["metadata"])
+        detector, grader = build_nets(metadata)
+        try:
+            detector.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in blob["detector"].items()})
+            grader.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in blob["grader"].items()})
+        except RuntimeError as exc:
+            raise HandJointsError(f"{weights}: weights do not fit the networks its metadata names") from exc
+    else:
+        metadata = {"version": "0+untrained", "not_for_clinical_use": True}
+        detector, grader = build_nets(metadata)
+    scheme = str(opts.get("scheme", "auto"))
+    scheme_for(Dataset(), scheme)  # validates the option
+    min_conf = float(opts.get("min_confidence", 0.1))
+    if not 0.0 <= min_conf < 1.0:
+        raise HandJointsError(f"min_confidence {min_conf} must lie in [0, 1)")
+    return HandJointsModel(detector, grader, metadata, scheme, min_conf)
