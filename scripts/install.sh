@@ -8,6 +8,8 @@ need=()
 command -v storescu >/dev/null || need+=(dcmtk)
 command -v Orthanc >/dev/null || need+=(orthanc)
 command -v dciodvfy >/dev/null || need+=(dicom3tools)
+[ -x /usr/bin/chromium ] || need+=(chromium)          # the dashboard's browser test
+command -v docker-compose >/dev/null || need+=(docker-compose)  # validates docker-compose.yml
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq

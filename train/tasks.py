@@ -23,7 +23,7 @@ from train.common.manifest import Key
 from train.common.trainer import FitConfig, FitResult
 
 # Modules that register tasks on import; each model issue appends its own.
-TASK_MODULES: tuple[str, ...] = ("train.toy", "train.hand_joints.task",)
+TASK_MODULES: tuple[str, ...] = ("train.toy", "train.hand_joints.task")
 
 
 @dataclass(frozen=True)
