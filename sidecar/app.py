@@ -14,7 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import pydicom
 import structlog
+from pydicom.errors import InvalidDicomError
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from models.base import ClinicalModel
@@ -22,7 +24,9 @@ from models.registry import Factory, ModelSpec, ModelUnavailable, Predicate, bui
 from sidecar.alerts.fanout import AlertChannel, AlertFanout, LogChannel, WebhookChannel
 from sidecar.assembly.assembler import SeriesAssembler
 from sidecar.assembly.timers import SchedulerTimers, Timers
-from sidecar.journal import Journal
+from sidecar.dicom.headers import read_header
+from sidecar.errors import SidecarError
+from sidecar.journal import InstanceRecord, Journal
 from sidecar.logging import register_phi
 from sidecar.net.listener import Listener, ListenerConfig
 from sidecar.net.sender import Sender
@@ -132,7 +136,9 @@ class Sidecar:
     def start(self) -> None:
         requeued = self.journal.recover()
         swept = self.spool.sweep_partials()
+        reconciled = self._reconcile_spool()
         log.info("sidecar_starting", requeued_jobs=requeued, partial_files_removed=swept,
+                 spool_files_rerecorded=reconciled,
                  models=sorted(self.models), unavailable=sorted(self.unavailable))
         self.sender.start()
         self.worker.start()
@@ -160,6 +166,24 @@ class Sidecar:
 
     def wait(self) -> None:
         self._stopped.wait()
+
+    def _reconcile_spool(self) -> int:
+        """Record spool files the journal lacks (acknowledged just before a power loss)."""
+        known = self.journal.known_instance_uids()
+        n = 0
+        for path in self.spool.root.glob("*/*/*.dcm"):
+            if path.stem in known:
+                continue
+            try:
+                header = read_header(pydicom.dcmread(path, stop_before_pixels=True))
+            except (SidecarError, InvalidDicomError, OSError, ValueError) as exc:
+                log.error("spool_file_unreadable", error_type=type(exc).__name__)
+                continue
+            self.journal.record_instance(InstanceRecord(
+                header.sop_instance_uid, header.sop_class_uid, header.series_uid, header.study_uid,
+                header.modality, str(path), path.stat().st_size, "", header.expected_count))
+            n += 1
+        return n
 
     def _retention_sweep(self) -> int:
         """Remove spooled instances whose series were delivered longer ago than the retention time."""

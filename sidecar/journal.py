@@ -3,7 +3,12 @@
 Tables: instances, series, jobs, outbox, alerts, events (a per-series timeline). The listener
 records an instance here after its file is durable in the spool and before it answers Success,
 so nothing acknowledged is forgotten. Every write is one short transaction under one lock;
-WAL with synchronous=FULL makes each commit durable before it returns.
+WAL with synchronous=NORMAL keeps the database consistent through any crash; a commit may be
+lost only on power failure, and for what matters most that is covered elsewhere: a received
+instance is acknowledged only after its spool file is fsynced, and `Sidecar.start` re-records any
+spool file the journal lacks (`reconcile`). Lost later transitions (a job done, a result sent) are
+redone, and the derived result UIDs keep that from duplicating anything at the PACS. This saves one
+fsync per received image (measured: ~1.9 ms of ~12 ms per image on this machine's disk).
 
 On start `recover()` puts running jobs back in the queue; outbox entries simply stay pending.
 
@@ -210,7 +215,11 @@ def sqlite_path(url: str) -> Path:
 class Journal:
     """SQLite journal. Thread-safe: one connection, one lock, short transactions."""
 
-    def __init__(self, url: str, clock: callable = time.time) -> None:  # type: ignore[valid-type]
+    def __init__(
+        self, url: str, clock: callable = time.time, synchronous: str = "NORMAL"  # type: ignore[valid-type]
+    ) -> None:
+        if synchronous not in ("NORMAL", "FULL"):
+            raise JournalError("synchronous must be NORMAL or FULL")
         self.url = url
         self._clock = clock
         path = sqlite_path(url)
@@ -218,7 +227,7 @@ class Journal:
         try:
             self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute(f"PRAGMA synchronous={synchronous}")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.execute("PRAGMA busy_timeout=10000")
             self._db.executescript(_SCHEMA)
@@ -369,6 +378,10 @@ class Journal:
             (series_uid,),
         )
         return [StoredInstance(*r) for r in rows]
+
+    def known_instance_uids(self) -> set[str]:
+        """Every SOP Instance UID the journal holds (for reconciling the spool at start)."""
+        return {r[0] for r in self._query("SELECT sop_instance_uid FROM instances")}
 
     def instance(self, sop_instance_uid: str) -> StoredInstance | None:
         rows = self._query(

@@ -97,6 +97,10 @@ _SITES = {
     "knee": CodedConcept("72696002", "SCT", "Knee"),
     "knee joint": CodedConcept("49076000", "SCT", "Knee joint"),
     "wrist joint": CodedConcept("74670003", "SCT", "Wrist joint"),
+    # hand_joints: the radiocarpal joint is the wrist joint proper; the other hand joints have
+    # no concept in pydicom's SCT dictionary and get private codes keyed on their names.
+    "radiocarpal joint": CodedConcept("74670003", "SCT", "Wrist joint"),
+    "finger joint": CodedConcept("125682004", "SCT", "Finger joint"),
     "joint": CodedConcept("39352004", "SCT", "Joint"),
 }
 
@@ -117,6 +121,9 @@ SYNOVITIS_GRADE = private_code("concept/eular-omeract-synovitis", "EULAR-OMERACT
 GOUT_MTP1_FINDING = private_code("concept/gout-mtp1-us", "Gout MTP1 ultrasound finding")
 JOINT_SPACE_NARROWING_GRADE = private_code("concept/jsn-grade", "Joint space narrowing grade")
 KELLGREN_LAWRENCE_GRADE = private_code("concept/kellgren-lawrence", "Kellgren-Lawrence grade")
+# hand_joints reports SHS narrowing and KL grades side by side; the grade's value names the
+# scheme ("SHS JSN 2", "KL 3"), so the concept name covers both.
+HAND_JOINT_GRADE = private_code("concept/hand-joint-grade", "Hand joint grade (SHS narrowing or KL)")
 TECHNOLOGIST_ALERT = private_code("concept/technologist-alert", "AI QA alert for technologist")
 AI_CLASSIFICATION = private_code("concept/ai-classification", "AI classification")
 AI_GRADE = private_code("concept/ai-grade", "AI grade")
@@ -136,8 +143,8 @@ MODEL_CONCEPTS: dict[str, ModelConcepts] = {
     "us_synovitis": ModelConcepts(SYNOVITIS_GRADE, SYNOVITIS_GRADE),
     "gout_mtp1": ModelConcepts(GOUT_MTP1_FINDING, GOUT_MTP1_FINDING),
     # Hand radiographs: detections carry a grade; the scheme (SHS narrowing or KL) is named by
-    # the detection's grade labels, the default concept is narrowing.
-    "hand_joints": ModelConcepts(JOINT_SPACE_NARROWING_GRADE, JOINT_SPACE_NARROWING_GRADE),
+    # the detection's grade labels ("SHS JSN 2", "KL 3"), under one concept for both.
+    "hand_joints": ModelConcepts(HAND_JOINT_GRADE, HAND_JOINT_GRADE),
 }
 
 # --- Fixed wording ----------------------------------------------------------------------------

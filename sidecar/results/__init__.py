@@ -1,4 +1,4 @@
-"""Result writers: Findings -> DICOM objects (SR, SC, QA alert image), all built by highdicom.
+"""Result writers: Findings -> DICOM objects (SR, SC, GSPS, QA alert image), all built by highdicom.
 
 `build_results` is the one entry the pipeline calls; it dispatches on a route's outputs.
 """
@@ -14,12 +14,13 @@ from models.findings import Findings
 from sidecar.dicom.uids import short_uid
 from sidecar.errors import ResultError
 from sidecar.results.alert_image import build_alert_image
+from sidecar.results.gsps import build_gsps
 from sidecar.results.sc import build_sc
 from sidecar.results.sr import build_sr
 
-__all__ = ["build_alert_image", "build_results", "build_sc", "build_sr"]
+__all__ = ["build_alert_image", "build_gsps", "build_results", "build_sc", "build_sr"]
 
-SUPPORTED_OUTPUTS = frozenset({"sr", "sc"})
+SUPPORTED_OUTPUTS = frozenset({"sr", "sc", "gsps"})
 
 
 def build_results(
@@ -32,9 +33,10 @@ def build_results(
     kind: str,
     revision: int = 0,
 ) -> list[Dataset]:
-    """Every result object `outputs` asks for: an SR for "sr", one SC per generated image for "sc".
+    """Every result object `outputs` asks for: an SR for "sr", one SC per generated image for "sc",
+    one GSPS with the detection boxes for "gsps" (none when there are no detections).
 
-    Outputs other writers handle ("gsps", "alert") are skipped here. Raises ResultError when
+    Outputs other writers handle ("alert") are skipped here. Raises ResultError when
     the findings cannot be written, e.g. a generated image about an image not among `sources`.
     """
     if findings.model_id != card.id:
@@ -44,6 +46,8 @@ def build_results(
         results.append(
             build_sr(findings, sources, card, input_uid=input_uid, kind=kind, revision=revision)
         )
+    if "gsps" in outputs and findings.detections:
+        results.append(build_gsps(findings, sources, card, input_uid=input_uid, revision=revision))
     if "sc" in outputs:
         by_uid = {str(ds.SOPInstanceUID): ds for ds in sources}
         nfcu = findings.not_for_clinical_use or card.not_for_clinical_use

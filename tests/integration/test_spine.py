@@ -100,3 +100,22 @@ def _port(cfg: Path) -> int:
     import yaml
 
     return int(yaml.safe_load((cfg / "sidecar.yaml").read_text())["port"])
+
+
+class TestPowerLoss:
+    def test_spool_file_missing_from_journal_is_recorded_at_start(self, tmp_path: Path) -> None:
+        """An acknowledged file whose journal commit was lost is re-recorded and reported at start."""
+        files = _write_series(tmp_path / "in", 2, seed=9)
+        with StoreSCP(tmp_path / "pacs", ae_title="PACS") as pacs:
+            cfg = write_config(tmp_path / "conf", destinations=[
+                {"kind": "dicom", "name": "pacs", "host": "127.0.0.1", "port": pacs.port, "ae_title": "PACS"}])
+            spool = tmp_path / "conf" / "var" / "spool"
+            for p in files:  # as the listener would have left them, with no journal row
+                ds = pydicom.dcmread(p)
+                dest = spool / str(ds.StudyInstanceUID) / str(ds.SeriesInstanceUID) / f"{ds.SOPInstanceUID}.dcm"
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_bytes(p.read_bytes())
+            with running_sidecar(cfg) as app:
+                series = app.journal.series(str(pydicom.dcmread(files[0]).SeriesInstanceUID))
+                assert series is not None and series.n_instances == 2
+                pacs.wait_for_files(1, timeout=20)

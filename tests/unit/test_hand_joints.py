@@ -1,0 +1,239 @@
+"""The hand-joints model: image handling, geometry, phantoms, demo weights, SR references."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import torch
+from pydicom import Dataset
+from pydicom.data import get_testdata_file
+
+from models.base import ClinicalModel
+from models.hand_joints import joints as J
+from models.hand_joints import transforms as T
+from models.hand_joints.wrapper import HandJointsModel, build, scheme_for
+from sidecar.results.sr import build_sr
+from tests.helpers.validate import assert_valid_dicom
+from train.common import metrics as M
+from train.phantoms.hand import demo_series, hand_image
+
+DEMO_WEIGHTS = Path(__file__).resolve().parents[2] / "models" / "hand_joints" / "weights" / "demo.pt"
+FRESH_SEEDS = range(900_000, 900_010)  # never drawn by demo-weights (its seeds are 0..239)
+
+
+@pytest.fixture(autouse=True)
+def _seeded() -> None:
+    torch.manual_seed(0)
+    np.random.seed(0)
+    torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="module")
+def fuji_cr() -> Dataset:
+    """A real Fuji CR of an extremity from pydicom-data: MONOCHROME1, VOI window 550/1024, Laterality R."""
+    path = get_testdata_file("RG3_UNCR.dcm")
+    if path is None:
+        pytest.skip("pydicom-data's RG3_UNCR.dcm is not installed")
+    return pydicom.dcmread(path)
+
+
+@pytest.fixture(scope="module")
+def demo_model() -> HandJointsModel:
+    return build(DEMO_WEIGHTS, {"torch_threads": 2})
+
+
+class TestImageHandling:
+    def test_real_monochrome1_cr_is_inverted_so_bone_is_bright(self, fuji_cr: Dataset) -> None:
+        """The Fuji CR (MONOCHROME1) displays inverted: high stored values become dark."""
+        shown = T.display_pixels(fuji_cr)
+        stored = fuji_cr.pixel_array.astype(float)
+        assert shown.dtype == np.float32 and 0.0 <= shown.min() and shown.max() <= 1.0
+        assert np.corrcoef(shown[::8, ::8].ravel(), stored[::8, ::8].ravel())[0, 1] < -0.9
+
+    def test_real_cr_voi_window_is_applied(self, fuji_cr: Dataset) -> None:
+        """Stored values outside the 550/1024 window are clipped to black or white."""
+        shown = T.display_pixels(fuji_cr)
+        stored = fuji_cr.pixel_array.astype(float)
+        above = stored >= 550 + 512
+        below = stored <= 550 - 512
+        assert above.any()
+        assert np.allclose(shown[above], 0.0, atol=1e-3)  # MONOCHROME1: high is dark
+        if below.any():
+            assert np.allclose(shown[below], 1.0, atol=1e-3)
+
+    def test_monochrome2_copy_of_the_real_cr_is_its_negative(self, fuji_cr: Dataset) -> None:
+        """The same pixels labelled MONOCHROME2 display as the exact complement."""
+        mono2 = fuji_cr.copy()
+        mono2.PhotometricInterpretation = "MONOCHROME2"
+        assert np.allclose(T.display_pixels(mono2), 1.0 - T.display_pixels(fuji_cr), atol=1e-6)
+
+    def test_real_cr_laterality_comes_from_series_laterality(self, fuji_cr: Dataset) -> None:
+        """The Fuji CR has no ImageLaterality; its series Laterality R is used."""
+        assert "ImageLaterality" not in fuji_cr
+        assert T.laterality_of(fuji_cr) == "R"
+
+    @pytest.mark.parametrize(("description", "expected"), [
+        ("HAND PA LEFT", "L"), ("Hand rechts pa", "R"), ("BOTH HANDS PA", "B"), ("Haende bds", "B"),
+        ("L HAND", "L"), ("HAND PA", None)])
+    def test_laterality_falls_back_to_the_description(self, description: str, expected: str | None) -> None:
+        """Without laterality tags the series description decides (None when it does not say)."""
+        ds = Dataset()
+        ds.SeriesDescription = description
+        assert T.laterality_of(ds) == expected
+
+    def test_phantom_polarities_display_alike(self) -> None:
+        """A MONOCHROME1 and a MONOCHROME2 phantom of the same seed look the same after handling."""
+        a = T.display_pixels(hand_image(5, monochrome1=True).dataset)
+        b = T.display_pixels(hand_image(5, monochrome1=False).dataset)
+        assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.98
+
+    def test_left_hand_is_mirrored_and_maps_back(self) -> None:
+        """A left hand reaches the net mirrored; canonical points and boxes map back to the source."""
+        img = hand_image(11, laterality="L", n_hands=1)
+        (hand,) = T.hands_of(img.dataset)
+        assert hand.mirrored and hand.laterality == "L"
+        src = np.array([img.hands[0].keypoints[n] for n in J.JOINTS])
+        canon = src.copy()
+        canon[:, 0] = hand.pixels.shape[1] - 1 - canon[:, 0]
+        assert np.allclose(hand.to_source(canon), src)
+        # canonical thumb lies towards column 0 (a right hand): IP1 left of DIP5
+        assert canon[J.JOINT_INDEX["IP1"], 0] < canon[J.JOINT_INDEX["DIP5"], 0]
+        box = (10.0, 20.0, 30.0, 40.0)
+        c0, r0, c1, r1 = hand.box_to_source(box)
+        w = hand.pixels.shape[1]
+        assert (c0, r0, c1, r1) == (w - 30.0, 20.0, w - 10.0, 40.0)
+
+    def test_two_hand_image_is_split_between_the_hands(self) -> None:
+        """An ImageLaterality B radiograph gives two hands, cut between their joints."""
+        img = hand_image(21, n_hands=2)
+        assert img.dataset.ImageLaterality == "B"
+        right, left = T.hands_of(img.dataset)
+        assert (right.laterality, left.laterality) == ("R", "L") and left.mirrored
+        cut = left.col0
+        assert max(p[0] for p in img.hands[0].keypoints.values()) < cut
+        assert min(p[0] for p in img.hands[1].keypoints.values()) > cut
+
+    def test_imager_pixel_spacing_sets_the_detector_grid(self) -> None:
+        """At 0.3 mm pixels a 2 mm grid step is 6.67 source pixels; without spacing it fits the image."""
+        assert T.grid_map((800, 560), 0.3).step == pytest.approx(2.0 / 0.3)
+        assert T.grid_map((800, 560), None).step == pytest.approx(800 / T.GRID)
+
+    @pytest.mark.parametrize(("text", "schemes"), [
+        ("RHEUMATOID ARTHRITIS FOLLOW-UP", ("shs",)), ("HAND OSTEOARTHRITIS", ("kl",)),
+        ("HAND PA", ("shs", "kl"))])
+    def test_scheme_follows_the_clinical_indication(self, text: str, schemes: tuple[str, ...]) -> None:
+        """RA indications get SHS narrowing, OA gets KL, unknown gets both."""
+        ds = Dataset()
+        ds.StudyDescription = text
+        assert scheme_for(ds) == schemes
+
+
+class TestGeometryAndPhantoms:
+    def test_truth_boxes_hold_their_joint_and_lie_in_the_image(self) -> None:
+        """Every truth box contains its keypoint and lies within the radiograph."""
+        img = hand_image(3)
+        ds = img.dataset
+        for hand in img.hands:
+            for name, (c0, r0, c1, r1) in hand.boxes.items():
+                x, y = hand.keypoints[name]
+                assert c0 < x + 0.5 < c1 and r0 < y + 0.5 < r1
+                assert c0 >= 0 and r0 >= 0 and c1 <= ds.Columns and r1 <= ds.Rows
+
+    def test_phantom_grades_cover_the_scheme_joints(self) -> None:
+        """RA phantoms grade the 15 SHS joints, OA phantoms the 15 KL joints, 0-4."""
+        ra = hand_image(4, disease="RA").hands[0]
+        oa = hand_image(4, disease="OA").hands[0]
+        assert set(ra.grades) == set(J.SCHEME_JOINTS[J.SHS]) and set(oa.grades) == set(J.SCHEME_JOINTS[J.KL])
+        assert all(0 <= g <= 4 for g in [*ra.grades.values(), *oa.grades.values()])
+
+    def test_phantoms_are_valid_dicom_with_their_polarity(self) -> None:
+        """Phantom CR/DX objects pass dciodvfy and carry the photometric interpretation asked for."""
+        for mono1, modality in ((True, "CR"), (False, "DX")):
+            ds = hand_image(8, monochrome1=mono1, modality=modality).dataset
+            back = assert_valid_dicom(ds)
+            assert back.PhotometricInterpretation == ("MONOCHROME1" if mono1 else "MONOCHROME2")
+            assert back.Modality == modality
+
+    def test_phantoms_are_reproducible_from_their_seed(self) -> None:
+        """The same seed gives the same pixels and truth."""
+        a, b = hand_image(9), hand_image(9)
+        assert np.array_equal(a.dataset.pixel_array, b.dataset.pixel_array)
+        assert a.hands[0].boxes == b.hands[0].boxes
+
+    def test_three_class_mapping_is_the_cards(self) -> None:
+        """SHS 0 | 1-2 | 3-4 and KL 0-1 | 2 | 3-4 map to healthy | mild | severe."""
+        assert J.THREE_CLASS[J.SHS] == (0, 1, 1, 2, 2) and J.THREE_CLASS[J.KL] == (0, 0, 1, 2, 2)
+        p = J.three_class_probabilities(J.KL, [0.1, 0.2, 0.3, 0.25, 0.15])
+        assert np.allclose(p, [0.3, 0.3, 0.4])
+
+
+class TestDemoWeights:
+    def test_demo_weights_are_small_and_loadable(self, demo_model: HandJointsModel) -> None:
+        """The bundled weights stay under 15 MB and build a ClinicalModel marked not for clinical use."""
+        assert DEMO_WEIGHTS.stat().st_size <= 15 * 1024 * 1024
+        assert isinstance(demo_model, ClinicalModel)
+        assert demo_model.card.not_for_clinical_use and demo_model.card.id == "hand_joints"
+        card = (DEMO_WEIGHTS.parent.parent / "card.yaml").read_text()
+        assert hashlib.sha256(DEMO_WEIGHTS.read_bytes()).hexdigest() in card
+
+    def test_detection_and_grading_on_fresh_phantoms(self, demo_model: HandJointsModel) -> None:
+        """On unseen seeded phantoms: mAP@0.5 >= 0.5 and per-joint grades beat chance."""
+        dets, gts = [], []
+        y3, p3 = [], []
+        for seed in FRESH_SEEDS:
+            img = hand_image(seed)
+            for h, (res, truth) in enumerate(zip(demo_model.analyse(img.dataset), img.hands, strict=True)):
+                by_name = {j.name: j for j in res.joints}
+                assert res.laterality == truth.laterality
+                for name in J.JOINTS:
+                    gts.append(M.Box(f"{seed}/{h}", name, *truth.boxes[name]))
+                    dets.append(M.Box(f"{seed}/{h}", name, *by_name[name].box, score=by_name[name].confidence))
+                for name, grade in truth.grades.items():
+                    probs = by_name[name].p_shs if truth.scheme == J.SHS else by_name[name].p_kl
+                    y3.append(J.THREE_CLASS[truth.scheme][grade])
+                    p3.append(J.three_class_probabilities(truth.scheme, probs))
+        assert M.detection_ap(dets, gts, 0.5).mean_ap >= 0.5
+        onehot = np.eye(3)[np.array(y3)]
+        pr_auc_all = M.average_precision(onehot.ravel(), np.array(p3).ravel())
+        assert pr_auc_all > 1 / 3 + 0.1  # chance for a micro-averaged 3-class PR-AUC is 1/3
+
+    def test_findings_carry_one_graded_detection_per_scored_joint(self, demo_model: HandJointsModel) -> None:
+        """An RA left hand: SHS joints only, side L, boxes in the image, per-hand totals."""
+        (ds,) = demo_series(0)
+        findings = demo_model.predict(demo_model.prepare([ds]))
+        labels = [d.label for d in findings.detections]
+        assert set(labels) <= set(J.SCHEME_JOINTS[J.SHS]) and len(labels) == len(set(labels)) >= 12
+        for d in findings.detections:
+            assert d.laterality == "L" and d.grade is not None and d.grade.label.startswith("SHS JSN")
+            c0, r0, c1, r1 = d.box
+            assert 0 <= c0 < c1 <= ds.Columns and 0 <= r0 < r1 <= ds.Rows
+        names = {m.name for m in findings.measurements}
+        assert "left hand SHS narrowing total" in names and "left hand joints SHS JSN severe" in names
+
+    def test_sr_scoords_land_inside_the_image_and_reference_it(self, demo_model: HandJointsModel) -> None:
+        """Every SCOORD of the SR lies on the radiograph and its SELECTED FROM names the image."""
+        (ds,) = demo_series(0)
+        findings = demo_model.predict(demo_model.prepare([ds]))
+        sr = build_sr(findings, [ds], demo_model.card, input_uid=str(ds.SeriesInstanceUID), kind="series")
+        back = assert_valid_dicom(sr)
+        scoords = [item for item in back.iterall() if getattr(item, "ValueType", None) == "SCOORD"]
+        assert len(scoords) == len(findings.detections)
+        for item in scoords:
+            pts = np.asarray(item.GraphicData, dtype=float).reshape(-1, 2)
+            assert (pts[:, 0] >= 0).all() and (pts[:, 0] <= ds.Columns).all()
+            assert (pts[:, 1] >= 0).all() and (pts[:, 1] <= ds.Rows).all()
+            ref = item.ContentSequence[0].ReferencedSOPSequence[0]
+            assert ref.ReferencedSOPInstanceUID == ds.SOPInstanceUID
+
+    def test_unknown_side_is_inferred_from_the_image(self, demo_model: HandJointsModel) -> None:
+        """With laterality stripped from the headers, a left hand is still reported as left."""
+        img = hand_image(900_100, laterality="L", n_hands=1)
+        ds = img.dataset
+        del ds.ImageLaterality
+        ds.SeriesDescription = "HAND PA"
+        (res,) = demo_model.analyse(ds)
+        assert res.side_inferred and res.laterality == "L"
