@@ -9,6 +9,7 @@ SIDECAR_DATA_DIR, SIDECAR_LOG_LEVEL, SIDECAR_JOURNAL_URL.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -31,11 +32,107 @@ class Limits(_Strict):
     min_free_disk_bytes: int = Field(default=1 << 30, ge=0)  # below this: "out of resources"
 
 
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class AllowedPeer(_Strict):
+    """One allow-list entry: a calling AE title, optionally only from some source addresses.
+
+    `addresses` holds addresses or networks (`10.1.2.3`, `10.1.0.0/16`, `::1`); empty admits the
+    AE title from anywhere.
+    """
+
+    ae_title: str = Field(min_length=1, max_length=16)
+    addresses: list[IpNetwork] = []
+
+    def admits(self, calling_ae: str, peer: str) -> bool:
+        if calling_ae.strip() != self.ae_title.strip():
+            return False
+        if not self.addresses:
+            return True
+        try:
+            address = ipaddress.ip_address(peer)
+        except ValueError:
+            return False
+        return any(address in net for net in self.addresses)
+
+
 class Access(_Strict):
-    """Who may associate. An empty allow-list admits any calling AE title."""
+    """Who may associate (checked at A-ASSOCIATE-RQ, before any data).
+
+    A caller is admitted when its AE title is in `calling_ae_titles` (from any address) or
+    matches an `allowed` entry (AE title, and source address when the entry lists some).
+    Both empty admits any caller.
+    """
 
     calling_ae_titles: list[str] = []
+    allowed: list[AllowedPeer] = []
     require_called_ae_title: bool = True
+
+    @property
+    def restricted(self) -> bool:
+        return bool(self.calling_ae_titles or self.allowed)
+
+    def admits(self, calling_ae: str, peer: str) -> bool:
+        if not self.restricted:
+            return True
+        name = calling_ae.strip()
+        if name in {t.strip() for t in self.calling_ae_titles}:
+            return True
+        return any(entry.admits(name, peer) for entry in self.allowed)
+
+
+class _KeyPassword(_Strict):
+    """Where the password of an encrypted private key comes from: a file or an environment
+    variable (never the repository). Unencrypted keys need neither."""
+
+    key_password_file: Path | None = None
+    key_password_env: str | None = None
+
+    def key_password(self, env: dict[str, str] | None = None) -> SecretStr | None:
+        """The password, read now; None when none is configured."""
+        if self.key_password_file is not None:
+            return SecretStr(self.key_password_file.read_text(encoding="utf-8").rstrip("\r\n"))
+        if self.key_password_env is not None:
+            value = (os.environ if env is None else env).get(self.key_password_env)
+            if value is None:
+                raise ValueError(f"environment variable {self.key_password_env} is not set")
+            return SecretStr(value)
+        return None
+
+
+class ListenerTls(_KeyPassword):
+    """DICOM TLS on the listener (PS3.15 B.9 secure transport; BCP 195 as far as Python's ssl
+    allows: TLS 1.2 or newer, AEAD ECDHE/DHE suites only, no compression, no renegotiation)."""
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path | None = None  # CA bundle that client certificates must chain to
+    require_client_cert: bool = False
+
+    @model_validator(mode="after")
+    def _client_certs_need_a_ca(self) -> ListenerTls:
+        if self.require_client_cert and self.ca_file is None:
+            raise ValueError("require_client_cert needs ca_file (the CA that signs client certificates)")
+        return self
+
+
+class DestinationTls(_KeyPassword):
+    """DICOM TLS to one destination. The server certificate is always verified, against
+    `ca_file` or the system's trust store; `cert_file`/`key_file` present a client certificate
+    (mutual TLS)."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    verify_hostname: bool = True
+    server_name: str | None = None  # the name to check and to send as SNI; default the host
+
+    @model_validator(mode="after")
+    def _cert_and_key_together(self) -> DestinationTls:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together (a client certificate needs its key)")
+        return self
 
 
 class DicomDestination(_Strict):
@@ -45,6 +142,7 @@ class DicomDestination(_Strict):
     port: int = Field(gt=0, lt=65536)
     ae_title: str = Field(min_length=1, max_length=16)
     timeout_s: float = Field(default=30.0, gt=0)
+    tls: DestinationTls | None = None
 
 
 class FolderDestination(_Strict):
@@ -106,6 +204,7 @@ class ServiceSettings(_Strict):
     log_format: Literal["auto", "json", "console"] = "auto"
     limits: Limits = Limits()
     access: Access = Access()
+    tls: ListenerTls | None = None
     worker: Worker = Worker()
     sender: Sender = Sender()
     destinations: list[Destination] = []

@@ -64,7 +64,10 @@ def display_pixels(ds: Dataset) -> np.ndarray:
     has_voi = "VOILUTSequence" in ds or ("WindowCenter" in ds and "WindowWidth" in ds)
     if has_voi:
         values = np.asarray(apply_voi_lut(values, ds, index=0, prefer_lut=True), dtype=np.float64)
-        lo, hi = float(values.min()), float(values.max())
+        # the VOI output range (0 .. 2^bits - 1 for a window, the LUT's ends for a LUT): probe it
+        # with two extreme inputs, which a window clips and a LUT clamps to its first/last entry
+        ends = np.asarray(apply_voi_lut(np.array([-1e9, 1e9]), ds, index=0, prefer_lut=True), dtype=np.float64)
+        lo, hi = float(ends.min()), float(ends.max())
     else:
         lo, hi = (float(v) for v in np.percentile(values, [0.5, 99.5]))
     out = np.clip((values - lo) / (hi - lo), 0.0, 1.0) if hi > lo else np.zeros_like(values)

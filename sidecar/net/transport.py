@@ -117,9 +117,10 @@ class _NoContext(DeliveryError):
 @dataclass(frozen=True)
 class _Loaded:
     index: int
-    dataset: Dataset
+    dataset: Dataset  # header only (read with stop_before_pixels)
     sop_class: UID
     syntax: UID
+    path: str
 
 
 class DicomTransport:
@@ -184,7 +185,7 @@ class DicomTransport:
         loaded: list[_Loaded] = []
         for i, path in enumerate(paths):
             try:
-                ds = dcmread(path)
+                ds = dcmread(path, stop_before_pixels=True)
                 sop_class = UID(ds.SOPClassUID)
                 str(ds.SOPInstanceUID)
                 syntax = UID(ds.file_meta.TransferSyntaxUID)
@@ -193,7 +194,7 @@ class DicomTransport:
                     f"cannot read {Path(path).name}: {type(exc).__name__}: {exc}"[:500]
                 )
                 continue
-            loaded.append(_Loaded(i, ds, sop_class, syntax))
+            loaded.append(_Loaded(i, ds, sop_class, syntax, str(path)))
         for group, contexts in _groups(loaded):
             self._send_group(group, contexts, outcomes)
         return [o if o is not None else SendOutcome.retry("not attempted") for o in outcomes]
@@ -223,7 +224,11 @@ class DicomTransport:
 
     def _store_one(self, assoc: Association, item: _Loaded, msg_id: int) -> SendOutcome:
         try:
-            rsp = assoc.send_c_store(item.dataset, msg_id=msg_id)
+            if _has_context(assoc, item.sop_class, item.syntax):
+                # The file's own bytes go out as they are: no decode, no re-encode.
+                rsp = assoc.send_c_store(item.path, msg_id=msg_id)
+            else:  # the peer wants another syntax: decode and let pynetdicom convert
+                rsp = assoc.send_c_store(dcmread(item.path), msg_id=msg_id)
         except ValueError as exc:  # no accepted context, or the dataset cannot be encoded
             return SendOutcome.failed(
                 f"peer accepted no presentation context for {item.sop_class.name} in {item.syntax.name}: {exc}"[:500]
@@ -262,6 +267,13 @@ def _groups(loaded: list[_Loaded]) -> list[tuple[list[_Loaded], list[Presentatio
 
 def _build(items: list[_Loaded]) -> list[PresentationContext]:
     return [build_context(ab, list(ts)) for ab, ts in _contexts_for(items)]
+
+
+def _has_context(assoc: Association, sop_class: UID, syntax: UID) -> bool:
+    return any(
+        cx.abstract_syntax == sop_class and cx.transfer_syntax and cx.transfer_syntax[0] == syntax
+        for cx in assoc.accepted_contexts
+    )
 
 
 def _close(assoc: Association) -> None:

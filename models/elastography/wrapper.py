@@ -1,0 +1,253 @@
+"""The virtual breast elastography model behind the sidecar's model seam.
+
+B-mode US image in; out: a `GeneratedImage` per image (the source frame with the generated
+strain elastogram drawn into the B-mode region, as a console draws E-mode, a colour bar
+"SOFT ... HARD" and the burned-in line "AI-GENERATED VIRTUAL ELASTOGRAPHY - NOT FOR DIAGNOSIS")
+and, when the checkpoint has the head, a "Tsukuba score" `Classification` with its five
+probabilities.
+
+`build(weights, options)` loads a checkpoint written by `train.elastography.task`
+(`torch.load(weights_only=True)`): ``{"state_dict", "metadata"}``, metadata holding version,
+channels, depth, heads, input_size, tsukuba (bool), seed and not_for_clinical_use.
+Preprocessing is `transforms.dataset_to_input` at the checkpoint's input size, the call
+training made on its phantom regions.
+
+Options: ``torch_threads`` (int), ``alpha`` (opacity of the elastogram over the B-mode, default
+0.65), ``input_size`` (network size without weights; default 256).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from pydicom import Dataset
+
+from models.base import ModelCard
+from models.elastography import transforms as T
+from models.elastography.net import DEFAULT_CHANNELS, N_TSUKUBA, ElastographyGenerator
+from models.findings import Classification, Findings, GeneratedImage, ImageRef
+
+MODEL_ID = "breast_elastography"
+NAME = "Virtual elastography"
+MANUFACTURER = "DICOM AI sidecar project"
+LABELS: tuple[str, ...] = tuple(f"Tsukuba {k}" for k in range(1, N_TSUKUBA + 1))
+BURNED_IN = "AI-GENERATED VIRTUAL ELASTOGRAPHY - NOT FOR DIAGNOSIS"
+#: GeneratedImage.description: the SC's series description keeps "<name> NOT FOR DIAGNOSIS"
+DESCRIPTION = ("NOT FOR DIAGNOSIS (AI-generated virtual strain elastogram from the B-mode image; "
+               "colour: soft red, intermediate green, hard blue)")
+FINDING_SITE = "breast"
+INTENDED_USE = (
+    "Research and demonstration: shows what a strain elastogram of a breast B-mode image might "
+    "look like (virtual strain elastography, colour E-mode image and mapped strain) with an "
+    "estimated Tsukuba elasticity score. It is generated, not measured: it must not be used for "
+    "diagnosis or to replace acquired elastography."
+)
+REFERENCE = (
+    "GAN with a Transformer-UNet generator turning breast B-mode into strain elastography "
+    "(seed study of issue 6: NCC 0.70 +- 0.08, authenticity 0.49, Tsukuba kappa 0.61 generated "
+    "vs 0.57 real); pix2pix recipe of the open virtual elastography study (Nat Commun 2023)."
+)
+PUBLISHED: dict[str, float] = {
+    "ncc_mean": 0.70, "ncc_sd": 0.08, "ncc_median": 0.70, "ncc_min": 0.50, "ncc_max": 0.86,
+    "authenticity": 0.49, "tsukuba_kappa_generated": 0.61, "tsukuba_kappa_real": 0.57,
+}
+
+
+class ElastographyError(ValueError):
+    """A checkpoint or an image this model cannot use; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class ElastographyBatch:
+    """Prepared images: network input (N, 1, S, S), and per image its source, region and grey frame."""
+
+    tensor: torch.Tensor
+    refs: tuple[ImageRef, ...]
+    regions: tuple[T.Region, ...]
+    frames: tuple[npt.NDArray[np.float32], ...]
+    lateralities: tuple[str | None, ...]
+    skipped: int = 0
+
+
+@dataclass(frozen=True)
+class Generated:
+    """Raw generator output for a batch: E-mode RGB (N, S, S, 3) and mapped strain (N, S, S) in
+    [0, 1] (1 soft), and Tsukuba probabilities (N, 5) or None."""
+
+    emode: npt.NDArray[np.float32]
+    strain: npt.NDArray[np.float32]
+    tsukuba: npt.NDArray[np.float64] | None
+
+
+def _font(size_px: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    return ImageFont.load_default(size=max(6, size_px))
+
+
+def compose(frame_grey: npt.NDArray[np.float32], region: T.Region, emode: npt.NDArray[np.float32],
+            alpha: float = 0.65) -> npt.NDArray[np.uint8]:
+    """The source frame (grey, as RGB) with `emode` (S, S, 3 in [0, 1]) blended into the B-mode
+    region, a "SOFT ... HARD" colour bar beside it and the burned-in notice."""
+    rows, cols = frame_grey.shape
+    base = np.repeat((np.clip(frame_grey, 0, 1) * 255.0)[..., None], 3, axis=2)
+    colour = T.resize(emode, region.rows, region.cols) * 255.0
+    sl = (slice(region.y0, region.y1 + 1), slice(region.x0, region.x1 + 1))
+    base[sl] = alpha * colour + (1.0 - alpha) * base[sl]
+    out = np.clip(np.rint(base), 0, 255).astype(np.uint8)
+
+    bar_w = max(6, min(16, region.cols // 24))
+    bar_h = max(24, region.rows // 2)
+    label_h = max(8, min(14, rows // 40))
+    right_room = cols - 1 - region.x1
+    bx = region.x1 + 4 if right_room >= bar_w + 8 else region.x1 - bar_w - 2
+    by = region.y0 + max(label_h + 4, (region.rows - bar_h) // 2)
+    bar_h = min(bar_h, rows - by - label_h - 4)
+    if bar_h >= 8:
+        out[by : by + bar_h, bx : bx + bar_w] = T.colour_bar(bar_h, bar_w)
+    image = Image.fromarray(out, mode="RGB")
+    draw = ImageDraw.Draw(image)
+    font = _font(label_h)
+    tx = max(0, min(bx - 2, cols - 4 * label_h))
+    draw.text((tx, by - label_h - 2), "SOFT", fill=(255, 255, 255), font=font)
+    if bar_h >= 8:
+        draw.text((tx, by + bar_h + 1), "HARD", fill=(255, 255, 255), font=font)
+    notice_h = max(8, min(16, rows // 32))
+    text_font = _font(notice_h)
+    width = draw.textlength(BURNED_IN, font=text_font)
+    while width > cols - 4 and notice_h > 6:
+        notice_h -= 1
+        text_font = _font(notice_h)
+        width = draw.textlength(BURNED_IN, font=text_font)
+    ny = rows - notice_h - 4
+    draw.rectangle((0, ny - 2, cols - 1, rows - 1), fill=(0, 0, 0))
+    draw.text((2, ny), BURNED_IN, fill=(255, 255, 0), font=text_font)
+    return np.asarray(image, dtype=np.uint8).copy()
+
+
+class ElastographyModel:
+    """Transformer-UNet virtual elastography; `predict` answers per image."""
+
+    def __init__(self, net: ElastographyGenerator, metadata: Mapping[str, Any], alpha: float = 0.65) -> None:
+        self.net = net.eval()
+        self.metadata = dict(metadata)
+        self.size = int(metadata.get("input_size", T.SIZE))
+        self.alpha = float(alpha)
+        self.card = ModelCard(
+            id=MODEL_ID,
+            version=str(metadata.get("version", "0+untrained")),
+            name=NAME,
+            manufacturer=MANUFACTURER,
+            intended_use=INTENDED_USE,
+            labels=LABELS,
+            not_for_clinical_use=bool(metadata.get("not_for_clinical_use", True)),
+            reference=REFERENCE,
+            published=dict(PUBLISHED),
+        )
+
+    def prepare(self, datasets: Sequence[Dataset]) -> ElastographyBatch:
+        """B-mode images -> one batch; elastography or Doppler images are left out (counted)."""
+        tensors, refs, regions, frames, lats = [], [], [], [], []
+        skipped = 0
+        for ds in datasets:
+            if T.is_elastography_or_doppler(ds):
+                skipped += 1
+                continue
+            x, region, grey = T.dataset_to_input(ds, self.size)
+            tensors.append(x)
+            refs.append(ImageRef(str(ds.SOPClassUID), str(ds.SOPInstanceUID)))
+            regions.append(region)
+            frames.append(grey)
+            lat = str(ds.get("ImageLaterality") or ds.get("Laterality") or "") or None
+            lats.append(lat if lat in ("L", "R") else None)
+        if not tensors:
+            raise ElastographyError("no B-mode image to prepare (elastography and Doppler images are not inputs)")
+        return ElastographyBatch(torch.from_numpy(np.stack(tensors)), tuple(refs), tuple(regions),
+                                 tuple(frames), tuple(lats), skipped)
+
+    def generate(self, tensor: torch.Tensor) -> Generated:
+        """Run the generator (and the Tsukuba head) on (N, 1, S, S) inputs in [-1, 1]."""
+        with torch.inference_mode():
+            out, logits = self.net.forward_with_score(tensor)
+        arr = out.float().numpy()
+        emode = T.from_unit(arr[:, :3]).transpose(0, 2, 3, 1)
+        strain = T.from_unit(arr[:, 3])
+        probs = None
+        if logits is not None and bool(self.metadata.get("tsukuba", True)):
+            probs = torch.softmax(logits.double(), dim=1).numpy()
+        return Generated(np.ascontiguousarray(emode), strain, probs)
+
+    def predict(self, batch: ElastographyBatch) -> Findings:
+        """One composited elastogram per image, plus a Tsukuba score when the head exists."""
+        gen = self.generate(batch.tensor)
+        images, scores = [], []
+        for i, ref in enumerate(batch.refs):
+            pixels = compose(batch.frames[i], batch.regions[i], gen.emode[i], self.alpha)
+            images.append(GeneratedImage(pixels=pixels, description=DESCRIPTION, source=ref, photometric="RGB"))
+            if gen.tsukuba is not None:
+                p = gen.tsukuba[i] / gen.tsukuba[i].sum()
+                probs = {label: float(min(max(v, 0.0), 1.0)) for label, v in zip(LABELS, p, strict=True)}
+                scores.append(Classification(label=LABELS[int(np.argmax(p))], probabilities=probs,
+                                             source=ref, finding_site=FINDING_SITE,
+                                             laterality=batch.lateralities[i]))
+        notes = ["AI-generated virtual elastography from the B-mode image: NOT FOR DIAGNOSIS",
+                 "strain shown relative to the field (soft red, intermediate green, hard blue)"]
+        if gen.tsukuba is not None:
+            notes.append("Tsukuba score estimated by the model's head, as if a lesion were in the field")
+        if batch.skipped:
+            notes.append(f"{batch.skipped} elastography or Doppler image(s) not used as input")
+        return Findings(model_id=MODEL_ID, model_version=self.card.version, classifications=tuple(scores),
+                        images=tuple(images), not_for_clinical_use=self.card.not_for_clinical_use,
+                        notes=tuple(notes))
+
+    def warm_up(self) -> None:
+        """One forward pass on zeros, so the first image does not pay for allocation."""
+        with torch.inference_mode():
+            self.net.forward_with_score(torch.zeros(1, 1, self.size, self.size))
+
+
+def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(state_dict, metadata) from a checkpoint file; tensors only, no pickled code."""
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError) as exc:
+        raise ElastographyError(f"cannot read checkpoint {path}: {exc}") from exc
+    if not isinstance(blob, dict) or "state_dict" not in blob or "metadata" not in blob:
+        raise ElastographyError(f"{path} is not a breast_elastography checkpoint (state_dict + metadata)")
+    state = {k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()}
+    return state, dict(blob["metadata"])
+
+
+def network_from(metadata: Mapping[str, Any]) -> ElastographyGenerator:
+    """The generator a checkpoint's metadata describes."""
+    return ElastographyGenerator(tuple(metadata.get("channels", DEFAULT_CHANNELS)),
+                                 depth=int(metadata.get("depth", 2)), heads=int(metadata.get("heads", 4)),
+                                 tsukuba=bool(metadata.get("tsukuba", True)))
+
+
+def build(weights: Path | None = None, options: Mapping[str, Any] | None = None) -> ElastographyModel:
+    """The factory the registry calls: load `weights` (or an untrained net) and apply `options`."""
+    opts = dict(options or {})
+    if "torch_threads" in opts:
+        torch.set_num_threads(int(opts["torch_threads"]))
+    if weights is not None:
+        state, metadata = load_checkpoint(Path(weights))
+        net = network_from(metadata)
+        try:
+            net.load_state_dict(state)
+        except RuntimeError as exc:
+            raise ElastographyError(f"{weights}: weights do not fit the network in its metadata") from exc
+    else:
+        metadata = {"version": "0+untrained", "not_for_clinical_use": True, "tsukuba": True,
+                    "input_size": int(opts.get("input_size", T.SIZE)), "channels": list(DEFAULT_CHANNELS)}
+        torch.manual_seed(0)
+        net = network_from(metadata)
+    alpha = float(opts.get("alpha", 0.65))
+    if not 0.0 < alpha <= 1.0:
+        raise ElastographyError(f"alpha {alpha} must lie in (0, 1]")
+    return ElastographyModel(net, metadata, alpha)
