@@ -136,5 +136,5 @@ class Findings:
             images=tuple(i for i in self.images if mine(i.source)),
             summary=None,
             not_for_clinical_use=self.not_for_clinical_use,
-            notes=self.notes,
+            notes=(),  # a batch's notes describe the batch, not this instance
         )

@@ -25,7 +25,10 @@ Factory = Callable[..., ClinicalModel]
 #: model id -> "module:function"; the function is called as f(weights=Path|None, options=dict).
 FACTORIES: dict[str, str] = {
     "lge_qa": "models.lge_qa.wrapper:build",
-    "us_synovitis": "models.us_synovitis.wrapper:build",
+    "synovitis_sgs": "models.synovitis.wrapper:build_sgs",
+    "synovitis_dgs": "models.synovitis.wrapper:build_dgs",
+    "synovitis_spd": "models.synovitis.wrapper:build_spd",
+    "synovitis_dpd": "models.synovitis.wrapper:build_dpd",
     "gout_mtp1": "models.gout_mtp1.wrapper:build",
     "breast_elastography": "models.elastography.wrapper:build",
     "hand_joints": "models.hand_joints.wrapper:build",
@@ -42,6 +45,8 @@ PREDICATES: dict[str, str] = {
 #: `sidecar route explain` can show each cue a predicate weighed.
 PREDICATE_EXPLAINERS: dict[str, str] = {
     "mr.is_lge_psir": "models.lge_qa.routing:explain_cues",
+    "us.has_doppler": "models.us.predicates:explain_doppler",
+    "us.is_cine": "models.us.predicates:explain_cine",
 }
 
 

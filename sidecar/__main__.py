@@ -42,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
 
     dm = sub.add_parser("demo", help="a sidecar and a PACS stand-in on loopback; push phantoms; show results")
     dm.add_argument("--keep", type=Path, default=None, help="keep the demo's files in this folder")
+    dm.add_argument("--verbose", action="store_true", help="print each SR's whole content tree")
     return p
 
 
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "replay":
             return commands.replay(args.config, args.series_uid, run=args.run)
         if args.command == "demo":
-            return commands.demo(args.keep)
+            return commands.demo(args.keep, verbose=args.verbose)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2

@@ -1,6 +1,7 @@
 """Composition root: builds every component from settings, starts and stops them in order.
 
 Start order: journal (recover), spool (sweep partial writes), models (load, verify, warm),
+the web side port when enabled (so /healthz answers and /readyz says "not yet" during start),
 sender (echo destinations), worker, assembler (recover timers and owed jobs), scheduler,
 listener last, so nothing is acknowledged before everything behind it runs. Stop is the reverse.
 """
@@ -21,14 +22,14 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from models.base import ClinicalModel
 from models.registry import Factory, ModelSpec, ModelUnavailable, Predicate, build_model, load_predicates
-from sidecar.alerts.fanout import AlertChannel, AlertFanout, LogChannel, WebhookChannel
+from sidecar.alerts.fanout import AlertChannel, AlertFanout, DashboardChannel, LogChannel, WebhookChannel
 from sidecar.assembly.assembler import SeriesAssembler
 from sidecar.assembly.timers import SchedulerTimers, Timers
 from sidecar.dicom.headers import read_header
 from sidecar.errors import SidecarError
 from sidecar.journal import InstanceRecord, Journal
 from sidecar.logging import register_phi
-from sidecar.net.listener import Listener, ListenerConfig
+from sidecar.net.listener import InstanceReceived, Listener, ListenerConfig
 from sidecar.net.sender import Sender
 from sidecar.net.spool import Spool
 from sidecar.net.transport import StoreTransport
@@ -36,6 +37,11 @@ from sidecar.pipeline.worker import Worker
 from sidecar.routing import validate_routes
 from sidecar.routing.rules import Route
 from sidecar.settings import DicomAlertChannel, LogAlertChannel, Settings, WebhookAlertChannel
+from sidecar.web.app import WebContext, create_app
+from sidecar.web.events import EventHub, LiveFeed
+from sidecar.web.health import CachedCheck, Check, Readiness
+from sidecar.web.metrics import Metrics
+from sidecar.web.server import WebServer
 
 log = structlog.get_logger("sidecar.app")
 
@@ -82,6 +88,10 @@ class Sidecar:
         self.seams = seams or Seams()
         svc = settings.service
         self.journal = Journal(svc.journal, clock=self.seams.clock)
+        self.metrics = Metrics(self.journal, [d.name for d in svc.destinations])
+        self.hub = EventHub()
+        self.feed = LiveFeed(self.hub, self.metrics)
+        self.journal.observe(self.feed.journal_event)
         self.spool = Spool(svc.spool_dir, svc.limits.min_free_disk_bytes)
         self.models, self.unavailable = load_models(settings, settings.routes, self.seams.factories)
         for model_id, why in self.unavailable.items():
@@ -103,11 +113,12 @@ class Sidecar:
                 channels.append(WebhookChannel(ch.url, token, ch.timeout_s))
             elif isinstance(ch, DicomAlertChannel):
                 alert_destinations.append(ch.destination)
+        channels.append(DashboardChannel(self.feed.alert))
         self.worker = Worker(
             self.journal, self.models, settings.routes, svc.results_dir,
             alert_destinations=alert_destinations, fanout=AlertFanout(channels),
             on_results_queued=self.sender.notify, poll_s=svc.worker.poll_s,
-            torch_threads=svc.worker.torch_threads, max_batch=svc.worker.max_batch,
+            torch_threads=svc.worker.torch_threads, max_batch=svc.worker.max_batch, observer=self.feed,
         )
         self.timers = self.seams.timers or SchedulerTimers(self.scheduler, self.seams.clock)
         self.assembler = SeriesAssembler(
@@ -122,10 +133,19 @@ class Sidecar:
                 max_associations=svc.limits.max_associations, max_pdu_bytes=svc.limits.max_pdu_bytes,
                 calling_ae_titles=tuple(svc.access.calling_ae_titles),
                 require_called_ae_title=svc.access.require_called_ae_title,
+                allowed=tuple(svc.access.allowed), tls=svc.tls,
             ),
-            self.spool, self.journal, on_instance=self.assembler.on_instance,
-            on_release=self.assembler.on_release, on_phi=register_phi,
+            self.spool, self.journal, on_instance=self._instance_received,
+            on_release=self.assembler.on_release, on_phi=register_phi, observer=self.metrics,
         )
+        self.web: WebServer | None = None
+        if svc.web.enabled:
+            self.web = WebServer(create_app(WebContext(
+                journal=self.journal, hub=self.hub, metrics=self.metrics, readiness=self._readiness(),
+                models={m: model.card for m, model in self.models.items()}, unavailable=self.unavailable,
+                admin_token=svc.web.admin_token, show_patient_names=svc.web.show_patient_names,
+                on_requeue=self.sender.notify,
+            )), svc.web.host, svc.web.port, self.hub)
         self._started = False
         self._stopped = threading.Event()
 
@@ -140,6 +160,8 @@ class Sidecar:
         log.info("sidecar_starting", requeued_jobs=requeued, partial_files_removed=swept,
                  spool_files_rerecorded=reconciled,
                  models=sorted(self.models), unavailable=sorted(self.unavailable))
+        if self.web is not None:
+            self.web.start()  # first: /healthz answers, /readyz says "not yet" until the listener binds
         self.sender.start()
         self.worker.start()
         self.assembler.start()
@@ -158,6 +180,8 @@ class Sidecar:
         self.assembler.stop()
         self.worker.stop()
         self.sender.stop()
+        if self.web is not None:
+            self.web.stop()
         self.scheduler.shutdown(wait=False)
         self.journal.close()
         self._started = False
@@ -166,6 +190,40 @@ class Sidecar:
 
     def wait(self) -> None:
         self._stopped.wait()
+
+    def _instance_received(self, item: InstanceReceived) -> None:
+        self.assembler.on_instance(item)
+        try:
+            self.feed.instance(item)
+        except Exception as exc:  # boundary: the dashboard never fails a store already journalled
+            log.error("live_feed_failed", error_type=type(exc).__name__)
+
+    def _readiness(self) -> Readiness:
+        """Listener bound, models warm, journal writable, destinations answering C-ECHO."""
+
+        def listener() -> Check:
+            return Check(self.listener.bound, f"port {self.port}" if self.listener.bound else "not bound")
+
+        def models() -> Check:
+            wanted = {r.model for r in self.settings.routes if r.enabled}
+            ok = not wanted or bool(self.models)
+            detail = f"loaded {sorted(self.models)}"
+            if self.unavailable:
+                detail += f"; unavailable {sorted(self.unavailable)}"
+            return Check(ok and self._started, detail if self._started else "starting")
+
+        def journal() -> Check:
+            self.journal.probe_write()
+            return Check(True, "writable")
+
+        def destinations() -> Check:
+            failed = {name: why for name, why in self.sender.echo_all().items() if why is not None}
+            if failed:
+                return Check(False, "; ".join(f"{n}: {w}" for n, w in sorted(failed.items()))[:300])
+            return Check(True, f"{len(self.sender.destinations)} answered")
+
+        return Readiness({"listener": listener, "models": models, "journal": journal,
+                          "destinations": CachedCheck(destinations)})
 
     def _reconcile_spool(self) -> int:
         """Record spool files the journal lacks (acknowledged just before a power loss)."""

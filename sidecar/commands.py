@@ -116,8 +116,8 @@ def replay(config_dir: Path, series_uid: str, *, run: bool = False) -> int:
     return 0
 
 
-def demo(keep: Path | None) -> int:
+def demo(keep: Path | None, *, verbose: bool = False) -> int:
     from sidecar.demo import run_demo  # the demo alone may make phantom data
 
-    return run_demo(keep)
+    return run_demo(keep, verbose=verbose)
 

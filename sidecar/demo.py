@@ -23,12 +23,12 @@ from typing import Any
 import pydicom
 import yaml
 from pydicom import Dataset
-from pynetdicom import AE, AllStoragePresentationContexts, StoragePresentationContexts, evt
+from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification
 
 from sidecar.app import Sidecar
 from sidecar.logging import configure_logging
-from sidecar.results.text import render_sr_text
+from sidecar.results.text import render_sr_text, summarize_sr
 from sidecar.settings import load_settings
 
 BUNDLED_CONF = Path(__file__).resolve().parent.parent / "conf"
@@ -36,8 +36,8 @@ BUNDLED_CONF = Path(__file__).resolve().parent.parent / "conf"
 #: model id -> "module:function" returning a list of phantom Datasets (one series) for the demo.
 DEMO_SAMPLES: dict[str, str] = {
     "lge_qa": "train.phantoms.lge:demo_series",
-    "us_synovitis": "train.phantoms.us_synovitis:demo_series",
-    "gout_mtp1": "train.phantoms.gout:demo_series",
+    "synovitis_spd": "train.phantoms.joint_us:demo_series",
+    "gout_mtp1": "train.phantoms.mtp1:demo_series",
     "breast_elastography": "train.phantoms.breast:demo_series",
     "hand_joints": "train.phantoms.hand:demo_series",
 }
@@ -83,8 +83,8 @@ class PacsStandIn:
 
 def _send(datasets: list[Dataset], port: int, called: str) -> list[int]:
     ae = AE(ae_title="DEMOCONSOLE")
-    for cx in StoragePresentationContexts:
-        ae.add_requested_context(cx.abstract_syntax)
+    for sop_class in sorted({str(ds.SOPClassUID) for ds in datasets}):
+        ae.add_requested_context(sop_class)
     assoc = ae.associate("127.0.0.1", port, ae_title=called)
     if not assoc.is_established:
         raise RuntimeError("the demo sidecar refused the association")
@@ -115,6 +115,7 @@ def write_demo_config(folder: Path, pacs: PacsStandIn, bundled: Path = BUNDLED_C
                           "ae_title": pacs.ae_title}],
     })
     svc.setdefault("limits", {})["min_free_disk_bytes"] = 0
+    svc["alert_channels"] = [{"kind": "log"}, {"kind": "dicom", "destination": "pacs"}]  # show the alert image
     svc.setdefault("sender", {}).update({"echo_on_start": False, "poll_s": 0.1})
     (conf / "sidecar.yaml").write_text(yaml.safe_dump(svc))
     models = yaml.safe_load((conf / "models.yaml").read_text()) or {}
@@ -129,7 +130,9 @@ def write_demo_config(folder: Path, pacs: PacsStandIn, bundled: Path = BUNDLED_C
     return conf
 
 
-def run_demo(keep: Path | None = None, timeout_s: float = 90.0, out: Callable[[str], None] = print) -> int:
+def run_demo(
+    keep: Path | None = None, timeout_s: float = 90.0, out: Callable[[str], None] = print, verbose: bool = False
+) -> int:
     configure_logging("warning", "console")
     work = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="sidecar-demo-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -159,18 +162,23 @@ def run_demo(keep: Path | None = None, timeout_s: float = 90.0, out: Callable[[s
                 f"({series[0].get('Modality', '?')}, '{series[0].get('SeriesDescription', '')}')")
             sent += 1
         deadline = time.monotonic() + timeout_s
-        want = sent
         while time.monotonic() < deadline:
-            srs = {p for p in pacs.received if p.name.startswith("SR_")}
-            if len(srs) >= want and not app.journal.summary()["jobs"].get("queued"):
-                time.sleep(1.0)  # let the last objects of a streaming series land
+            summary = app.journal.summary()
+            busy = bool(summary["series"].get("receiving")) or any(
+                summary["jobs"].get(s) for s in ("queued", "running"))
+            pending = any(k.endswith("/pending") and v for k, v in summary["outbox"].items())
+            if sent and not busy and not pending:
                 break
             time.sleep(0.2)
         out(f"\nback in the PACS after {time.monotonic() - started:.1f} s: {len(pacs.received)} objects")
         for path in sorted(pacs.received):
             ds = pydicom.dcmread(path)
             if ds.Modality == "SR":
-                out(f"\n{path}\n{render_sr_text(ds, max_lines=40)}")
+                out(f"\nSR {path.name}  [{ds.get('SeriesDescription', '')}]")
+                for line in summarize_sr(ds):
+                    out(f"    {line}")
+                if verbose:
+                    out(render_sr_text(ds))
             else:
                 out(f"\nimage: {path}  ({ds.get('SeriesDescription', '')})")
         return 0 if pacs.received else 1

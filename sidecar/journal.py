@@ -21,12 +21,18 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import structlog
+
 from sidecar.errors import JournalError
+
+_log = structlog.get_logger("sidecar.journal")
+
+EventObserver = Callable[["Event"], None]
 
 SCHEMA_VERSION = 1
 
@@ -105,7 +111,7 @@ CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     series_uid TEXT NOT NULL,
     kind TEXT NOT NULL,   -- received_first | received_last | routed | complete | reopened |
-                          -- inferred | written | sent | failed | dead
+                          -- inferred | written | sent | retry | failed | dead | requeued
     at REAL NOT NULL,
     detail TEXT NOT NULL DEFAULT ''
 );
@@ -237,6 +243,8 @@ class Journal:
         except sqlite3.Error as exc:
             raise JournalError(f"cannot open journal at {path}: {exc}") from exc
         self._lock = threading.RLock()
+        self._observers: list[EventObserver] = []
+        self._unannounced: list[Event] = []
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -253,6 +261,26 @@ class Journal:
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
                 raise JournalError(f"journal write failed: {exc}") from exc
+            finally:
+                committed, self._unannounced = self._unannounced, []
+        if committed:
+            self._announce(committed)
+
+    def observe(self, observer: EventObserver) -> None:
+        """Call `observer` with each timeline event after its transaction commits (any thread).
+
+        Observers must be quick and must not write to the journal; an observer that raises is
+        logged and skipped (the dashboard and metrics never block ingest or delivery).
+        """
+        self._observers.append(observer)
+
+    def _announce(self, events: list[Event]) -> None:
+        for observer in self._observers:
+            for ev in events:
+                try:
+                    observer(ev)
+                except Exception as exc:  # boundary: an observer never breaks a journal write
+                    _log.error("journal_observer_failed", error_type=type(exc).__name__, error=str(exc)[:200])
 
     def _query(self, sql: str, args: Sequence[object] = ()) -> list[tuple]:  # type: ignore[type-arg]
         with self._lock:
@@ -266,10 +294,13 @@ class Journal:
             self._db.close()
 
     def _event(self, db: sqlite3.Connection, series_uid: str, kind: str, detail: str = "") -> None:
+        at = self._clock()
         db.execute(
             "INSERT INTO events(series_uid, kind, at, detail) VALUES (?, ?, ?, ?)",
-            (series_uid, kind, self._clock(), detail),
+            (series_uid, kind, at, detail),
         )
+        if self._observers:
+            self._unannounced.append(Event(series_uid, kind, at, detail))
 
     # -- ingest ---------------------------------------------------------------------------
 
@@ -532,6 +563,9 @@ class Journal:
                 "UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ? WHERE id = ?",
                 (error[:1000], next_attempt_at, item_id),
             )
+            row = db.execute("SELECT series_uid, destination FROM outbox WHERE id = ?", (item_id,)).fetchone()
+            if row:
+                self._event(db, row[0], "retry", f"{row[1]}: {error[:300]}")
 
     def mark_dead(self, item_id: int, error: str) -> None:
         with self._tx() as db:
@@ -607,6 +641,57 @@ class Journal:
     def failed_jobs(self) -> list[Job]:
         cols = ", ".join(Job.__dataclass_fields__)
         return [Job(*r) for r in self._query(f"SELECT {cols} FROM jobs WHERE state = 'failed' ORDER BY id")]
+
+    # -- dashboard and metrics queries -------------------------------------------------------
+
+    def recent_series(self, limit: int = 100) -> list[SeriesRow]:
+        """The series most recently received, newest first."""
+        rows = self._query(
+            f"SELECT {', '.join(SeriesRow.__dataclass_fields__)} FROM series"
+            " ORDER BY last_received DESC LIMIT ?",
+            (limit,),
+        )
+        return [SeriesRow(*r) for r in rows]
+
+    def undelivered(self, limit: int = 500) -> list[OutboxItem]:
+        """Outbox entries not yet sent (pending and dead), oldest first."""
+        cols = ", ".join(OutboxItem.__dataclass_fields__)
+        rows = self._query(f"SELECT {cols} FROM outbox WHERE state != 'sent' ORDER BY id LIMIT ?", (limit,))
+        return [OutboxItem(*r) for r in rows]
+
+    def alerts(self, series_uid: str) -> list[tuple[str, str, float]]:
+        """(key, text, created_at) of the alerts raised for a series, oldest first."""
+        return [
+            (str(k), str(t), float(at))
+            for k, t, at in self._query(
+                "SELECT key, text, created_at FROM alerts WHERE series_uid = ? ORDER BY id", (series_uid,)
+            )
+        ]
+
+    def queued_jobs_by_priority(self) -> dict[int, int]:
+        return {int(p): int(n) for p, n in self._query(
+            "SELECT priority, COUNT(*) FROM jobs WHERE state = 'queued' GROUP BY priority"
+        )}
+
+    def requeue_dead_letter(self, item_id: int) -> OutboxItem | None:
+        """Give a dead letter a fresh start (pending, attempts reset, due now); None if not dead."""
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = ?, last_error = NULL"
+                " WHERE id = ? AND state = 'dead'",
+                (self._clock(), item_id),
+            )
+            if not cur.rowcount:
+                return None
+            row = db.execute("SELECT series_uid, destination FROM outbox WHERE id = ?", (item_id,)).fetchone()
+            self._event(db, row[0], "requeued", row[1])
+        items = [o for o in self.outbox(row[0]) if o.id == item_id]
+        return items[0] if items else None
+
+    def probe_write(self) -> None:
+        """A small durable write, for the readiness check; raises JournalError when it fails."""
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('ready_probe', ?)", (str(self._clock()),))
 
     def recover(self) -> int:
         """After a crash or stop: running jobs go back to the queue. Returns how many."""

@@ -48,7 +48,9 @@ class PhiRegistry:
     The listener registers each received instance's PatientName, PatientID and PatientBirthDate.
     Only the most recent `max_entries` strings are kept (least recently registered go first);
     strings shorter than `min_length` are ignored, as masking them would garble every line.
-    Matching is by substring and case-insensitive: masking too much is the safe side.
+    Matching is case-insensitive on word boundaries (letters, digits and "_" make a word), so a
+    name part such as "LGE" is masked in "PHANTOM LGE" but not inside the model id "lge_qa";
+    the whole registered value is matched too, so "DOE^JOHN" is caught however it is embedded.
     """
 
     def __init__(self, max_entries: int = 4096, min_length: int = 3) -> None:
@@ -117,7 +119,10 @@ class PhiRegistry:
         with self._lock:
             if self._dirty:
                 keys = sorted(self._items, key=len, reverse=True)
-                self._pattern = re.compile("|".join(map(re.escape, keys)), re.IGNORECASE) if keys else None
+                alternatives = "|".join(map(re.escape, keys))
+                self._pattern = (
+                    re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)", re.IGNORECASE) if keys else None
+                )
                 self._dirty = False
             pattern = self._pattern
         return pattern.sub(PHI_MASK, text) if pattern is not None else text

@@ -192,6 +192,16 @@ AlertChannel = Annotated[
 ]
 
 
+class Web(_Strict):
+    """The HTTP side port: /healthz, /readyz, /metrics, the timeline API and the dashboard."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"  # loopback by default; the dashboard has no TLS of its own
+    port: int = Field(default=8080, ge=0, lt=65536)  # 0: any free port (tests)
+    admin_token: SecretStr | None = None  # the dashboard's retry button needs it; None: retry is off
+    show_patient_names: bool = False  # a site may turn this on; the dashboard shows none by default
+
+
 class ServiceSettings(_Strict):
     """conf/sidecar.yaml."""
 
@@ -209,7 +219,7 @@ class ServiceSettings(_Strict):
     sender: Sender = Sender()
     destinations: list[Destination] = []
     alert_channels: list[AlertChannel] = [LogAlertChannel()]
-    web_port: int | None = Field(default=None, gt=0, lt=65536)
+    web: Web = Web()
 
     @property
     def journal(self) -> str:
@@ -330,9 +340,33 @@ def load_settings(config_dir: Path | str = "conf", env: dict[str, str] | None = 
                     f"routes.{i}.destinations.{j}",
                     f"a destination defined in sidecar.yaml (no {dest!r})",
                 )
+    _check_tls(service, service_path)
     for i, ch in enumerate(service.alert_channels):
         if isinstance(ch, DicomAlertChannel) and ch.destination not in {d.name for d in service.destinations}:
             raise ConfigError(
                 str(service_path), f"alert_channels.{i}.destination", f"a destination name (no {ch.destination!r})"
             )
     return Settings(config_dir=cdir, service=service, routes=routes, models=models)
+
+
+def _check_tls(service: ServiceSettings, path: Path) -> None:
+    """Build every TLS context once, so a missing file, a wrong key password or a bad
+    certificate stops the start with the key that names it (the secrets are not shown)."""
+    import ssl
+
+    from sidecar.net.tls import client_context, server_context
+
+    checks: list[tuple[str, Any]] = []
+    if service.tls is not None:
+        checks.append(("tls", lambda: server_context(service.tls)))  # type: ignore[arg-type]
+    for i, dest in enumerate(service.destinations):
+        if isinstance(dest, DicomDestination) and dest.tls is not None:
+            checks.append((f"destinations.{i}.tls", lambda d=dest: client_context(d.tls)))
+    for key, build in checks:
+        try:
+            build()
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            detail = getattr(exc, "strerror", None) or type(exc).__name__
+            if isinstance(exc, ValueError):
+                detail = str(exc)
+            raise ConfigError(str(path), key, f"readable certificate, key and CA files ({detail})") from exc

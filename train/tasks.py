@@ -23,7 +23,8 @@ from train.common.manifest import Key
 from train.common.trainer import FitConfig, FitResult
 
 # Modules that register tasks on import; each model issue appends its own.
-TASK_MODULES: tuple[str, ...] = ("train.toy", "train.hand_joints.task")
+TASK_MODULES: tuple[str, ...] = ("train.toy", "train.lge_qa.task", "train.hand_joints.task", "train.elastography.task",
+                                 "train.synovitis.task", "train.gout_mtp1.task")
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,10 @@ calls on phantom regions, the same code after decoding):
 1. **Decode** the stored pixels to one greyscale frame in [0, 1] (`decode_grey`): MONOCHROME1/2,
    RGB and YBR (pydicom converts YBR to RGB), palette colour; RGB is reduced to luma (Rec. 601).
    Multi-frame cine: the first frame. When the shared ultrasound front end (`models.us`, issue 5)
-   is installed its decoder is used instead (`_us_frontend`).
+   is installed its decoder (`models.us.decode.decode_frame`) and region reader
+   (`models.us.regions`) are used; the code here is the fallback without it. Its `frame_channels`
+   is not used: it letterboxes (keeps the aspect) and fills in bright overlays, while this model
+   follows the open study's plain resize and must paint its output back onto the exact region.
 2. **Region crop** (`tissue_region`): the first 2D tissue region of the US Region Calibration
    module (PS3.3 C.8.5.5; RegionSpatialFormat 1, RegionDataType 1), which is where the console
    draws the B-mode image and where the elastogram is drawn back. Without calibration, the
@@ -85,13 +88,12 @@ def colour_bar(height: int, width: int) -> npt.NDArray[np.uint8]:
 # --- decoding and region ---------------------------------------------------------------------
 
 
-def _us_frontend() -> Any | None:
-    """The shared ultrasound front end (models.us) when installed and it offers a decoder."""
+def _us_module(name: str) -> Any | None:
+    """A module of the shared ultrasound front end (models.us, issue 5), None when not installed."""
     try:
-        module = importlib.import_module("models.us.decode")
+        return importlib.import_module(f"models.us.{name}")
     except ModuleNotFoundError:
         return None
-    return module if callable(getattr(module, "decode_grey", None)) else None
 
 
 def to_grey(pixels: npt.ArrayLike) -> npt.NDArray[np.float32]:
@@ -107,12 +109,19 @@ def to_grey(pixels: npt.ArrayLike) -> npt.NDArray[np.float32]:
 
 
 def decode_grey(ds: Dataset) -> npt.NDArray[np.float32]:
-    """The (first) frame of `ds` as float32 grey in [0, 1], rows x columns of the source."""
-    frontend = _us_frontend()
-    if frontend is not None:
-        return np.asarray(frontend.decode_grey(ds), dtype=np.float32)
+    """The (first) frame of `ds` as float32 grey in [0, 1], rows x columns of the source.
+
+    The shared front end's `models.us.decode.decode_frame` (every US photometric and transfer
+    syntax, as RGB) when installed; otherwise pydicom's decoding here.
+    """
     if "PixelData" not in ds:
         raise TransformError("dataset has no PixelData")
+    decode = _us_module("decode")
+    if decode is not None:
+        try:
+            return to_grey(decode.decode_frame(ds, 0))
+        except ValueError as exc:
+            raise TransformError(str(exc)) from exc
     from pydicom.pixels import apply_color_lut
 
     arr = ds.pixel_array
@@ -129,22 +138,31 @@ def decode_grey(ds: Dataset) -> npt.NDArray[np.float32]:
 
 
 def tissue_region(ds: Dataset, grey: npt.NDArray[np.float32] | None = None) -> Region:
-    """The first 2D tissue region of the US Region Calibration, else the non-dark bounding box."""
+    """The B-mode region: the largest 2D tissue region of the US Region Calibration (via
+    `models.us.regions` when installed), else the non-dark bounding box of the frame."""
     rows, cols = int(ds.Rows), int(ds.Columns)
-    for item in getattr(ds, "SequenceOfUltrasoundRegions", None) or []:
-        if int(getattr(item, "RegionSpatialFormat", 0)) != _SPATIAL_2D:
-            continue
-        if int(getattr(item, "RegionDataType", 0)) != _TISSUE:
-            continue
-        x0, y0 = int(item.RegionLocationMinX0), int(item.RegionLocationMinY0)
-        x1 = min(int(item.RegionLocationMaxX1), cols - 1)
-        y1 = min(int(item.RegionLocationMaxY1), rows - 1)
-        if x1 - x0 < 15 or y1 - y0 < 15:
-            continue
-        cm = int(getattr(item, "PhysicalUnitsXDirection", 0)) == 3
-        return Region(x0, y0, x1, y1,
-                      float(item.PhysicalDeltaX) if cm else None,
-                      float(item.PhysicalDeltaY) if cm else None)
+    regions = _us_module("regions")
+    if regions is not None:
+        found = regions.imaging_region(regions.parse_regions(ds, (rows, cols)))
+        if found is not None and found.x1 - found.x0 >= 15 and found.y1 - found.y0 >= 15:
+            to_cm = (lambda v: None if v is None else v / 10.0)
+            return Region(found.x0, found.y0, found.x1, found.y1, to_cm(found.mm_per_px_x),
+                          to_cm(found.mm_per_px_y))
+    else:
+        for item in getattr(ds, "SequenceOfUltrasoundRegions", None) or []:
+            if int(getattr(item, "RegionSpatialFormat", 0)) != _SPATIAL_2D:
+                continue
+            if int(getattr(item, "RegionDataType", 0)) != _TISSUE:
+                continue
+            x0, y0 = int(item.RegionLocationMinX0), int(item.RegionLocationMinY0)
+            x1 = min(int(item.RegionLocationMaxX1), cols - 1)
+            y1 = min(int(item.RegionLocationMaxY1), rows - 1)
+            if x1 - x0 < 15 or y1 - y0 < 15:
+                continue
+            cm = int(getattr(item, "PhysicalUnitsXDirection", 0)) == 3
+            return Region(x0, y0, x1, y1,
+                          float(item.PhysicalDeltaX) if cm else None,
+                          float(item.PhysicalDeltaY) if cm else None)
     if grey is None:
         grey = decode_grey(ds)
     return fallback_region(grey)

@@ -1,12 +1,14 @@
 """The two networks: a heatmap keypoint UNet (MONAI) and a per-joint crop grader.
 
 **Detector.** MONAI's `UNet` (Ronneberger et al. 2015, residual units as in MONAI) maps the
-128 x 128 canonical hand (2 mm per pixel) to one heatmap per joint of `joints.JOINTS` (21
-channels, logits; trained with the CenterNet penalty-reduced focal loss on Gaussian targets).
-A joint is the heatmap's peak, refined to sub-pixel by a 3 x 3 weighted centroid; its
-confidence is the peak's sigmoid. Every joint of a hand is present exactly once, which a
-keypoint model encodes directly (one channel each) while an anchor detector (RetinaNet) would
-have to learn it and then de-duplicate; the box follows from geometry (`joints.joint_box`).
+128 x 128 canonical hand (2 mm per pixel) to one map per joint of `joints.JOINTS` (21
+channels). Each map is a spatial softmax trained by integral regression (the soft-argmax
+coordinate's L1 error, Sun et al. 2018) plus the cross-entropy to a Gaussian target (as DSNT,
+Nibali et al. 2018): it learns in a few hundred CPU steps, where a per-pixel focal heatmap loss
+needs thousands. The keypoint is the local centroid around the peak and its confidence the
+probability mass there. Every joint of a hand is present exactly once, which a keypoint model
+encodes directly (one channel each) while an anchor detector (RetinaNet) would have to learn
+it and then de-duplicate; the box follows from geometry (`joints.joint_box`).
 
 **Grader.** A small CNN (strided stem, three conv-pool blocks) on the 64 x 64 joint crop,
 with a learned embedding of the joint's identity joined to the pooled features, and two heads of 5 logits: SHS narrowing 0-4 and KL 0-4.

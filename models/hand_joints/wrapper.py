@@ -116,28 +116,34 @@ class HandResult:
     joints: tuple[JointResult, ...]
 
 
-def locate(detector: torch.nn.Module, grids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def locate(detector: torch.nn.Module, grids: np.ndarray, window: int = 3) -> tuple[np.ndarray, np.ndarray]:
     """(N, 1, G, G) detector inputs -> keypoints (N, K, 2) as grid (x, y) and confidences (N, K).
 
-    The peak of each heatmap, refined by the sigmoid-weighted centroid of its 3 x 3 neighbourhood.
+    Each channel is a spatial softmax (the network is trained on it, `spatial_softmax`). The
+    keypoint is the probability-weighted centroid in a (2 * window + 1)^2 neighbourhood of the
+    peak; the confidence is the probability mass in that neighbourhood (1 = all mass there).
     """
     with torch.inference_mode():
-        heat = torch.sigmoid(detector(torch.from_numpy(np.ascontiguousarray(grids))).float())
-    n, k, h, w = heat.shape
-    flat = heat.reshape(n, k, h * w)
-    conf, idx = flat.max(dim=2)
-    ys, xs = (idx // w).numpy(), (idx % w).numpy()
-    hm = heat.numpy()
+        prob = spatial_softmax(detector(torch.from_numpy(np.ascontiguousarray(grids))).float()).numpy()
+    n, k, h, w = prob.shape
     pts = np.zeros((n, k, 2))
+    conf = np.zeros((n, k))
     for i in range(n):
         for j in range(k):
-            y, x = int(ys[i, j]), int(xs[i, j])
-            y0, y1, x0, x1 = max(0, y - 1), min(h, y + 2), max(0, x - 1), min(w, x + 2)
-            patch = hm[i, j, y0:y1, x0:x1].astype(np.float64)
+            y, x = np.unravel_index(int(np.argmax(prob[i, j])), (h, w))
+            y0, y1, x0, x1 = max(0, y - window), min(h, y + window + 1), max(0, x - window), min(w, x + window + 1)
+            patch = prob[i, j, y0:y1, x0:x1].astype(np.float64)
             gy, gx = np.mgrid[y0:y1, x0:x1]
-            s = patch.sum()
-            pts[i, j] = ((gx * patch).sum() / s, (gy * patch).sum() / s) if s > 0 else (x, y)
-    return pts, conf.numpy().astype(np.float64)
+            mass = float(patch.sum())
+            pts[i, j] = ((gx * patch).sum() / mass, (gy * patch).sum() / mass) if mass > 0 else (x, y)
+            conf[i, j] = min(1.0, mass)
+    return pts, conf
+
+
+def spatial_softmax(logits: torch.Tensor) -> torch.Tensor:
+    """(N, K, H, W) logits -> one probability map per channel (softmax over H x W)."""
+    n, k, h, w = logits.shape
+    return logits.reshape(n, k, h * w).softmax(dim=2).reshape(n, k, h, w)
 
 
 def grade_crops(grader: JointGrader, crops: np.ndarray, joint_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

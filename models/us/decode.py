@@ -10,9 +10,14 @@ scaled to 8 bits, grey replicated to three channels. A frame is decoded on its o
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 from pydicom import Dataset
+from pydicom.dataset import FileMetaDataset
+from pydicom.encaps import generate_fragments
 from pydicom.pixels import apply_color_lut, pixel_array
+from pydicom.uid import ExplicitVRLittleEndian
 
 
 class UsDecodeError(ValueError):
@@ -60,6 +65,25 @@ def to_rgb(ds: Dataset, raw: np.ndarray) -> np.ndarray:
     return np.repeat(grey[..., None], 3, axis=2)
 
 
+def _with_transfer_syntax(ds: Dataset) -> Dataset:
+    """An in-memory dataset (no file meta) with native pixels reads as Explicit VR Little Endian."""
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and "TransferSyntaxUID" in meta:
+        return ds
+    data = ds.PixelData
+    if isinstance(data, bytes) and data[:4] == b"\xfe\xff\x00\xe0":
+        try:
+            next(generate_fragments(data))
+        except (StopIteration, ValueError):
+            pass
+        else:
+            raise UsDecodeError("encapsulated pixel data without a Transfer Syntax UID")
+    out = copy.copy(ds)
+    out.file_meta = FileMetaDataset()
+    out.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    return out
+
+
 def decode_frame(ds: Dataset, index: int = 0) -> np.ndarray:
     """Frame `index` (0-based) as (rows, cols, 3) uint8 RGB."""
     if "PixelData" not in ds:
@@ -67,6 +91,7 @@ def decode_frame(ds: Dataset, index: int = 0) -> np.ndarray:
     total = n_frames(ds)
     if not 0 <= index < total:
         raise UsDecodeError(f"frame {index} outside 0..{total - 1}")
+    ds = _with_transfer_syntax(ds)
     try:
         raw = pixel_array(ds, index=index if total > 1 else None)
     except Exception as exc:  # decoder errors come as many types; one clear error here  # noqa: BLE001

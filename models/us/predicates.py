@@ -1,7 +1,7 @@
 """Header cues the router asks for: `us.has_doppler` and `us.is_cine`.
 
 They work on a header read with `stop_before_pixels` and never raise: a missing or malformed
-tag is simply no evidence. `explain_cues` gives (cue, passed, detail) for `sidecar route explain`.
+tag is simply no evidence. `explain_doppler` / `explain_cine` give (cue, passed, detail) for `sidecar route explain`.
 
 has_doppler, in order of authority:
 
@@ -87,13 +87,21 @@ def is_cine(ds: Dataset) -> bool:
         return False
 
 
-def explain_cues(ds: Dataset) -> list[Cue]:
-    """(cue, passed, detail) for both predicates; details never quote free text."""
+def explain_doppler(ds: Dataset) -> list[Cue]:
+    """(cue, passed, detail) of `has_doppler`; details never quote free text."""
     decided, why = doppler_from_header(ds)
-    doppler = has_doppler(ds)
+    return [("has_doppler", has_doppler(ds), why if decided is not None else f"{why}; pixels decide")]
+
+
+def explain_cine(ds: Dataset) -> list[Cue]:
+    """(cue, passed, detail) of `is_cine`."""
     try:
         frames = str(ds.get("NumberOfFrames", "absent"))
-    except Exception:  # noqa: BLE001
+    except Exception:  # an unreadable value is shown as such  # noqa: BLE001
         frames = "unreadable"
-    return [("has_doppler", doppler, why if decided is not None else f"{why}; pixels decide"),
-            ("is_cine", is_cine(ds), f"NumberOfFrames {frames}")]
+    return [("is_cine", is_cine(ds), f"NumberOfFrames {frames}")]
+
+
+def explain_cues(ds: Dataset) -> list[Cue]:
+    """Both predicates' cues."""
+    return explain_doppler(ds) + explain_cine(ds)

@@ -2,8 +2,9 @@
 
 An alert is raised by a streaming route's findings (`Findings.alerts`). It is recorded once per
 (series, key) in the journal, so a rerun after a crash never repeats it. Channels: `log` (a
-structured event), `webhook` (a JSON POST on a background thread), and `dicom` (a rendered alert
-image that the worker queues in the outbox like any result, so it is delivered reliably).
+structured event), `webhook` (a JSON POST on a background thread), `dicom` (a rendered alert
+image that the worker queues in the outbox like any result, so it is delivered reliably), and the
+dashboard (`DashboardChannel`, always on: the live stream and the time-to-alert metric).
 Alerts carry no patient names or IDs. A failing channel is logged and never blocks the pipeline.
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 import json
 import threading
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
@@ -34,6 +35,9 @@ class Alert:
     probability: float
     lines: tuple[str, ...]
     instance_number: int | None = None
+    instance_uid: str = ""  # the source instance of a streaming alert ('' for a series)
+    received_at: float | None = None  # when that instance (or the series' last) was received
+    raised_at: float = 0.0  # when the sidecar published the alert (time.time())
 
 
 class AlertChannel(Protocol):
@@ -55,6 +59,7 @@ class WebhookChannel:
     def body(self, alert: Alert) -> bytes:
         payload = asdict(alert)
         payload["series_uid"] = short_uid(alert.series_uid)
+        payload["instance_uid"] = short_uid(alert.instance_uid) if alert.instance_uid else ""
         payload["lines"] = list(alert.lines)
         return json.dumps(payload).encode("utf-8")
 
@@ -65,6 +70,17 @@ class WebhookChannel:
             req.add_header("Authorization", f"Bearer {self._token}")
         with urllib.request.urlopen(req, timeout=self.timeout_s) as rsp:  # noqa: S310 (configured URL)
             rsp.read()
+
+
+class DashboardChannel:
+    """Hands each alert to in-process sinks: the dashboard's live stream and the time-to-alert metric."""
+
+    def __init__(self, *sinks: Callable[[Alert], None]) -> None:
+        self.sinks = sinks
+
+    def send(self, alert: Alert) -> None:
+        for sink in self.sinks:
+            sink(alert)
 
 
 class AlertFanout:

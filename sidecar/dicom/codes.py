@@ -102,6 +102,7 @@ _SITES = {
     "radiocarpal joint": CodedConcept("74670003", "SCT", "Wrist joint"),
     "finger joint": CodedConcept("125682004", "SCT", "Finger joint"),
     "joint": CodedConcept("39352004", "SCT", "Joint"),
+    "breast": CodedConcept("76752008", "SCT", "Breast"),
 }
 
 # Labels with an obvious standard meaning, whatever model says them.
@@ -119,6 +120,13 @@ _STANDARD_LABELS = {
 LGE_SLICE_CERTAINTY = private_code("concept/lge-slice-certainty", "LGE slice certainty")
 SYNOVITIS_GRADE = private_code("concept/eular-omeract-synovitis", "EULAR-OMERACT synovitis grade")
 GOUT_MTP1_FINDING = private_code("concept/gout-mtp1-us", "Gout MTP1 ultrasound finding")
+# Tsukuba elasticity score (Itoh et al., Radiology 2006), 1-5, estimated by the virtual
+# elastography model; no standard code exists.
+TSUKUBA_SCORE = private_code("concept/tsukuba-score", "Tsukuba elasticity score")
+# Derivation of an AI-generated image (General Image DerivationCodeSequence; CID 7203 has no
+# synthesis concept) and the purpose of its source reference (CID 7202).
+AI_GENERATED_IMAGE = private_code("derivation/ai-generated", "AI-generated image")
+SOURCE_FOR_PROCESSING = CodedConcept("121322", "DCM", "Source image for image processing operation")
 JOINT_SPACE_NARROWING_GRADE = private_code("concept/jsn-grade", "Joint space narrowing grade")
 KELLGREN_LAWRENCE_GRADE = private_code("concept/kellgren-lawrence", "Kellgren-Lawrence grade")
 # hand_joints reports SHS narrowing and KL grades side by side; the grade's value names the
@@ -140,8 +148,13 @@ class ModelConcepts:
 # Model id -> concepts. A model not listed here gets generic AI concepts (see `model_concepts`).
 MODEL_CONCEPTS: dict[str, ModelConcepts] = {
     "lge_qa": ModelConcepts(LGE_SLICE_CERTAINTY, LGE_SLICE_CERTAINTY),
-    "us_synovitis": ModelConcepts(SYNOVITIS_GRADE, SYNOVITIS_GRADE),
+    # RA synovitis, four variants (static/dynamic x greyscale/power Doppler), one concept.
+    "synovitis_sgs": ModelConcepts(SYNOVITIS_GRADE, SYNOVITIS_GRADE),
+    "synovitis_dgs": ModelConcepts(SYNOVITIS_GRADE, SYNOVITIS_GRADE),
+    "synovitis_spd": ModelConcepts(SYNOVITIS_GRADE, SYNOVITIS_GRADE),
+    "synovitis_dpd": ModelConcepts(SYNOVITIS_GRADE, SYNOVITIS_GRADE),
     "gout_mtp1": ModelConcepts(GOUT_MTP1_FINDING, GOUT_MTP1_FINDING),
+    "breast_elastography": ModelConcepts(TSUKUBA_SCORE, TSUKUBA_SCORE),
     # Hand radiographs: detections carry a grade; the scheme (SHS narrowing or KL) is named by
     # the detection's grade labels ("SHS JSN 2", "KL 3"), under one concept for both.
     "hand_joints": ModelConcepts(HAND_JOINT_GRADE, HAND_JOINT_GRADE),

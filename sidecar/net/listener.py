@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from pydicom import Dataset
@@ -37,6 +37,8 @@ from sidecar.dicom.status import EchoStatus, StoreStatus
 from sidecar.errors import InstanceRefused, InstanceTooLarge, InvalidInstance, JournalError, SpoolFull
 from sidecar.journal import InstanceRecord, Journal, Recorded
 from sidecar.net.spool import Spool
+from sidecar.net.tls import LazyHandshakeContext, server_context
+from sidecar.settings import Access, AllowedPeer, ListenerTls
 
 log = structlog.get_logger("sidecar.listener")
 
@@ -86,6 +88,21 @@ class ListenerConfig:
     calling_ae_titles: tuple[str, ...] = ()
     require_called_ae_title: bool = True
     max_pixels: int = 1 << 31  # rows x columns x frames x samples above this is refused
+    allowed: tuple[AllowedPeer, ...] = ()  # AE title + source networks (settings.Access)
+    tls: ListenerTls | None = None
+
+    @property
+    def access(self) -> Access:
+        return Access(calling_ae_titles=list(self.calling_ae_titles), allowed=list(self.allowed),
+                      require_called_ae_title=self.require_called_ae_title)
+
+
+class StoreObserver(Protocol):
+    """Counts what C-STORE answered (metrics); called on the association thread, must be quick."""
+
+    def instance_stored(self) -> None: ...
+
+    def instance_refused(self, reason: str) -> None: ...
 
 
 class Listener:
@@ -99,8 +116,10 @@ class Listener:
         on_instance: Callable[[InstanceReceived], None],
         on_release: Callable[[AssociationReleased], None] | None = None,
         on_phi: Callable[..., None] | None = None,
+        observer: StoreObserver | None = None,
     ) -> None:
         self.config = config
+        self._observer = observer
         self.spool = spool
         self.journal = journal
         self._on_instance = on_instance
@@ -109,6 +128,7 @@ class Listener:
         self._server: Any = None
         self._assoc_series: dict[int, set[str]] = {}
         self._lock = threading.Lock()
+        self._access = config.access
         self.ae = self._build_ae()
 
     def _build_ae(self) -> AE:
@@ -116,8 +136,7 @@ class Listener:
         ae.maximum_associations = self.config.max_associations
         ae.maximum_pdu_size = self.config.max_pdu_bytes
         ae.require_called_aet = self.config.require_called_ae_title
-        if self.config.calling_ae_titles:
-            ae.require_calling_aet = list(self.config.calling_ae_titles)
+        # The calling AE title (and source address) is checked in _handle_requested.
         ae.add_supported_context(Verification, TRANSFER_SYNTAXES[:3])
         for cx in AllStoragePresentationContexts:
             ae.add_supported_context(cx.abstract_syntax, TRANSFER_SYNTAXES)
@@ -130,6 +149,7 @@ class Listener:
 
     def start(self) -> None:
         handlers = [
+            (evt.EVT_REQUESTED, self._handle_requested),
             (evt.EVT_C_ECHO, self._handle_echo),
             (evt.EVT_C_STORE, self._handle_store),
             (evt.EVT_RELEASED, self._handle_released),
@@ -137,17 +157,27 @@ class Listener:
             (evt.EVT_REJECTED, self._handle_rejected),
             (evt.EVT_ACCEPTED, self._handle_accepted),
         ]
+        ssl_context: Any = None
+        if self.config.tls is not None:
+            ssl_context = LazyHandshakeContext(server_context(self.config.tls))
         self._server = self.ae.start_server(
-            (self.config.bind_host, self.config.port), block=False, evt_handlers=handlers
+            (self.config.bind_host, self.config.port), block=False, evt_handlers=handlers,
+            ssl_context=ssl_context,
         )
         log.info("listener_started", ae_title=self.config.ae_title, host=self.config.bind_host,
-                 port=self.port)
+                 port=self.port, tls=self.config.tls is not None,
+                 mutual_tls=bool(self.config.tls and self.config.tls.require_client_cert))
 
     @property
     def port(self) -> int:
         if self._server is None:
             return self.config.port
         return int(self._server.server_address[1])
+
+    @property
+    def bound(self) -> bool:
+        """True while the server socket is open (readiness)."""
+        return self._server is not None
 
     def stop(self) -> None:
         if self._server is not None:
@@ -160,8 +190,24 @@ class Listener:
     def _handle_echo(self, event: evt.Event) -> int:
         return EchoStatus.SUCCESS
 
+    def _handle_requested(self, event: evt.Event) -> None:
+        """The allow-list, at A-ASSOCIATE-RQ: a stranger gets A-ASSOCIATE-RJ, rejected-permanent,
+        service-user, "calling AE title not recognized" (PS3.8 9.3.4), before any data."""
+        if not self._access.restricted:
+            return
+        primitive = event.assoc.requestor.primitive  # requestor.ae_title is set only later
+        calling = str(getattr(primitive, "calling_ae_title", "") or "").strip()
+        peer = _peer(event)
+        if self._access.admits(calling, peer):
+            return
+        log.warning("association_rejected", calling_ae=calling, peer=peer,
+                    reason="calling AE title not allowed from this address")
+        event.assoc.acse.send_reject(0x01, 0x01, 0x03)
+        event.assoc.kill()
+
     def _handle_rejected(self, event: evt.Event) -> None:
-        log.warning("association_rejected", calling_ae=_calling_ae(event), peer=_peer(event))
+        log.warning("association_rejected", calling_ae=_calling_ae(event), peer=_peer(event),
+                    reason=_reject_reason(event))
 
     def _handle_accepted(self, event: evt.Event) -> None:
         """Log the presentation contexts we turned down, so the operator sees why a store failed."""
@@ -190,6 +236,18 @@ class Listener:
                 log.error("release_hook_failed", error=str(exc))
 
     def _handle_store(self, event: evt.Event) -> Dataset | int:
+        """Answer a C-STORE (`_store_status`) and count the answer for the metrics."""
+        status = self._store_status(event)
+        if self._observer is not None:
+            if isinstance(status, Dataset):
+                code = int(status.Status)
+                names = {int(s): s.name.lower() for s in StoreStatus}
+                self._observer.instance_refused(names.get(code, f"0x{code:04x}"))
+            else:
+                self._observer.instance_stored()
+        return status
+
+    def _store_status(self, event: evt.Event) -> Dataset | int:
         """Keep the instance durably, then say Success; anything else is a named failure."""
         calling_ae = _calling_ae(event)
         try:
@@ -265,6 +323,19 @@ def _calling_ae(event: evt.Event) -> str:
         return str(event.assoc.requestor.ae_title).strip()
     except AttributeError:
         return ""
+
+
+def _reject_reason(event: evt.Event) -> str:
+    """The A-ASSOCIATE-RJ reason pynetdicom sent, in words (PS3.8 9.3.4)."""
+    try:
+        diagnostic = int(event.assoc.acceptor.primitive.diagnostic)
+        source = int(event.assoc.acceptor.primitive.result_source)
+    except (AttributeError, TypeError):
+        return ""
+    if source == 0x03 and diagnostic == 0x02:
+        return "local limit exceeded (too many associations)"
+    return {0x03: "calling AE title not recognized", 0x07: "called AE title not recognized"}.get(
+        diagnostic, f"source {source}, diagnostic {diagnostic}")
 
 
 def _peer(event: evt.Event) -> str:

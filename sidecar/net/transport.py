@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import ssl
 import tempfile
 import threading
 import time
@@ -38,6 +39,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from sidecar.dicom.status import EchoStatus, StoreStatus
 from sidecar.errors import DeliveryError
+from sidecar.net.tls import client_context
 from sidecar.settings import DicomDestination, FolderDestination
 
 #: pynetdicom (and PS3.8) allow at most 128 presentation contexts per association request.
@@ -135,6 +137,9 @@ class DicomTransport:
     def __init__(self, dest: DicomDestination, calling_ae: str) -> None:
         self.dest = dest
         self.calling_ae = calling_ae
+        self._tls_args: tuple[ssl.SSLContext, str] | None = None
+        if dest.tls is not None:  # DICOM TLS (PS3.15 B.9); the context is built once
+            self._tls_args = (client_context(dest.tls), dest.tls.server_name or dest.host)
 
     def _ae(self) -> AE:
         ae = AE(ae_title=self.calling_ae)
@@ -153,7 +158,8 @@ class DicomTransport:
             (evt.EVT_ACCEPTED, lambda event: seen.add("accepted")),
         ]
         assoc = ae.associate(
-            self.dest.host, self.dest.port, contexts=contexts, ae_title=self.dest.ae_title, evt_handlers=handlers
+            self.dest.host, self.dest.port, contexts=contexts, ae_title=self.dest.ae_title, evt_handlers=handlers,
+            tls_args=self._tls_args,
         )
         if assoc.is_established:
             return assoc
@@ -162,7 +168,8 @@ class DicomTransport:
             offered = sorted({UID(cx.abstract_syntax).name for cx in contexts})
             raise _NoContext(f"{where} accepted no presentation context for {', '.join(offered)}")
         if "connected" not in seen:
-            raise DeliveryError(f"cannot connect to {where} (refused or timed out)")
+            how = "TLS handshake failed, refused or timed out" if self._tls_args else "refused or timed out"
+            raise DeliveryError(f"cannot connect to {where} ({how})")
         if assoc.is_rejected:
             raise DeliveryError(f"association rejected by {where}")
         raise DeliveryError(f"association aborted by {where}")

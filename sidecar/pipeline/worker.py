@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import pydicom
 import structlog
@@ -42,6 +43,18 @@ class JobOutcome:
     reason: str = ""
 
 
+class JobObserver(Protocol):
+    """Told what the worker did, for metrics and the dashboard; must be quick and never block."""
+
+    def inferred(self, model_id: str, seconds: float) -> None:
+        """One forward pass (prepare + predict) of `model_id` took `seconds`."""
+        ...
+
+    def finished(self, job: Job, findings: Findings, instance_numbers: Mapping[str, int | None]) -> None:
+        """A job is done; `instance_numbers` maps its source SOP Instance UIDs to InstanceNumber."""
+        ...
+
+
 class Worker:
     """One thread running jobs one at a time (models keep their weights warm between jobs)."""
 
@@ -58,8 +71,10 @@ class Worker:
         poll_s: float = 0.2,
         torch_threads: int | None = None,
         max_batch: int = 16,
+        observer: JobObserver | None = None,
     ) -> None:
         self.journal = journal
+        self.observer = observer
         self.models = dict(models)
         self.routes = {r.name: r for r in routes}
         self.store = Spool(results_dir)
@@ -121,7 +136,11 @@ class Worker:
         started = time.perf_counter()
         try:
             model, rule, datasets = self._load(job)
+            t0 = time.perf_counter()
             findings = model.predict(model.prepare(datasets))
+            self._observe("inferred", job.model_id, time.perf_counter() - t0)
+            if job.instance_uid:  # a streaming job reports on its own instance, without a summary
+                findings = findings.for_instance(job.instance_uid)
             n = self._finish(job, model, rule, findings, datasets)
         except Exception as exc:  # boundary: a failing job never stops the worker
             return self._failed(job, exc)
@@ -137,7 +156,9 @@ class Worker:
             loaded = [self._load(job) for job in jobs]
             model, _, _ = loaded[0]
             datasets = [ds for _, _, dss in loaded for ds in dss]
+            t0 = time.perf_counter()
             findings = model.predict(model.prepare(datasets))
+            self._observe("inferred", jobs[0].model_id, time.perf_counter() - t0)
         except Exception as exc:  # boundary: fall back to one job at a time
             log.warning("batch_failed_running_singly", n_jobs=len(jobs), error_type=type(exc).__name__)
             return [self.run_job(job) for job in jobs]
@@ -195,7 +216,17 @@ class Worker:
         if "alert" in rule.outputs:
             queued.extend(self._alerts(job, findings, datasets[0], input_uid))
         self.journal.complete_job(job.id, queued, detail=f"{len(objects)} objects")
+        numbers = {str(ds.SOPInstanceUID): _int_or_none(ds.get("InstanceNumber")) for ds in datasets}
+        self._observe("finished", job, findings, numbers)
         return len(objects)
+
+    def _observe(self, what: str, *args: object) -> None:
+        if self.observer is None:
+            return
+        try:
+            getattr(self.observer, what)(*args)
+        except Exception as exc:  # boundary: metrics and the dashboard never fail a job
+            log.error("job_observer_failed", hook=what, error_type=type(exc).__name__, error=str(exc)[:200])
 
     def _write(self, job: Job, ds: Dataset) -> Path:
         sop = str(ds.SOPInstanceUID)
@@ -223,13 +254,23 @@ class Worker:
             # Log/webhook once per key; the DICOM alert image goes through the outbox, whose
             # unique (destination, SOP Instance UID) keeps a rerun from sending it twice.
             if self.journal.add_alert(job.series_uid, key, " | ".join(lines), job.id):
-                self.fanout.publish(Alert(job.series_uid, key, job.model_id, c.label, p, lines, inst_no))
+                self.fanout.publish(Alert(job.series_uid, key, job.model_id, c.label, p, lines, inst_no,
+                                          instance_uid=job.instance_uid, received_at=self._received_at(job),
+                                          raised_at=time.time()))
             if self.alert_destinations:
                 image = build_alert_image(list(lines), source, input_uid=f"{input_uid}#{index}", model_id=job.model_id,
                                           model_version=job.model_version, revision=job.revision)
                 path = self._write(job, image)
                 queued.extend((d, str(image.SOPInstanceUID), str(path)) for d in self.alert_destinations)
         return queued
+
+    def _received_at(self, job: Job) -> float | None:
+        """When the job's instance (or its series' last instance) was received, for time-to-alert."""
+        if job.instance_uid:
+            inst = self.journal.instance(job.instance_uid)
+            return inst.received_at if inst is not None else None
+        row = self.journal.series(job.series_uid)
+        return row.last_received if row is not None else None
 
 
 def _int_or_none(v: object) -> int | None:

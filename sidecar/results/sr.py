@@ -123,6 +123,12 @@ class _ReportBuilder:
 
     # -- identifiers ------------------------------------------------------------------------
 
+    def image_label(self, ref: ImageRef, number: int) -> str:
+        """"image <InstanceNumber>" (and frame) as the console shows it; the group index otherwise."""
+        instance_number = self.index.get(ref).get("InstanceNumber")
+        label = f"image {instance_number}" if instance_number not in (None, "") else f"image #{number}"
+        return f"{label} frame {ref.frame}" if ref.frame is not None else label
+
     def tracking(self, key: str, label: str) -> hd.sr.TrackingIdentifier:
         """A tracking identifier whose UID is stable across reruns and revisions."""
         uid = derive_uid(self.input_uid, self.card.id, self.card.version, "tracking", key)
@@ -247,7 +253,7 @@ class _ReportBuilder:
             measurements += self.probabilities(c)
             site, lat = site or c.finding_site, lat or c.laterality
         measurements += [self.measurement(m) for m in g.measurements]
-        what = "series" if g.key == "series" else f"image {number}"
+        what = "series" if g.key == "series" else self.image_label(g.refs[0], number)
         return hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=self.tracking(g.key, what),
             finding_type=self.concepts.classification if g.classifications else None,

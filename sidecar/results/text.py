@@ -55,3 +55,37 @@ def render_sr_text(ds: Dataset, max_lines: int = 200) -> str:
     if len(lines) >= max_lines:
         lines.append("  ...")
     return "\n".join(lines)
+
+
+_CONTEXT_CODES = {"Finding", "Finding Site", "Algorithm Family", "Laterality", "Tracking Identifier"}
+
+
+def summarize_sr(ds: Dataset) -> list[str]:
+    """One line per measurement group: what was evaluated, its value, and the numbers beside it."""
+    out: list[str] = []
+
+    def groups(items: list[Dataset]) -> list[Dataset]:
+        found = []
+        for item in items:
+            if _concept(item) in ("Measurement Group", "Planar ROI Measurements"):
+                found.append(item)
+            elif "ContentSequence" in item:
+                found.extend(groups(list(item.ContentSequence)))
+        return found
+
+    for group in groups(list(ds.get("ContentSequence", []))):
+        name, values, numbers = "", [], []
+        for item in group.get("ContentSequence", []):
+            concept, vt = _concept(item), str(item.get("ValueType", ""))
+            if concept == "Tracking Identifier":
+                name = _value(item)
+            elif vt == "CODE" and concept not in _CONTEXT_CODES:
+                values.append(f"{concept} = {_value(item)}")
+            elif vt == "NUM":
+                try:
+                    numbers.append(f"{concept} {float(_value(item).split()[0]):.3f}")
+                except ValueError:
+                    numbers.append(f"{concept} {_value(item)}")
+        out.append(f"{name or 'group'}: {'; '.join(values) or '(no evaluation)'}"
+                   + (f"  ({', '.join(numbers)})" if numbers else ""))
+    return out

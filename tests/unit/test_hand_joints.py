@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from pathlib import Path
 
@@ -64,7 +65,7 @@ class TestImageHandling:
 
     def test_monochrome2_copy_of_the_real_cr_is_its_negative(self, fuji_cr: Dataset) -> None:
         """The same pixels labelled MONOCHROME2 display as the exact complement."""
-        mono2 = fuji_cr.copy()
+        mono2 = copy.deepcopy(fuji_cr)
         mono2.PhotometricInterpretation = "MONOCHROME2"
         assert np.allclose(T.display_pixels(mono2), 1.0 - T.display_pixels(fuji_cr), atol=1e-6)
 

@@ -318,7 +318,7 @@ class TestStructuredReport:
             dx.SOPInstanceUID
         )
         names = meanings(back)
-        assert {"MCP2", "PIP3", "Joint space narrowing grade", "2", "Left"} <= names
+        assert {"MCP2", "PIP3", "Hand joint grade (SHS narrowing or KL)", "2", "Left"} <= names
         assert numbers(back)["Certainty of Finding"] in (pytest.approx(0.91), pytest.approx(0.55))
         assert numbers(back)["Probability of 2"] == pytest.approx(0.7)
 
@@ -326,13 +326,13 @@ class TestStructuredReport:
         """A classification of one frame of a cine references that frame number."""
         cine = make_us_cine(seed=4, frames=5)
         findings = Findings(
-            model_id="us_synovitis",
+            model_id="synovitis_sgs",
             model_version="0.1",
             classifications=(
                 Classification("grade 2", {"grade 0": 0.1, "grade 2": 0.9}, source=ref(cine, 3)),
             ),
         )
-        card = ModelCard("us_synovitis", "0.1", "Synovitis grading", "Demo", "x", ("grade 0",))
+        card = ModelCard("synovitis_sgs", "0.1", "Synovitis grading", "Demo", "x", ("grade 0",))
         sr = build_sr(findings, [cine], card, input_uid=cine.SOPInstanceUID, kind="instance")
         back = written(sr, tmp_path, "cine.dcm")
         frames = [

@@ -516,3 +516,10 @@ def write_vendor_examples(folder: Path, seed: int = 0, n_slices: int = 6) -> dic
     out["ti_scout"] = write_series(folder / "ti_scout", scout)
     out["enhanced_psir"] = write_series(folder / "enhanced_psir", [enhanced_psir_dataset(stack)])
     return out
+
+
+def demo_series(seed: int = 0, n_slices: int = 8) -> list[Dataset]:
+    """One Siemens-style PSIR short-axis stack for `sidecar demo` (a mix of clear and ambiguous slices)."""
+    generator = np.random.default_rng(seed)
+    stack = lge_patient(generator, f"LGE-DEMO-{seed}", n_slices)
+    return [psir_dataset(s, vendor="siemens", image="psir") for s in stack]

@@ -1,0 +1,1 @@
+"""Gout screening at the first metatarsophalangeal joint (MTP1) on ultrasound."""

@@ -1,0 +1,138 @@
+"""The gout MTP1 model behind the sidecar's model seam: one ResNet-50 across views.
+
+`build(weights, options)` loads a checkpoint written by `train.gout_mtp1.task`
+(``{"state_dict", "metadata"}``, `torch.load(weights_only=True)`); metadata holds version,
+threshold (chosen on validation, Youden), size and input_size. Output per image: "abnormal" or
+"normal" at the threshold with P(abnormal), the site (first metatarsophalangeal joint), the
+laterality and the view the headers give ("unknown" otherwise, in the notes). The series
+summary is the image with the highest P(abnormal).
+Options: ``threshold`` (overrides the checkpoint's), ``torch_threads``, ``size`` (without weights).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydicom import Dataset
+
+from models.base import ModelCard
+from models.findings import Classification, Findings, ImageRef
+from models.gout_mtp1.net import GoutNet
+from models.gout_mtp1.transforms import GoutTransform, laterality, to_input, view_of
+
+MODEL_ID = "gout_mtp1"
+NORMAL, ABNORMAL = "normal", "abnormal"
+LABELS: tuple[str, str] = (NORMAL, ABNORMAL)
+NAME = "Gout MTP1 ultrasound screening (ResNet-50, all views)"
+MANUFACTURER = "DICOM AI sidecar project"
+FINDING_SITE = "first metatarsophalangeal joint"
+INTENDED_USE = (
+    "Flags first metatarsophalangeal joint ultrasound images (dorsal, medial or plantar view) "
+    "that show signs of gout (double contour sign, aggregates, tophus, erosion, effusion) for "
+    "the reader's attention. It does not diagnose gout and does not replace the reader."
+)
+REFERENCE = (
+    "ResNet-50 separating abnormal from normal MTP1 ultrasound across dorsal, medial and plantar "
+    "views; a single model matched per-view models (seed study 2 of issue 5)."
+)
+PUBLISHED: dict[str, float] = {
+    "auc": 0.92, "accuracy": 0.8595, "sensitivity": 0.8360, "specificity": 0.8836,
+    "per_view_auc": 0.92, "per_view_accuracy": 0.8657, "per_view_sensitivity": 0.8237,
+    "per_view_specificity": 0.9086, "delong_p_single_vs_per_view": 0.62,
+}
+
+
+class GoutError(ValueError):
+    """A checkpoint or an image this model cannot use; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class GoutBatch:
+    """(N, 1, S, S) inputs and per-image references, views and lateralities."""
+
+    tensor: torch.Tensor
+    refs: tuple[ImageRef, ...]
+    views: tuple[str, ...]
+    lateralities: tuple[str | None, ...]
+
+
+class GoutModel:
+    """Single model across views; `predict` answers per image and for the series."""
+
+    def __init__(self, net: GoutNet, metadata: Mapping[str, Any], threshold: float) -> None:
+        self.net = net.eval()
+        self.metadata = dict(metadata)
+        self.threshold = float(threshold)
+        self.config = GoutTransform(size=int(metadata.get("input_size", 128)))
+        self.card = ModelCard(
+            id=MODEL_ID, version=str(metadata.get("version", "0+untrained")), name=NAME,
+            manufacturer=MANUFACTURER, intended_use=INTENDED_USE, labels=LABELS,
+            not_for_clinical_use=bool(metadata.get("not_for_clinical_use", True)),
+            reference=REFERENCE, published=dict(PUBLISHED))
+
+    def prepare(self, datasets: Sequence[Dataset]) -> GoutBatch:
+        if not datasets:
+            raise GoutError("no images to prepare")
+        x = np.stack([to_input(ds, self.config) for ds in datasets])
+        return GoutBatch(torch.from_numpy(x),
+                         tuple(ImageRef(str(ds.SOPClassUID), str(ds.SOPInstanceUID)) for ds in datasets),
+                         tuple(view_of(ds) for ds in datasets), tuple(laterality(ds) for ds in datasets))
+
+    def probabilities(self, batch: GoutBatch) -> np.ndarray:
+        """P(abnormal) per image."""
+        with torch.inference_mode():
+            return torch.sigmoid(self.net(batch.tensor).float()).double().numpy()
+
+    def _classify(self, p: float, ref: ImageRef | None, lat: str | None) -> Classification:
+        return Classification(label=ABNORMAL if p >= self.threshold else NORMAL,
+                              probabilities={NORMAL: float(1.0 - p), ABNORMAL: float(p)},
+                              source=ref, finding_site=FINDING_SITE, laterality=lat)
+
+    def predict(self, batch: GoutBatch) -> Findings:
+        p = np.clip(self.probabilities(batch), 0.0, 1.0)
+        items = tuple(self._classify(float(pi), ref, lat)
+                      for pi, ref, lat in zip(p, batch.refs, batch.lateralities, strict=True))
+        worst = int(np.argmax(p))
+        summary = self._classify(float(p[worst]), None, batch.lateralities[worst])
+        views = ", ".join(f"image {i + 1}: {v}" for i, v in enumerate(batch.views))
+        return Findings(
+            model_id=MODEL_ID, model_version=self.card.version, classifications=items, summary=summary,
+            not_for_clinical_use=self.card.not_for_clinical_use,
+            notes=(f"views: {views}", f"abnormal when P >= {self.threshold:.3f}; single model across views"))
+
+    def warm_up(self) -> None:
+        with torch.inference_mode():
+            self.net(torch.zeros(1, 1, self.config.size, self.config.size))
+
+
+def build(weights: Path | None = None, options: Mapping[str, Any] | None = None) -> GoutModel:
+    """The factory the registry calls."""
+    opts = dict(options or {})
+    if "torch_threads" in opts:
+        torch.set_num_threads(int(opts["torch_threads"]))
+    if weights is not None:
+        try:
+            blob = torch.load(Path(weights), map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError) as exc:
+            raise GoutError(f"cannot read checkpoint {weights}: {exc}") from exc
+        if not isinstance(blob, dict) or "state_dict" not in blob or "metadata" not in blob:
+            raise GoutError(f"{weights} is not a gout_mtp1 checkpoint (state_dict + metadata)")
+        metadata = dict(blob["metadata"])
+        net = GoutNet(str(metadata.get("size", "resnet50_quarter")))
+        try:
+            net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()})
+        except RuntimeError as exc:
+            raise GoutError(f"{weights}: weights do not fit size {metadata.get('size')!r}") from exc
+    else:
+        metadata = {"version": "0+untrained", "threshold": 0.5, "not_for_clinical_use": True,
+                    "size": str(opts.get("size", "resnet50_quarter"))}
+        net = GoutNet(metadata["size"])
+    threshold = float(opts.get("threshold", metadata.get("threshold", 0.5)))
+    if not 0.0 < threshold < 1.0:
+        raise GoutError(f"threshold {threshold} must lie in (0, 1)")
+    return GoutModel(net, metadata, threshold)

@@ -1,0 +1,318 @@
+"""SIGKILL at random points, many times, while clients send and while results go out.
+
+Opt-in (1.5-3 minutes on two cores): `pytest -m reliability` or SIDECAR_RELIABILITY=1.
+
+A subprocess sidecar (`tests.helpers.serve_with_test_models`) is killed with SIGKILL at seeded
+random moments and restarted each time, while three dcmtk `storescu` clients send new MR
+series and the sender delivers SRs to a dcmtk `storescp` PACS (`+uf`: every object received
+becomes its own file, so a duplicate cannot hide by overwriting).
+
+- Right after every kill, before the restart, every instance a client saw acknowledged
+  (`storescu -v`: "Sending file" followed by "Received Store Response (Success)") must be in
+  the journal and its spool file on disk.
+- At the end every series is reported: the SR of the series' current revision is at the PACS
+  and references every instance of the series. A series cut by a kill may complete on quiet
+  time and get a superseding revision when the rest arrives; that is by design, so "exactly one
+  current result" is checked per series and model revision, and no SOP Instance UID may reach
+  the PACS twice.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pydicom
+import pytest
+import yaml
+
+from sidecar.dicom.uids import result_uid
+from tests.helpers.dcmtk import StoreSCP, echoscu, storescu
+from tests.helpers.dicom_factory import make_mr_series
+from tests.helpers.models import CARD
+from tests.helpers.sidecar import write_config
+
+pytestmark = [pytest.mark.reliability, pytest.mark.integration, pytest.mark.timeout(420)]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SEED = 20240611
+KILLS = 22
+CLIENTS = 3
+INSTANCES_PER_SERIES = 3
+QUIET_S = 1.0
+UP_S = (0.2, 2.0)  # how long the sidecar lives after it answers C-ECHO, before the next kill
+START_TIMEOUT_S = 30.0
+DELIVERY_TIMEOUT_S = 90.0
+SETTLE_S = 2.0  # after everything is delivered, time for a duplicate to show up if one were coming
+_SENT = re.compile(r"Sending file: (.+)$")
+_OWED = ("SELECT (SELECT COUNT(*) FROM outbox WHERE state = 'pending')"
+         " + (SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running'))")
+
+
+class Sidecar:
+    """The subprocess sidecar; its stderr goes to sidecar-N.log (read by the session PHI scan)."""
+
+    def __init__(self, config: Path, logs: Path) -> None:
+        self.config, self.logs = config, logs
+        self.port = int(yaml.safe_load((config / "sidecar.yaml").read_text())["port"])
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        log = self.logs / f"sidecar-{self.starts:02d}.log"
+        self.starts += 1
+        with log.open("ab") as fh:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "tests.helpers.serve_with_test_models", str(self.config)],
+                cwd=REPO_ROOT, stdout=fh, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"sidecar exited with {self.proc.returncode}: {log.read_text()[-3000:]}")
+            if echoscu(self.port, called_aet="SIDECAR", timeout_s=5).returncode == 0:
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"sidecar did not answer C-ECHO within {START_TIMEOUT_S} s: {log.read_text()[-3000:]}")
+
+    def kill(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+    def terminate(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+
+
+@dataclass
+class Traffic:
+    """What the clients sent and what the sidecar acknowledged, shared by the client threads."""
+
+    folder: Path
+    port: int
+    rng: random.Random
+    up: threading.Event = field(default_factory=threading.Event)
+    stop: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    in_flight: int = 0
+    series: dict[str, list[str]] = field(default_factory=dict)  # series UID -> SOP Instance UIDs
+    acknowledged: set[str] = field(default_factory=set)
+    uid_of: dict[str, str] = field(default_factory=dict)  # file path -> SOP Instance UID
+    sends: int = 0
+    failed_sends: int = 0
+    next_seed: int = 0
+
+    def new_series(self) -> list[Path]:
+        with self.lock:
+            self.next_seed += 1
+            seed = SEED + self.next_seed
+        folder = self.folder / f"series-{seed}"
+        folder.mkdir(parents=True)
+        paths = []
+        for ds in make_mr_series(INSTANCES_PER_SERIES, seed=seed):
+            path = folder / f"{int(ds.InstanceNumber):03d}.dcm"
+            ds.save_as(path, enforce_file_format=True)
+            paths.append(path)
+            with self.lock:
+                self.uid_of[str(path)] = str(ds.SOPInstanceUID)
+                self.series.setdefault(str(ds.SeriesInstanceUID), []).append(str(ds.SOPInstanceUID))
+        return paths
+
+    def send(self, paths: list[Path]) -> bool:
+        """One storescu association; records every acknowledged file. True when all were."""
+        self.up.wait()
+        with self.lock:
+            self.in_flight += 1
+        output, returncode = "", 1
+        try:
+            done = storescu(paths, self.port, aet="CLIENT", called_aet="SIDECAR",
+                            extra_args=["-v", "-to", "5", "-ta", "5", "-td", "10"])
+            output, returncode = done.stdout + done.stderr, done.returncode
+        finally:
+            acked = _acknowledged(output)
+            with self.lock:
+                self.in_flight -= 1
+                self.sends += 1
+                self.acknowledged.update(self.uid_of[p] for p in acked)
+        ok = returncode == 0 and len(acked) == len(paths)
+        if not ok:
+            with self.lock:
+                self.failed_sends += 1
+        return ok
+
+    def client(self) -> None:
+        """Send new series until told to stop; resend a series until every file is acknowledged."""
+        while not self.stop.is_set():
+            paths = self.new_series()
+            while not self.send(paths):
+                time.sleep(0.1)
+            time.sleep(self.rng.uniform(0.1, 0.8))
+
+    def wait_idle(self, timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with self.lock:
+                if self.in_flight == 0:
+                    return
+            if time.monotonic() > deadline:
+                raise TimeoutError("storescu clients did not finish after a kill")
+            time.sleep(0.02)
+
+
+def _acknowledged(output: str) -> list[str]:
+    """Files storescu saw answered with Success, from its -v output."""
+    acked, current = [], None
+    for line in output.splitlines():
+        m = _SENT.search(line)
+        if m:
+            current = m.group(1).strip()
+        elif "Received Store Response" in line and current is not None:
+            if "(Success)" in line:
+                acked.append(current)
+            current = None
+    return acked
+
+
+def _journal_rows(db: Path, sql: str) -> list[tuple[object, ...]]:
+    con = sqlite3.connect(db, timeout=10)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def _check_acknowledged_kept(db: Path, acknowledged: set[str]) -> None:
+    rows = dict(_journal_rows(db, "SELECT sop_instance_uid, path FROM instances"))
+    missing = [uid for uid in acknowledged if uid not in rows]
+    assert not missing, f"{len(missing)} acknowledged instances are not in the journal after SIGKILL"
+    lost = [uid for uid in acknowledged if not Path(str(rows[uid])).is_file()]
+    assert not lost, f"{len(lost)} acknowledged instances have no spool file after SIGKILL"
+
+
+def _current_results(db: Path) -> dict[str, tuple[int, str]]:
+    """Series UID -> (current revision, the SR UID that revision must have)."""
+    rows = _journal_rows(db, "SELECT series_uid, revision FROM series")
+    return {str(s): (int(r), result_uid(str(s), CARD.id, CARD.version, "sr-series", int(r))) for s, r in rows}
+
+
+def _pacs_uids(pacs: StoreSCP) -> Counter[str]:
+    uids: Counter[str] = Counter()
+    for path in pacs.files():
+        try:
+            uids[str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)] += 1
+        except Exception:  # noqa: BLE001 (a file storescp is still writing; counted next round)
+            continue
+    return uids
+
+
+def _referenced(path: Path) -> set[str]:
+    ds = pydicom.dcmread(path)
+    return {str(el.value) for el in ds.iterall() if el.keyword == "ReferencedSOPInstanceUID"}
+
+
+def _opted_in(config: pytest.Config) -> bool:
+    return "reliability" in (config.option.markexpr or "") or os.environ.get("SIDECAR_RELIABILITY") == "1"
+
+
+def test_sigkill_storm_loses_nothing_and_reports_every_series_once(
+    tmp_path: Path, request: pytest.FixtureRequest,
+) -> None:
+    """22 seeded SIGKILLs during ingest and delivery: nothing acknowledged is lost, no SR arrives twice."""
+    if not _opted_in(request.config):
+        pytest.skip("the SIGKILL storm takes 1.5-3 minutes: run it with -m reliability or SIDECAR_RELIABILITY=1")
+    started = time.monotonic()
+    rng = random.Random(SEED)
+    with StoreSCP(tmp_path / "pacs", ae_title="PACS", extra_args=["+uf"]) as pacs:
+        routes = [{"name": "brightness-mr", "model": "brightness", "mode": "series",
+                   "match": {"modality": ["MR"]}, "outputs": ["sr"], "destinations": ["pacs"],
+                   "quiet_s": QUIET_S}]
+        config = write_config(tmp_path / "conf", routes=routes, log_level="info", destinations=[
+            {"kind": "dicom", "name": "pacs", "host": "127.0.0.1", "port": pacs.port, "ae_title": "PACS",
+             "timeout_s": 5}])
+        db = Path(yaml.safe_load((config / "sidecar.yaml").read_text())["data_dir"]) / "journal.sqlite"
+        sidecar = Sidecar(config, tmp_path)
+        traffic = Traffic(tmp_path / "in", sidecar.port, random.Random(SEED + 1))
+        clients = [threading.Thread(target=traffic.client, daemon=True, name=f"client-{i}") for i in range(CLIENTS)]
+        sidecar.start()
+        traffic.up.set()
+        for t in clients:
+            t.start()
+        owed_at_kill = 0
+        try:
+            for _ in range(KILLS):
+                time.sleep(rng.uniform(*UP_S))
+                traffic.up.clear()
+                sidecar.kill()
+                traffic.wait_idle()
+                with traffic.lock:
+                    acknowledged = set(traffic.acknowledged)
+                _check_acknowledged_kept(db, acknowledged)
+                owed_at_kill += bool(_journal_rows(db, _OWED)[0][0])
+                sidecar.start()
+                traffic.up.set()
+            traffic.stop.set()
+            for t in clients:
+                t.join(60)
+                assert not t.is_alive(), "a client never got its series acknowledged"
+
+            with traffic.lock:
+                series = {s: list(u) for s, u in traffic.series.items()}
+                assert traffic.acknowledged == {u for us in series.values() for u in us}
+
+            deadline = time.monotonic() + DELIVERY_TIMEOUT_S
+            while True:
+                current = _current_results(db)
+                at_pacs = _pacs_uids(pacs)
+                owed = [s for s in series if s not in current or current[s][1] not in at_pacs]
+                if not owed:
+                    break
+                assert time.monotonic() < deadline, f"{len(owed)} of {len(series)} series never reported"
+                time.sleep(0.2)
+            time.sleep(SETTLE_S)
+            sidecar.terminate()
+        finally:
+            traffic.stop.set()
+            traffic.up.set()
+            sidecar.kill()
+
+        current = _current_results(db)
+        at_pacs = _pacs_uids(pacs)
+        duplicates = {uid: n for uid, n in at_pacs.items() if n > 1}
+        assert not duplicates, f"SOP Instance UIDs at the PACS more than once: {duplicates}"
+        by_uid = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in pacs.files()}
+        allowed = {result_uid(s, CARD.id, CARD.version, "sr-series", r)
+                   for s, (rev, _) in current.items() for r in range(rev + 1)}
+        assert set(at_pacs) <= allowed, "the PACS holds an object that is no revision of any series' SR"
+        revised = 0
+        for series_uid, instances in series.items():
+            revision, uid = current[series_uid]
+            revised += revision > 0
+            assert uid in by_uid, f"series {series_uid} has no current SR at the PACS"
+            refs = _referenced(by_uid[uid])
+            assert set(instances) <= refs, f"the current SR of {series_uid} misses instances"
+        _check_acknowledged_kept(db, traffic.acknowledged)
+        n_states = _journal_rows(db, "SELECT COUNT(*) FROM outbox WHERE state != 'sent'")[0][0]
+        assert n_states == 0, "outbox items left undelivered"
+        assert owed_at_kill >= KILLS // 4, f"only {owed_at_kill} kills hit while results were owed"
+    elapsed = time.monotonic() - started
+    print(f"\nSIGKILL storm: {KILLS} kills, {sidecar.starts} starts, {len(series)} series, "
+          f"{len(traffic.acknowledged)} instances acknowledged, {traffic.sends} storescu runs "
+          f"({traffic.failed_sends} cut by a kill), {owed_at_kill} kills while results were owed, {len(at_pacs)} SRs at the PACS, {revised} series revised, "
+          f"0 duplicates, {elapsed:.0f} s")
