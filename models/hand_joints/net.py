@@ -5,8 +5,8 @@
 channels). Each map is a spatial softmax trained by integral regression (the soft-argmax
 coordinate's L1 error, Sun et al. 2018) plus the cross-entropy to a Gaussian target (as DSNT,
 Nibali et al. 2018): it learns in a few hundred CPU steps, where a per-pixel focal heatmap loss
-needs thousands. The keypoint is the local centroid around the peak and its confidence the
-probability mass there. Every joint of a hand is present exactly once, which a keypoint model
+needs thousands. The keypoint is the map's expectation (soft-argmax) and its confidence falls
+with the map's spread. Every joint of a hand is present exactly once, which a keypoint model
 encodes directly (one channel each) while an anchor detector (RetinaNet) would have to learn
 it and then de-duplicate; the box follows from geometry (`joints.joint_box`).
 

@@ -116,28 +116,28 @@ class HandResult:
     joints: tuple[JointResult, ...]
 
 
-def locate(detector: torch.nn.Module, grids: np.ndarray, window: int = 3) -> tuple[np.ndarray, np.ndarray]:
+#: grid pixels; confidence = exp(-spread / SPREAD_SCALE) of a joint's probability map
+SPREAD_SCALE = 30.0
+
+
+def locate(detector: torch.nn.Module, grids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(N, 1, G, G) detector inputs -> keypoints (N, K, 2) as grid (x, y) and confidences (N, K).
 
-    Each channel is a spatial softmax (the network is trained on it, `spatial_softmax`). The
-    keypoint is the probability-weighted centroid in a (2 * window + 1)^2 neighbourhood of the
-    peak; the confidence is the probability mass in that neighbourhood (1 = all mass there).
+    Each channel is a spatial softmax, trained by integral regression (`spatial_softmax`), so the
+    keypoint is its expectation (the soft-argmax), exactly what training optimised. The
+    confidence is exp(-spread / SPREAD_SCALE), spread being the RMS distance of the map's mass
+    from that point: a focused map is a sure joint, a diffuse one (wrong side, not a hand) not.
     """
     with torch.inference_mode():
-        prob = spatial_softmax(detector(torch.from_numpy(np.ascontiguousarray(grids))).float()).numpy()
+        prob = spatial_softmax(detector(torch.from_numpy(np.ascontiguousarray(grids))).float()).double()
     n, k, h, w = prob.shape
-    pts = np.zeros((n, k, 2))
-    conf = np.zeros((n, k))
-    for i in range(n):
-        for j in range(k):
-            y, x = np.unravel_index(int(np.argmax(prob[i, j])), (h, w))
-            y0, y1, x0, x1 = max(0, y - window), min(h, y + window + 1), max(0, x - window), min(w, x + window + 1)
-            patch = prob[i, j, y0:y1, x0:x1].astype(np.float64)
-            gy, gx = np.mgrid[y0:y1, x0:x1]
-            mass = float(patch.sum())
-            pts[i, j] = ((gx * patch).sum() / mass, (gy * patch).sum() / mass) if mass > 0 else (x, y)
-            conf[i, j] = min(1.0, mass)
-    return pts, conf
+    xs = torch.arange(w, dtype=torch.float64)
+    ys = torch.arange(h, dtype=torch.float64)
+    px, py = prob.sum(2), prob.sum(3)  # marginals over rows -> (N, K, W), over columns -> (N, K, H)
+    ex, ey = (px * xs).sum(2), (py * ys).sum(2)
+    spread = torch.sqrt((px * (xs - ex[..., None]) ** 2).sum(2) + (py * (ys - ey[..., None]) ** 2).sum(2))
+    pts = torch.stack([ex, ey], dim=2).numpy()
+    return pts, torch.exp(-spread / SPREAD_SCALE).numpy()
 
 
 def spatial_softmax(logits: torch.Tensor) -> torch.Tensor:
@@ -176,7 +176,8 @@ class HandJointsModel:
     # -- the analysis one radiograph gets (training's evaluation calls this too) -------------
 
     def _orient(self, hand: T.Hand) -> tuple[T.Hand, np.ndarray, np.ndarray, bool]:
-        """Keypoints (hand pixels) and confidences; unknown side: the orientation that fits best."""
+        """Keypoints (hand pixels) and confidences; unknown side: the orientation whose joint maps
+        are the most focused (the detector only ever saw canonical right hands)."""
         candidates = [hand] if hand.laterality in ("L", "R") else [hand, hand.flipped()]
         best: tuple[T.Hand, np.ndarray, np.ndarray] | None = None
         best_score = -1.0

@@ -60,6 +60,7 @@ class WebhookChannel:
         payload = asdict(alert)
         payload["series_uid"] = short_uid(alert.series_uid)
         payload["instance_uid"] = short_uid(alert.instance_uid) if alert.instance_uid else ""
+        payload["key"] = short_uid(alert.key)  # the key embeds UIDs; receivers only need it stable
         payload["lines"] = list(alert.lines)
         return json.dumps(payload).encode("utf-8")
 

@@ -62,9 +62,12 @@ def read_header(ds: Dataset, *, max_pixels: int = 1 << 31, dataset_bytes: int | 
     modality = str(_get(ds, "Modality") or "").strip()
     if not modality:
         raise InvalidInstance("Modality is missing or empty")
-    frames = _int(ds, "NumberOfFrames") or 1
-    if frames < 1:
+    frames = _int(ds, "NumberOfFrames")
+    if frames is None and str(_get(ds, "NumberOfFrames") or "").strip():
+        raise InvalidInstance("NumberOfFrames is not a number")
+    if frames is not None and frames < 1:
         raise InvalidInstance("NumberOfFrames is not a positive integer")
+    frames = frames or 1
     if "PixelData" in ds:
         _check_pixels(ds, frames, max_pixels)
     expected: int | None = None
@@ -87,14 +90,28 @@ def _check_pixels(ds: Dataset, frames: int, max_pixels: int) -> None:
     rows, cols = _int(ds, "Rows"), _int(ds, "Columns")
     if not rows or not cols or rows < 1 or cols < 1:
         raise InvalidInstance("pixel data without valid Rows and Columns")
-    samples = _int(ds, "SamplesPerPixel") or 1
+    samples = _int(ds, "SamplesPerPixel")
+    samples = 1 if samples is None else samples
+    if not 1 <= samples <= 4:  # PS3.3 C.7.6.3.1.1: 1 (monochrome, palette) or 3 (colour); 4 retired
+        raise InvalidInstance("SamplesPerPixel is not 1, 3 or 4")
+    if samples > 1 and _int(ds, "PlanarConfiguration") not in (None, 0, 1):
+        raise InvalidInstance("PlanarConfiguration is not 0 or 1")
     bits = _int(ds, "BitsAllocated") or 0
     if bits not in (1, 8, 16, 32, 64):
         raise InvalidInstance("BitsAllocated is not 1, 8, 16, 32 or 64")
+    stored = _int(ds, "BitsStored")
+    if stored is not None and not 1 <= stored <= bits:
+        raise InvalidInstance("BitsStored is not between 1 and BitsAllocated")
     n_pixels = rows * cols * frames * samples
     if n_pixels > max_pixels:
         raise InstanceTooLarge(f"image dimensions too large ({rows}x{cols}x{frames}x{samples})")
     ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if ts is not None and UID(str(ts)).is_encapsulated:
+        try:
+            value = ds.PixelData
+        except Exception as exc:
+            raise InvalidInstance(f"pixel data cannot be read: {type(exc).__name__}") from exc
+        _check_fragments(value)
     if ts is not None and not UID(str(ts)).is_compressed:
         expected = (n_pixels * bits + 7) // 8
         try:
@@ -103,3 +120,25 @@ def _check_pixels(ds: Dataset, frames: int, max_pixels: int) -> None:
             raise InvalidInstance(f"pixel data cannot be read: {type(exc).__name__}") from exc
         if actual < expected:
             raise InvalidInstance(f"pixel data is {actual} bytes, header needs {expected}")
+
+
+_ITEM_TAG = b"\xfe\xff\x00\xe0"  # (FFFE,E000) Item, little endian
+_SEQUENCE_END = b"\xfe\xff\xdd\xe0"  # (FFFE,E0DD) Sequence Delimitation Item
+
+
+def _check_fragments(value: bytes) -> None:
+    """Encapsulated pixel data (PS3.5 A.4): a Basic Offset Table item, then at least one fragment
+    item, each an Item tag with a length that fits in what follows. Nothing is decoded."""
+    data, i, items = bytes(value), 0, 0
+    while i < len(data):
+        if data[i:i + 4] == _SEQUENCE_END:
+            break
+        if data[i:i + 4] != _ITEM_TAG or i + 8 > len(data):
+            raise InvalidInstance("encapsulated pixel data has an item that is not an Item tag")
+        length = int.from_bytes(data[i + 4:i + 8], "little")
+        if length == 0xFFFFFFFF or i + 8 + length > len(data):
+            raise InvalidInstance("encapsulated pixel data has a fragment longer than the data")
+        i += 8 + length
+        items += 1
+    if items < 2:
+        raise InvalidInstance("encapsulated pixel data has no fragment")

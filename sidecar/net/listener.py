@@ -275,6 +275,8 @@ class Listener:
         try:
             ds = event.dataset
             ds.file_meta = event.file_meta
+            for _ in ds.iterall():  # decode every element now: a broken sequence is refused, not kept
+                pass
         except Exception as exc:
             raise InvalidInstance(f"dataset cannot be decoded: {type(exc).__name__}") from exc
         header = read_header(ds, max_pixels=self.config.max_pixels, dataset_bytes=size)

@@ -141,6 +141,8 @@ class Worker:
             self._observe("inferred", job.model_id, time.perf_counter() - t0)
             if job.instance_uid:  # a streaming job reports on its own instance, without a summary
                 findings = findings.for_instance(job.instance_uid)
+            if "alert" in rule.outputs:  # the technologist hears first; the SR is built after
+                self._publish_alerts(job, findings, datasets[0])
             n = self._finish(job, model, rule, findings, datasets)
         except Exception as exc:  # boundary: a failing job never stops the worker
             return self._failed(job, exc)
@@ -162,10 +164,17 @@ class Worker:
         except Exception as exc:  # boundary: fall back to one job at a time
             log.warning("batch_failed_running_singly", n_jobs=len(jobs), error_type=type(exc).__name__)
             return [self.run_job(job) for job in jobs]
+        per_job = [findings.for_instance(job.instance_uid) for job in jobs]
+        for job, (_, rule, dss), mine in zip(jobs, loaded, per_job, strict=True):
+            if "alert" in rule.outputs:  # every alert of the batch goes out before any SR is built
+                try:
+                    self._publish_alerts(job, mine, dss[0])
+                except Exception as exc:  # boundary: the job below still runs and records its failure
+                    log.error("alert_publish_failed", job_id=job.id, error_type=type(exc).__name__)
         outcomes = []
-        for job, (model, rule, dss) in zip(jobs, loaded, strict=True):
+        for job, (model, rule, dss), mine in zip(jobs, loaded, per_job, strict=True):
             try:
-                n = self._finish(job, model, rule, findings.for_instance(job.instance_uid), dss)
+                n = self._finish(job, model, rule, mine, dss)
                 outcomes.append(JobOutcome(job.id, True, n))
             except Exception as exc:  # boundary: one slice's results failing never fails the rest
                 outcomes.append(self._failed(job, exc))
@@ -214,7 +223,7 @@ class Worker:
             for dest in rule.destinations:
                 queued.append((dest, str(ds.SOPInstanceUID), str(path)))
         if "alert" in rule.outputs:
-            queued.extend(self._alerts(job, findings, datasets[0], input_uid))
+            queued.extend(self._alert_images(job, findings, datasets[0], input_uid))
         self.journal.complete_job(job.id, queued, detail=f"{len(objects)} objects")
         numbers = {str(ds.SOPInstanceUID): _int_or_none(ds.get("InstanceNumber")) for ds in datasets}
         self._observe("finished", job, findings, numbers)
@@ -238,12 +247,15 @@ class Worker:
         self.store.write(path, buf.getvalue())
         return path
 
-    def _alerts(self, job: Job, findings: Findings, source: Dataset, input_uid: str) -> list[tuple[str, str, str]]:
-        queued: list[tuple[str, str, str]] = []
+    @staticmethod
+    def _alert_lines(
+        job: Job, findings: Findings, source: Dataset
+    ) -> list[tuple[int, str, float, int | None, tuple[str, ...]]]:
+        """(index, label, probability, instance number, text lines) for each alert; no patient data."""
+        out = []
+        inst_no = _int_or_none(source.get("InstanceNumber"))
         for index, c in enumerate(findings.alerts):
-            key = f"{job.model_id}:{input_uid}:{index}:{c.label}:r{job.revision}"
             p = float(c.probabilities[c.label])
-            inst_no = _int_or_none(source.get("InstanceNumber"))
             lines = (
                 "AI QA ALERT - NOT FOR CLINICAL USE" if findings.not_for_clinical_use else "AI QA ALERT",
                 f"Model: {job.model_id} {job.model_version}",
@@ -251,17 +263,32 @@ class Worker:
                 f"Result: {c.label.replace('_', ' ')} (p = {p:.2f})",
                 "Consider repeating this slice.",
             )
-            # Log/webhook once per key; the DICOM alert image goes through the outbox, whose
-            # unique (destination, SOP Instance UID) keeps a rerun from sending it twice.
+            out.append((index, c.label, p, inst_no, lines))
+        return out
+
+    def _publish_alerts(self, job: Job, findings: Findings, source: Dataset) -> None:
+        """Log/webhook/dashboard once per alert key (recorded in the journal, so a rerun is silent)."""
+        input_uid = job.instance_uid or job.series_uid
+        for index, label, p, inst_no, lines in self._alert_lines(job, findings, source):
+            key = f"{job.model_id}:{input_uid}:{index}:{label}:r{job.revision}"
             if self.journal.add_alert(job.series_uid, key, " | ".join(lines), job.id):
-                self.fanout.publish(Alert(job.series_uid, key, job.model_id, c.label, p, lines, inst_no,
+                self.fanout.publish(Alert(job.series_uid, key, job.model_id, label, p, lines, inst_no,
                                           instance_uid=job.instance_uid, received_at=self._received_at(job),
                                           raised_at=time.time()))
-            if self.alert_destinations:
-                image = build_alert_image(list(lines), source, input_uid=f"{input_uid}#{index}", model_id=job.model_id,
-                                          model_version=job.model_version, revision=job.revision)
-                path = self._write(job, image)
-                queued.extend((d, str(image.SOPInstanceUID), str(path)) for d in self.alert_destinations)
+
+    def _alert_images(
+        self, job: Job, findings: Findings, source: Dataset, input_uid: str
+    ) -> list[tuple[str, str, str]]:
+        """The rendered alert images, queued like any result: the outbox's unique (destination,
+        SOP Instance UID) keeps a rerun from sending one twice."""
+        queued: list[tuple[str, str, str]] = []
+        if not self.alert_destinations:
+            return queued
+        for index, _, _, _, lines in self._alert_lines(job, findings, source):
+            image = build_alert_image(list(lines), source, input_uid=f"{input_uid}#{index}", model_id=job.model_id,
+                                      model_version=job.model_version, revision=job.revision)
+            path = self._write(job, image)
+            queued.extend((d, str(image.SOPInstanceUID), str(path)) for d in self.alert_destinations)
         return queued
 
     def _received_at(self, job: Job) -> float | None:

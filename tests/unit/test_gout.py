@@ -64,9 +64,9 @@ class TestRouting:
         """An MTP1 description or a foot without another joint named routes to gout_mtp1."""
         settings = load_settings(CONF)
         ds = case_dataset(_case())
-        assert route(ds, settings.routes, load_predicates()).model == "gout_mtp1"
+        assert route(settings.routes, ds, calling_ae="CONSOLE", predicates=load_predicates()).model == "gout_mtp1"
         ds.SeriesDescription = "FOREFOOT LONG"
-        assert route(ds, settings.routes, load_predicates()).model == "gout_mtp1"
+        assert route(settings.routes, ds, calling_ae="CONSOLE", predicates=load_predicates()).model == "gout_mtp1"
 
 
 class TestWrapper:

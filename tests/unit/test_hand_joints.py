@@ -26,6 +26,15 @@ DEMO_WEIGHTS = Path(__file__).resolve().parents[2] / "models" / "hand_joints" / 
 FRESH_SEEDS = range(900_000, 900_010)  # never drawn by demo-weights (its seeds are 0..239)
 
 
+def _content_items(ds: Dataset) -> list[Dataset]:
+    """Every SR content item below `ds`, depth first."""
+    out = []
+    for item in ds.get("ContentSequence", []):
+        out.append(item)
+        out.extend(_content_items(item))
+    return out
+
+
 @pytest.fixture(autouse=True)
 def _seeded() -> None:
     torch.manual_seed(0)
@@ -218,7 +227,7 @@ class TestDemoWeights:
         findings = demo_model.predict(demo_model.prepare([ds]))
         sr = build_sr(findings, [ds], demo_model.card, input_uid=str(ds.SeriesInstanceUID), kind="series")
         back = assert_valid_dicom(sr)
-        scoords = [item for item in back.iterall() if getattr(item, "ValueType", None) == "SCOORD"]
+        scoords = [item for item in _content_items(back) if item.get("ValueType") == "SCOORD"]
         assert len(scoords) == len(findings.detections)
         for item in scoords:
             pts = np.asarray(item.GraphicData, dtype=float).reshape(-1, 2)

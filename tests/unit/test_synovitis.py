@@ -51,14 +51,14 @@ class TestRouting:
         ds = case_dataset(_case(), doppler=doppler, cine=cine)
         header = ds.copy()
         del header.PixelData
-        decision = route(header, settings.routes, load_predicates())
+        decision = route(settings.routes, header, calling_ae="CONSOLE", predicates=load_predicates())
         assert decision.model == model
 
     def test_foot_joint_other_than_mtp1_goes_to_synovitis(self) -> None:
         """An MTP2 image with BodyPartExamined FOOT is graded for synovitis, not screened for gout."""
         settings = load_settings(CONF)
         ds = case_dataset(_case(joint="MTP2"), doppler=False, cine=False)
-        assert route(ds, settings.routes, load_predicates()).model == "synovitis_sgs"
+        assert route(settings.routes, ds, calling_ae="CONSOLE", predicates=load_predicates()).model == "synovitis_sgs"
 
 
 class TestWrapper:

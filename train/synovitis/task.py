@@ -35,7 +35,16 @@ from torch.utils.data import Dataset as TorchDataset
 
 from models.synovitis.net import SynovitisNet
 from models.synovitis.transforms import VARIANTS, SynovitisTransform, to_input
-from models.synovitis.wrapper import LABELS, MANUFACTURER, PUBLISHED, PUBLISHED_ICC_RANGE, REFERENCE, build, intended_use, model_id
+from models.synovitis.wrapper import (
+    LABELS,
+    MANUFACTURER,
+    PUBLISHED,
+    PUBLISHED_ICC_RANGE,
+    REFERENCE,
+    build,
+    intended_use,
+    model_id,
+)
 from train.common import metrics as M
 from train.common.cards import write_model_card
 from train.common.loops import fit_classifier, load_weights
@@ -197,18 +206,22 @@ def _card(variant: str, evaluation_dir: Path, checkpoint: Path, out_dir: Path, c
     blob = torch.load(checkpoint, map_location="cpu", weights_only=True)
     meta = dict(blob.get("metadata", {})) if isinstance(blob, dict) else {}
     sha = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
-    frames = f", {cfg.transform.frames} frames ({'Doppler-aware' if spec.doppler else 'uniform'} sampling)" if spec.cine else ""
+    sampling = "Doppler-aware" if spec.doppler else "uniform"
+    frames = f", {cfg.transform.frames} frames ({sampling} sampling)" if spec.cine else ""
+    kind = f"US {'cine (multi-frame)' if spec.cine else 'still'} {'with power Doppler' if spec.doppler else 'greyscale'}"
+    pooling = ("per-frame backbone with mean+max temporal pooling (cheaper than 3D, keeps the Doppler peak)."
+               if spec.cine else "2D.")
     write_model_card(
         out_dir, model_id=model_id(variant), version=str(meta.get("version", "unknown")),
         name=f"RA synovitis grade, {spec.name} ({spec.code})", intended_use=intended_use(variant),
         inputs_and_routing=(
-            f"US {'cine (multi-frame)' if spec.cine else 'still'} {'with power Doppler' if spec.doppler else 'greyscale'} "
-            "images of hand, wrist, knee or foot joints, routed by conf/routes.yaml (BodyPartExamined HAND, WRIST, "
-            "FINGER, KNEE, FOOT, TOE or a joint word in the description) and the predicates "
+            f"{kind} images of hand, wrist, knee or foot joints, routed by conf/routes.yaml (a description naming a joint: "
+            "MCP, PIP, DIP, MTP2-5, wrist, knee, synov; or BodyPartExamined HAND, WRIST, FINGER, KNEE; MTP1 goes "
+            "to gout_mtp1) and the predicates "
             f"us.is_cine={spec.cine}, us.has_doppler={spec.doppler}. Front end (models/us): region crop from the "
             "US Region Calibration module (sector fallback), text/caliper masking, power Doppler as its own channel, "
             f"letterbox to {cfg.transform.size} px{frames}. Network: MONAI ResNet-10 layout (stride-2 stem), "
-            + ("per-frame backbone with mean+max temporal pooling (cheaper than 3D, keeps the Doppler peak)." if spec.cine else "2D.")),
+            + pooling),
         labels=LABELS, label_rule=("EULAR-OMERACT combined score: 0 no synovial hypertrophy (SH); otherwise the higher "
                                    "of the SH grade (1 within the bone line, 2 beyond it flat/concave, 3 convex) "
                                    "and the power Doppler grade (1 up to three spots, 2 < half, 3 > half)."),
