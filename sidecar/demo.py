@@ -115,6 +115,7 @@ def write_demo_config(folder: Path, pacs: PacsStandIn, bundled: Path = BUNDLED_C
                           "ae_title": pacs.ae_title}],
     })
     svc.setdefault("limits", {})["min_free_disk_bytes"] = 0
+    svc["web"] = {**(svc.get("web") or {}), "enabled": True, "port": 0}  # any free port
     svc["alert_channels"] = [{"kind": "log"}, {"kind": "dicom", "destination": "pacs"}]  # show the alert image
     svc.setdefault("sender", {}).update({"echo_on_start": False, "poll_s": 0.1})
     (conf / "sidecar.yaml").write_text(yaml.safe_dump(svc))
@@ -144,6 +145,8 @@ def run_demo(
         app.start()
         out(f"sidecar on 127.0.0.1:{app.port}, PACS stand-in on 127.0.0.1:{pacs.port}; files in {work}")
         out("Demo weights are trained on synthetic phantoms: NOT FOR CLINICAL USE.")
+        if app.web is not None:
+            out(f"dashboard: {app.web.url}")
         if not app.models:
             out("no model is installed: see conf/models.yaml")
             return 1

@@ -288,6 +288,13 @@ _ENV = {
     "SIDECAR_JOURNAL_URL": "journal_url",
 }
 
+#: Environment variables for nested keys: (section, key). The admin token is a secret: it comes
+#: from the environment (or a site's own untracked config), never from the repository.
+_ENV_NESTED = {
+    "SIDECAR_WEB_PORT": ("web", "port"),
+    "SIDECAR_WEB_ADMIN_TOKEN": ("web", "admin_token"),
+}
+
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.exists():
@@ -323,6 +330,11 @@ def load_settings(config_dir: Path | str = "conf", env: dict[str, str] | None = 
     for var, key in _ENV.items():
         if var in env:
             raw[key] = env[var]
+    for var, (section, key) in _ENV_NESTED.items():
+        if var in env:
+            if not isinstance(raw.get(section, {}), dict):
+                raise ConfigError(str(service_path), section, "a mapping of keys to values")
+            raw[section] = {**(raw.get(section) or {}), key: env[var]}
     service = _validate(ServiceSettings, raw, service_path)
     routes_path = cdir / "routes.yaml"
     routes = _validate(RoutesFile, _read_yaml(routes_path), routes_path).routes

@@ -67,3 +67,16 @@ class TestCli:
         assert main(["status", "--config", str(cfg)]) == 0
         out = capsys.readouterr().out
         assert "series: (none)" in out and "dead letters: 0" in out
+
+
+class TestEnvironment:
+    def test_admin_token_comes_from_the_environment(self, tmp_path: Path) -> None:
+        """SIDECAR_WEB_ADMIN_TOKEN and SIDECAR_WEB_PORT set the nested web keys; the token stays secret."""
+        from sidecar.settings import load_settings
+
+        cfg = write_config(tmp_path / "conf")
+        s = load_settings(cfg, env={"SIDECAR_WEB_ADMIN_TOKEN": "s3cret-token", "SIDECAR_WEB_PORT": "0"})
+        assert s.service.web.admin_token is not None
+        assert s.service.web.admin_token.get_secret_value() == "s3cret-token"
+        assert s.service.web.port == 0
+        assert "s3cret-token" not in repr(s)
