@@ -58,8 +58,8 @@ class DemoConfig:
     seed: int = 0
     n_patients: int = 240
     transform: GoutTransform = GoutTransform(size=96)
-    epochs: int = 10
-    epochs_per_view: int = 10
+    epochs: int = 16
+    epochs_per_view: int = 16
     batch_size: int = 32
     lr: float = 2e-3
     size: str = "resnet50_quarter"
@@ -118,7 +118,7 @@ def train_net(data: Arrays, tr: np.ndarray, va: np.ndarray, cfg: DemoConfig, out
     gen = torch.Generator().manual_seed(cfg.seed)
     train = DataLoader(_Flip(data.x[tr], data.y[tr], True), batch_size=cfg.batch_size, shuffle=True, generator=gen)
     val = DataLoader(_Flip(data.x[va], data.y[va], False), batch_size=64)
-    fit = fit or FitConfig(epochs=epochs, lr=cfg.lr, seed=cfg.seed, patience=4, progress=False, scheduler="cosine")
+    fit = fit or FitConfig(epochs=epochs, lr=cfg.lr, seed=cfg.seed, patience=6, progress=False, scheduler="cosine")
     return net, fit_classifier(net, train, val, config=fit, out_dir=out_dir, task="binary", val_metric="auc")
 
 

@@ -103,7 +103,7 @@ def echo_map(case: Mtp1Case, g: np.random.Generator) -> np.ndarray:
     surf[left] = np.where(x[left] > xa, ya + dip * t1**1.3, ya + 0.006 * (x[left] - xa) ** 2)
     surf[right] = np.where(x[right] < xb, yb + dip * t2**1.3, yb + 0.004 * (x[right] - xb) ** 2)
     if "erosion" in case.signs:
-        xc, half, depth = xa + g.uniform(-6, 10), g.uniform(3, 6), g.uniform(4, 7)
+        xc, half, depth = xa + g.uniform(-6, 10), g.uniform(5, 8), g.uniform(6, 10)
         notch = np.clip(1 - ((x - xc) / half) ** 2, 0, None) * depth
         surf = surf + notch
     surf = np.minimum(surf, h - 6)
@@ -121,7 +121,7 @@ def echo_map(case: Mtp1Case, g: np.random.Generator) -> np.ndarray:
     span = (cols > xa) & (cols < xb)
     recess = span & (rows > line) & (rows < floor[None, :])
     if "effusion" in case.signs:
-        height = g.uniform(4, 9)
+        height = g.uniform(7, 12)
         bulge = np.clip(1 - ((cols - (xa + xb) / 2) / ((xb - xa) / 2 + 6)) ** 2, 0, None)
         effusion = (rows > line - height * bulge) & (rows < floor[None, :]) & (bulge > 0)
         echo = np.where(effusion, 0.015, echo)
@@ -132,20 +132,20 @@ def echo_map(case: Mtp1Case, g: np.random.Generator) -> np.ndarray:
     echo = np.where(cart, 0.03, echo)
     if "double_contour" in case.signs:
         wobble = 0.6 * T.smooth_field((1, w), g, sigma_px=3)[0]
-        dc = cart & (np.abs(rows - (surf[None, :] - 3.6 + wobble[None, :])) < 0.9)
-        echo = np.where(dc, 4.0, echo)
+        dc = left[None, :] & (cols > xa - 34) & (np.abs(rows - (surf[None, :] - 3.8 + wobble[None, :])) < 1.3)
+        echo = np.where(dc, 6.0, echo)
     if "tophus" in case.signs:
         cy, cx = ya - g.uniform(5, 10), xj + g.uniform(-12, 12)
-        r = g.uniform(6, 10)
+        r = g.uniform(8, 12)
         blob = T.random_blob((h, w), g, center=(cy, cx), radius=r, irregularity=0.2)
         rim = T.random_blob((h, w), g, center=(cy, cx), radius=r + 2.0, irregularity=0.05) & ~blob
         echo = np.where(rim, 0.03, echo)
-        echo = np.where(blob, 1.6 + 0.8 * T.smooth_field((h, w), g, sigma_px=1.5), echo)
+        echo = np.where(blob, 2.5 + 1.2 * T.smooth_field((h, w), g, sigma_px=1.5), echo)
     if "aggregates" in case.signs:
-        for _ in range(int(g.integers(4, 10))):
+        for _ in range(int(g.integers(8, 16))):
             cy = g.uniform(ya - 14, ya + dip * 0.6)
             cx = g.uniform(xa - 6, xb + 6)
-            echo = np.where(T.ellipse_mask((h, w), (cy, cx), (1.3, 1.0)), 5.0, echo)
+            echo = np.where(T.ellipse_mask((h, w), (cy, cx), (2.0, 1.5)), 6.0, echo)
     below = rows >= surf[None, :]
     echo = np.where(below, 0.03 * np.exp(-(rows - surf[None, :]) / 12), echo)
     echo = np.where(np.abs(rows - surf[None, :]) < 1.5, 5.0, echo)
