@@ -15,9 +15,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import structlog
 from pydicom import Dataset
 
+from models.backends import (
+    BackendConfig,
+    BackendError,
+    BackendUnavailable,
+    InProcessConfig,
+    SwappableForward,
+    open_backend,
+)
 from models.base import ClinicalModel
+
+log = structlog.get_logger("models.registry")
 
 Predicate = Callable[[Dataset], bool]
 Factory = Callable[..., ClinicalModel]
@@ -121,10 +132,15 @@ class ModelSpec:
     weights: Path | None
     sha256: str | None
     options: Mapping[str, Any]
+    backend: BackendConfig = InProcessConfig()  # where the network forward runs (models/backends)
 
 
 def build_model(spec: ModelSpec, factories: Mapping[str, str | Factory] | None = None) -> ClinicalModel:
-    """Verify weights, build the model and warm it; `ModelUnavailable` says why it cannot be."""
+    """Verify weights, build the model, open its backend and warm it; `ModelUnavailable` says why not.
+
+    A remote backend that does not answer the warm-up leaves the model loaded (logged): its jobs
+    then fail with their reason, visibly, instead of its routes being switched off at start-up.
+    """
     table: dict[str, str | Factory] = {**FACTORIES, **(factories or {})}
     target = table.get(spec.model_id)
     if target is None:
@@ -134,7 +150,19 @@ def build_model(spec: ModelSpec, factories: Mapping[str, str | Factory] | None =
     model = factory(weights=spec.weights, options=dict(spec.options))
     if not isinstance(model, ClinicalModel):
         raise ModelUnavailable(f"factory for {spec.model_id!r} did not return a ClinicalModel")
+    if not isinstance(spec.backend, InProcessConfig):
+        if not isinstance(model, SwappableForward):
+            raise ModelUnavailable(f"model {spec.model_id!r} runs in process only, not on {spec.backend.kind}")
+        try:
+            model.use_backend(open_backend(spec.backend, model.tensor_signature()))
+        except BackendUnavailable as exc:
+            raise ModelUnavailable(f"{spec.backend.kind} backend for {spec.model_id!r}: {exc}") from exc
     warm = getattr(model, "warm_up", None)
     if callable(warm):
-        warm()
+        try:
+            warm()
+        except BackendError as exc:
+            if isinstance(spec.backend, InProcessConfig):
+                raise
+            log.warning("model_warm_up_failed", model=spec.model_id, backend=spec.backend.kind, reason=str(exc)[:300])
     return model

@@ -10,6 +10,10 @@ command -v Orthanc >/dev/null || need+=(orthanc)
 command -v dciodvfy >/dev/null || need+=(dicom3tools)
 [ -x /usr/bin/chromium ] || need+=(chromium)          # the dashboard's browser test
 command -v docker-compose >/dev/null || need+=(docker-compose)  # validates docker-compose.yml
+# Opt-in: SIDECAR_WITH_POSTGRES=1 also installs PostgreSQL and psycopg, so the journal suite and
+# tests/integration/test_shared_journal.py run on PostgreSQL too (they skip, saying why, without).
+WITH_PG=${SIDECAR_WITH_POSTGRES:-0}
+if [ "$WITH_PG" = 1 ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then need+=(postgresql); fi
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
@@ -19,8 +23,9 @@ fi
 # so it is left alone.
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+extras=dev; [ "$WITH_PG" = 1 ] && extras=dev,postgres
+stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)-$extras
 if [ ! -f "$stamp" ]; then
-  .venv/bin/pip install -q --disable-pip-version-check torch==2.13.0 -e '.[dev]'
+  .venv/bin/pip install -q --disable-pip-version-check torch==2.13.0 -e ".[$extras]"
   touch "$stamp"
 fi

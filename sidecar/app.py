@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,7 +87,7 @@ class Sidecar:
         self.settings = settings
         self.seams = seams or Seams()
         svc = settings.service
-        self.journal = Journal(svc.journal, clock=self.seams.clock)
+        self.journal = Journal(svc.journal, clock=self.seams.clock, node=svc.node, lease_s=svc.journal_lease_s)
         self.metrics = Metrics(self.journal, [d.name for d in svc.destinations])
         self.hub = EventHub()
         self.feed = LiveFeed(self.hub, self.metrics)
@@ -121,6 +121,8 @@ class Sidecar:
             torch_threads=svc.worker.torch_threads, max_batch=svc.worker.max_batch, observer=self.feed,
         )
         self.timers = self.seams.timers or SchedulerTimers(self.scheduler, self.seams.clock)
+        if self.journal.shared:  # another node may have received instances since a timer was armed
+            self.timers = QuietGuard(self.timers, self.journal, {r.name: r.quiet_s for r in settings.routes})
         self.assembler = SeriesAssembler(
             self.journal, settings.routes, self.predicates,
             {m: model.card.version for m, model in self.models.items()}, self.timers,
@@ -155,7 +157,8 @@ class Sidecar:
 
     def start(self) -> None:
         requeued = self.journal.recover()
-        swept = self.spool.sweep_partials()
+        # A shared spool holds other nodes' writes in flight: their partial files are not ours to sweep.
+        swept = 0 if self.journal.shared else self.spool.sweep_partials()
         reconciled = self._reconcile_spool()
         log.info("sidecar_starting", requeued_jobs=requeued, partial_files_removed=swept,
                  spool_files_rerecorded=reconciled,
@@ -164,10 +167,14 @@ class Sidecar:
             self.web.start()  # first: /healthz answers, /readyz says "not yet" until the listener binds
         self.sender.start()
         self.worker.start()
+        self.journal.on_remote_work(jobs=self.worker.notify, results=self.sender.notify)
         self.assembler.start()
         self.scheduler.start()
         self.scheduler.add_job(self._retention_sweep, "interval", seconds=60, id="retention",
                                replace_existing=True)
+        if self.journal.shared:
+            self.scheduler.add_job(self._adopt_orphans, "interval", id="orphans", replace_existing=True,
+                                   seconds=max(1.0, self.settings.service.journal_lease_s / 2))
         self.assembler.recover()
         self.listener.start()
         self._started = True
@@ -254,3 +261,51 @@ class Sidecar:
         if n:
             log.info("spool_retention_sweep", removed=n)
         return n
+
+    def _adopt_orphans(self) -> int:
+        """Shared journal: complete the series a node stopped receiving when it died.
+
+        Its quiet timer died with it. A series still receiving a lease past its route's quiet
+        time has no live owner; `complete` is conditional in the journal, so when nodes race, one wins.
+        """
+        now = self.seams.clock()
+        grace = self.settings.service.journal_lease_s
+        quiet = {r.name: r.quiet_s for r in self.settings.routes}
+        n = 0
+        for series in self.journal.series_in_state("receiving"):
+            quiet_s = quiet.get(series.route or "")
+            if quiet_s is not None and now - series.last_received > quiet_s + grace:
+                self.assembler.complete(series.series_uid, "quiet time elapsed (adopted from a stopped node)")
+                n += 1
+        if n:
+            log.info("orphan_series_adopted", n=n)
+        return n
+
+
+class QuietGuard:
+    """Timers for a shared journal: a quiet timer that fires while the series is still receiving
+    (another node recorded an instance since it was armed) re-arms for the rest of the quiet time."""
+
+    def __init__(self, inner: Timers, journal: Journal, quiet_s: Mapping[str, float]) -> None:
+        self._inner = inner
+        self._journal = journal
+        self._quiet_s = dict(quiet_s)
+
+    def arm(self, key: str, delay_s: float, fn: Callable[[], None]) -> None:
+        def guarded() -> None:
+            row = self._journal.series(key)
+            quiet = self._quiet_s.get(row.route or "") if row is not None else None
+            if row is not None and row.state == "receiving" and quiet is not None:
+                left = quiet - (self._inner.now() - row.last_received)
+                if left > 0.01:
+                    self._inner.arm(key, left, guarded)
+                    return
+            fn()
+
+        self._inner.arm(key, delay_s, guarded)
+
+    def cancel(self, key: str) -> None:
+        self._inner.cancel(key)
+
+    def now(self) -> float:
+        return self._inner.now()

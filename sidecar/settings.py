@@ -4,18 +4,19 @@ This is the only module that reads configuration. Everything is validated once a
 an error names the file, the key and what was expected (`ConfigError`).
 
 Environment overrides (scalars only): SIDECAR_AE_TITLE, SIDECAR_PORT, SIDECAR_BIND_HOST,
-SIDECAR_DATA_DIR, SIDECAR_LOG_LEVEL, SIDECAR_JOURNAL_URL.
+SIDECAR_DATA_DIR, SIDECAR_LOG_LEVEL, SIDECAR_JOURNAL_URL, SIDECAR_NODE_NAME.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from sidecar.errors import ConfigError
 from sidecar.routing.rules import Route
@@ -209,7 +210,9 @@ class ServiceSettings(_Strict):
     bind_host: str = "127.0.0.1"
     port: int = Field(default=11112, gt=0, lt=65536)
     data_dir: Path = Path("var")
-    journal_url: str | None = None  # default sqlite:///<data_dir>/journal.sqlite
+    journal_url: str | None = None  # default sqlite:///<data_dir>/journal.sqlite; or postgresql://... (shared)
+    journal_lease_s: float = Field(default=30.0, gt=0)  # a dead node's claims pass to others after this
+    node_name: str | None = Field(default=None, min_length=1)  # names this sidecar's claims; default host:port
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
     limits: Limits = Limits()
@@ -224,6 +227,11 @@ class ServiceSettings(_Strict):
     @property
     def journal(self) -> str:
         return self.journal_url or f"sqlite:///{self.data_dir / 'journal.sqlite'}"
+
+    @property
+    def node(self) -> str:
+        """This sidecar's name in journal claims: stable across restarts, unique among the nodes."""
+        return self.node_name or f"{socket.gethostname()}:{self.port}"
 
     @property
     def spool_dir(self) -> Path:
@@ -248,14 +256,86 @@ class RoutesFile(_Strict):
     routes: list[Route] = []
 
 
+class InProcessBackendEntry(_Strict):
+    """The model's torch module in the sidecar's process (the default)."""
+
+    kind: Literal["inprocess"] = "inprocess"
+
+    def to_config(self, config_dir: Path) -> Any:
+        from models.backends import InProcessConfig
+
+        return InProcessConfig()
+
+
+class OnnxRuntimeBackendEntry(_Strict):
+    """An ONNX file from `python -m train <model> export --format onnx`, run by onnxruntime
+    in process (`pip install .[onnx]`)."""
+
+    kind: Literal["onnxruntime"]
+    model_file: Path  # relative paths are relative to the config folder
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    threads: int = Field(default=0, ge=0)  # onnxruntime intra-op threads; 0: its default
+
+    def to_config(self, config_dir: Path) -> Any:
+        from models.backends import OnnxRuntimeConfig
+
+        path = self.model_file if self.model_file.is_absolute() else config_dir / self.model_file
+        return OnnxRuntimeConfig(model_file=path, sha256=self.sha256, threads=self.threads)
+
+
+class TritonBackendEntry(_Strict):
+    """Triton Inference Server endpoints over gRPC (`pip install .[triton]`): one try, one retry
+    on another endpoint, all within `deadline_ms`; `priority` 1 jumps Triton's batch queue."""
+
+    kind: Literal["triton"]
+    endpoints: list[str] = Field(min_length=1)  # host:port of Triton's gRPC port (8001)
+    model_name: str | None = None  # the model's name in the Triton repository; default its id
+    deadline_ms: float = Field(default=500.0, gt=0)  # one forward, retry included
+    priority: int = Field(default=1, ge=1)  # Triton priority level; 1 is the highest
+    max_batch_size: int = Field(default=16, ge=1)  # the repository's max_batch_size
+    input_name: str | None = None  # default: the model's own (TorchScript exports use "<name>__0")
+    output_name: str | None = None
+    cooldown_s: float = Field(default=5.0, ge=0)  # a failed endpoint is tried last this long
+
+    @field_validator("endpoints")
+    @classmethod
+    def _host_port(cls, v: list[str]) -> list[str]:
+        for endpoint in v:
+            host, sep, port = endpoint.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"endpoint {endpoint!r} is not host:port")
+        return v
+
+    def to_config(self, config_dir: Path) -> Any:
+        from models.backends import TritonConfig
+
+        return TritonConfig(endpoints=tuple(self.endpoints), model_name=self.model_name,
+                            deadline_ms=self.deadline_ms, priority=self.priority,
+                            max_batch_size=self.max_batch_size, input_name=self.input_name,
+                            output_name=self.output_name, cooldown_s=self.cooldown_s)
+
+
+Backend = Annotated[InProcessBackendEntry | OnnxRuntimeBackendEntry | TritonBackendEntry, Field(discriminator="kind")]
+
+
 class ModelEntry(_Strict):
-    """One model in conf/models.yaml."""
+    """One model in conf/models.yaml. `backend` is `inprocess` (the default; the bare word is
+    accepted) or a mapping with `kind: onnxruntime` or `kind: triton` and that backend's keys."""
 
     weights: Path | None = None  # relative paths are relative to the config folder
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
-    backend: Literal["inprocess"] = "inprocess"
+    backend: Backend = InProcessBackendEntry()
     enabled: bool = True
     options: dict[str, Any] = {}
+
+    @field_validator("backend", mode="before")
+    @classmethod
+    def _bare_kind(cls, v: Any) -> Any:
+        if v == "inprocess":
+            return {"kind": "inprocess"}
+        if isinstance(v, str):
+            raise ValueError(f"{v!r} needs its settings: a mapping with kind: {v} (see docs/configuration.md)")
+        return v
 
 
 class ModelsFile(_Strict):
@@ -272,6 +352,10 @@ class Settings(_Strict):
     routes: list[Route]
     models: dict[str, ModelEntry]
 
+    def model_backend(self, model_id: str) -> Any:
+        """The `models.backends` config of a model's backend (paths resolved against config_dir)."""
+        return self.models[model_id].backend.to_config(self.config_dir)
+
     def model_weights(self, model_id: str) -> Path | None:
         entry = self.models[model_id]
         if entry.weights is None:
@@ -286,6 +370,7 @@ _ENV = {
     "SIDECAR_DATA_DIR": "data_dir",
     "SIDECAR_LOG_LEVEL": "log_level",
     "SIDECAR_JOURNAL_URL": "journal_url",
+    "SIDECAR_NODE_NAME": "node_name",
 }
 
 #: Environment variables for nested keys: (section, key). The admin token is a secret: it comes

@@ -1,8 +1,9 @@
-"""`python -m train <model> fit|evaluate|card|manifest|demo-weights [options]`.
+"""`python -m train <model> fit|evaluate|card|manifest|demo-weights|export [options]`.
 
 Parses the command line into the typed requests of train.tasks and hands them to the model's
 registered task. Default folders: runs/<model>/fit (checkpoints, epochs.jsonl, phantoms),
-runs/<model>/evaluate (report), runs/<model>/card (model card).
+runs/<model>/evaluate (report), runs/<model>/card (model card), runs/<model>/export (exported
+network for onnxruntime / Triton).
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from models.backends import BackendError
 from train.common.manifest import KEYS, ManifestError, build_manifest
 from train.tasks import (
     CardRequest,
     DemoWeightsRequest,
     EvaluateRequest,
+    ExportRequest,
     FitRequest,
     TaskSpec,
     load_tasks,
@@ -113,6 +116,29 @@ def build_parser(tasks: dict[str, TaskSpec]) -> argparse.ArgumentParser:
     dw.add_argument("--work-dir", type=Path,
                     help="folder for phantoms and checkpoints (default: runs/<model>/demo)")
     dw.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+
+    ex = sub.add_parser("export", help="export the network for onnxruntime or Triton, checked against torch",
+                        description="Export the network forward (pre/post-processing stay in models/) "
+                                    "as ONNX or TorchScript, optionally into a Triton model repository "
+                                    "with dynamic batching and priority queues; the export is refused "
+                                    "when it disagrees with the in-process model.")
+    ex.add_argument("--format", choices=("onnx", "torchscript"), default="onnx",
+                    help="onnx (onnxruntime and Triton's onnxruntime backend) or torchscript "
+                         "(Triton's pytorch_libtorch) (default onnx)")
+    ex.add_argument("--checkpoint", type=Path, help="weights to export (default: the bundled weights)")
+    ex.add_argument("--out", type=Path, help="folder for the exported file (default: runs/<model>/export)")
+    ex.add_argument("--triton-repo", type=Path, help="also write a Triton model repository here")
+    ex.add_argument("--max-batch-size", type=int, default=16, help="Triton max_batch_size (default 16)")
+    ex.add_argument("--preferred-batch-sizes", type=int, nargs="+", default=[4, 8, 16],
+                    help="dynamic batcher's preferred batch sizes (default 4 8 16)")
+    ex.add_argument("--max-queue-delay-us", type=int, default=2000,
+                    help="dynamic batcher's max queue delay, microseconds (default 2000)")
+    ex.add_argument("--alert-queue-timeout-ms", type=int, default=500,
+                    help="queue timeout of priority level 1, streaming alerts (default 500)")
+    ex.add_argument("--default-queue-timeout-ms", type=int, default=5000,
+                    help="queue timeout of the default priority level (default 5000)")
+    ex.add_argument("--tolerance", type=float, default=1e-4,
+                    help="largest accepted output difference from torch (default 1e-4)")
     return parser
 
 
@@ -159,6 +185,18 @@ def run(spec: TaskSpec, args: argparse.Namespace) -> str:
         out = spec.demo_weights(DemoWeightsRequest(
             work_dir=args.work_dir or base / "demo", out_path=args.out, seed=args.seed))
         return f"demo weights written to {out} (NOT FOR CLINICAL USE)"
+    if args.command == "export":
+        if spec.export is None:
+            raise ValueError(f"model {spec.name} runs in process only: its task offers no export")
+        result = spec.export(ExportRequest(
+            format=args.format, out_dir=args.out or base / "export", checkpoint=args.checkpoint,
+            triton_repo=args.triton_repo, max_batch_size=args.max_batch_size,
+            preferred_batch_sizes=tuple(args.preferred_batch_sizes), max_queue_delay_us=args.max_queue_delay_us,
+            alert_queue_timeout_ms=args.alert_queue_timeout_ms,
+            default_queue_timeout_ms=args.default_queue_timeout_ms, tolerance=args.tolerance))
+        where = f"; Triton model {result.triton_model_dir}" if result.triton_model_dir else ""
+        return (f"{args.format} written to {result.model_file}{where}; max |torch - export| "
+                f"{result.max_abs_diff:.2e}; tensors {result.input_name} -> {result.output_name}")
     raise AssertionError(f"unhandled command {args.command!r}")
 
 
@@ -170,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(levelname)s %(name)s %(message)s")
     try:
         print(run(tasks[args.model], args))
-    except (ManifestError, FileNotFoundError, ValueError) as exc:
+    except (ManifestError, FileNotFoundError, ValueError, BackendError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -8,6 +8,8 @@ from the command line by train.cli) and writes into the folders they name:
     evaluate      EvaluateRequest -> Path (metrics.json, report.md, PNGs in out_dir)
     card          CardRequest -> Path (card.md, card.yaml in out_dir)
     demo-weights  DemoWeightsRequest -> Path (the bundled weights file, rebuilt from phantoms)
+    export        ExportRequest -> ExportResult (ONNX or TorchScript file, a Triton repository);
+                  optional: only tasks whose model adopted models/backends offer it
 
 Without `--manifest`, fit and evaluate use the task's own seeded phantom data.
 """
@@ -18,6 +20,7 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from train.common.manifest import Key
 from train.common.trainer import FitConfig, FitResult
@@ -71,6 +74,33 @@ class DemoWeightsRequest:
 
 
 @dataclass(frozen=True)
+class ExportRequest:
+    """Export a checkpoint's network forward for onnxruntime or Triton, checked against torch."""
+
+    format: Literal["onnx", "torchscript"]
+    out_dir: Path  # the exported file (<model>.onnx or <model>.pt) for in-process backends
+    checkpoint: Path | None = None  # None: the task's bundled weights
+    triton_repo: Path | None = None  # also write <repo>/<model>/config.pbtxt and 1/model.*
+    max_batch_size: int = 16
+    preferred_batch_sizes: tuple[int, ...] = (4, 8, 16)
+    max_queue_delay_us: int = 2000
+    alert_queue_timeout_ms: int = 500  # Triton queue timeout of priority level 1 (streaming alerts)
+    default_queue_timeout_ms: int = 5000
+    tolerance: float = 1e-4  # largest accepted |torch - export| on the check inputs (logits)
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What an export wrote and how far it was from the in-process model."""
+
+    model_file: Path
+    triton_model_dir: Path | None
+    max_abs_diff: float
+    input_name: str  # in the Triton repository (TorchScript: "<name>__0")
+    output_name: str
+
+
+@dataclass(frozen=True)
 class TaskSpec:
     """One trainable model as the CLI sees it."""
 
@@ -82,6 +112,7 @@ class TaskSpec:
     demo_weights: Callable[[DemoWeightsRequest], Path]
     default_config: FitConfig = field(default_factory=FitConfig)
     manifest_key: Key = "sop_instance_uid"  # the label CSV key `manifest` defaults to
+    export: Callable[[ExportRequest], ExportResult] | None = None  # None: in-process only
 
 
 TASKS: dict[str, TaskSpec] = {}

@@ -8,6 +8,10 @@ settings, the same call training made.
 
 Options: ``threshold`` (float, overrides the checkpoint's), ``torch_threads`` (int),
 ``size`` (network size when no weights are given; default "b0").
+
+The network forward (slices (N, 1, S, S) -> logits (N,)) is the only part a backend replaces
+(`models.backends`): `prepare` and the sigmoid/threshold of `predict` stay here, so in-process
+torch, onnxruntime and Triton all see the same tensors.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import numpy as np
 import torch
 from pydicom import Dataset
 
+from models.backends import TensorBackend, TensorSignature
+from models.backends.inprocess import InProcessTorch
 from models.base import ModelCard
 from models.findings import Classification, Findings, ImageRef
 from models.lge_qa.labels import HIGH_CERTAINTY, LABELS, LOW_CERTAINTY
@@ -52,6 +58,9 @@ PUBLISHED: dict[str, float] = {
     "inter_expert_accuracy": 0.86,
 }
 FINDING_SITE = "left ventricle"
+#: tensor names of the network forward, in exported ONNX files and Triton model configurations
+INPUT_NAME = "slices"
+OUTPUT_NAME = "logits"
 
 
 class LgeQaError(ValueError):
@@ -86,6 +95,7 @@ class LgeQaModel:
         threshold: float,
     ) -> None:
         self.net = net.eval()
+        self.backend: TensorBackend = InProcessTorch(self.net)
         self.metadata = dict(metadata)
         self.threshold = float(threshold)
         self.config = TransformConfig(
@@ -117,10 +127,22 @@ class LgeQaModel:
             raise LgeQaError("no slices to prepare")
         return LgeQaBatch(torch.from_numpy(np.stack(tensors)), tuple(refs))
 
+    def tensor_signature(self) -> TensorSignature:
+        """The forward's input (1, S, S) and output (a scalar logit) per slice, and the card version."""
+        size = self.config.size
+        return TensorSignature(MODEL_ID, self.card.version, INPUT_NAME, (1, size, size), OUTPUT_NAME, ())
+
+    def use_backend(self, backend: TensorBackend) -> None:
+        """Run every later forward on `backend` (onnxruntime, Triton) instead of `self.net`."""
+        self.backend = backend
+
+    def logits(self, batch: LgeQaBatch) -> np.ndarray:
+        """The network forward on the configured backend: (N,) float32 low-certainty log-odds."""
+        return self.backend.run(batch.tensor.numpy())
+
     def probabilities(self, batch: LgeQaBatch) -> np.ndarray:
         """P(low certainty) per slice."""
-        with torch.inference_mode():
-            return torch.sigmoid(self.net(batch.tensor)).double().numpy()
+        return torch.sigmoid(torch.from_numpy(self.logits(batch))).double().numpy()
 
     def predict(self, batch: LgeQaBatch) -> Findings:
         """One Classification per slice (uncertain = p_low >= threshold) plus a batch summary."""
@@ -161,8 +183,7 @@ class LgeQaModel:
     def warm_up(self) -> None:
         """One forward pass on zeros, so the first real slice does not pay for allocation."""
         size = self.config.size
-        with torch.inference_mode():
-            self.net(torch.zeros(1, 1, size, size))
+        self.backend.run(np.zeros((1, 1, size, size), dtype=np.float32))
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

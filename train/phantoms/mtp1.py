@@ -201,7 +201,7 @@ def case_dataset(case: Mtp1Case, instance_number: int = 1) -> Dataset:
 
 
 def demo_series(seed: int = 0) -> list[Dataset]:
-    """One static dorsal MTP1 image with gout signs (double contour, tophus), for the demo."""
-    case = Mtp1Case(f"demo-{seed}", "PH-GTDEMO", "dorsal", "R", True, ("double_contour", "tophus"),
+    """One static dorsal MTP1 image with gout signs (effusion, erosion, tophus), for the demo."""
+    case = Mtp1Case(f"demo-{seed}", "PH-GTDEMO", "dorsal", "R", True, ("effusion", "erosion", "tophus"),
                     seed + 2000)
     return [case_dataset(case)]
