@@ -57,10 +57,11 @@ class PytritonServer:
 
     def __init__(self, python: Path, onnx_file: Path, *, model_name: str = "lge_qa", input_name: str = "slices",
                  output_name: str = "logits", max_batch_size: int = 16, delay_ms: float = 0.0,
-                 log_file: Path | None = None, start_timeout_s: float = 90.0) -> None:
+                 log_file: Path | None = None, start_timeout_s: float = 90.0, stop_grace_s: float = 3.0) -> None:
         self.grpc_port, self.http_port, self.metrics_port = free_port(), free_port(), free_port()
         self.endpoint = f"127.0.0.1:{self.grpc_port}"
         self.start_timeout_s = start_timeout_s
+        self.stop_grace_s = stop_grace_s  # after SIGTERM, before SIGKILL
         self.log_file = log_file
         self.command = [
             str(python), str(Path(__file__).resolve()), "--onnx", str(onnx_file), "--model-name", model_name,
@@ -94,16 +95,38 @@ class PytritonServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    @staticmethod
+    def _signal_group(group: int, sig: int) -> None:
+        try:
+            os.killpg(group, sig)
+        except ProcessLookupError:
+            return
+
+    @staticmethod
+    def _group_alive(group: int) -> bool:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
     def stop(self) -> None:
-        """SIGTERM this server's own process group (tritonserver and the model stubs), then SIGKILL."""
+        """SIGTERM this server's own process group (tritonserver and the model stubs); SIGKILL what
+        is left after `stop_grace_s` (a test server has nothing to save)."""
         proc = self.process
-        if proc is not None and proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
+        if proc is not None:
+            group = proc.pid  # start_new_session: the group holds tritonserver and its model stubs
+            self._signal_group(group, signal.SIGTERM)
+            deadline = time.monotonic() + self.stop_grace_s
+            while self._group_alive(group) and time.monotonic() < deadline:
+                proc.poll()  # reap the leader so it does not count as alive
+                time.sleep(0.1)
+            if self._group_alive(group):
+                self._signal_group(group, signal.SIGKILL)
             try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
         close = getattr(self._out, "close", None)
         if callable(close):
             close()
@@ -151,7 +174,8 @@ def serve(argv: list[str] | None = None) -> None:
                                               max_queue_size=256), 2: policy},
     )
     config = TritonConfig(grpc_address="127.0.0.1", grpc_port=args.grpc_port, http_address="127.0.0.1",
-                          http_port=args.http_port, metrics_port=args.metrics_port)
+                          http_port=args.http_port, metrics_address="127.0.0.1", metrics_port=args.metrics_port,
+                          exit_timeout_secs=2)
     with Triton(config=config) as triton:
         triton.bind(model_name=args.model_name, infer_func=infer,
                     inputs=[Tensor(name=args.input_name, dtype=np.float32, shape=shape)],

@@ -222,6 +222,19 @@ def _description(pattern: str, ds: Dataset, mask: _PhiMask) -> ConditionResult:
     return ConditionResult("description_regex", _regex_shown(pattern), actual, ok)
 
 
+def _description_excludes(pattern: str, ds: Dataset, mask: _PhiMask) -> ConditionResult:
+    """Neither SeriesDescription nor ProtocolName holds the pattern. Missing text has nothing to
+    exclude, so the condition holds; a malformed value fails closed."""
+    desc, proto = _text(ds, "SeriesDescription"), _text(ds, "ProtocolName")
+    malformed = isinstance(desc, _Malformed) or isinstance(proto, _Malformed)
+    ok = not malformed and not (_searched(pattern, desc) or _searched(pattern, proto))
+    if desc is None and proto is None:
+        actual = f"{MISSING} (nothing to exclude)"
+    else:
+        actual = f"SeriesDescription {_show(desc, mask)} / ProtocolName {_show(proto, mask)}"
+    return ConditionResult("description_excludes_regex", "not " + _regex_shown(pattern), actual, ok)
+
+
 def _image_type(match: Match, ds: Dataset) -> list[ConditionResult]:
     out: list[ConditionResult] = []
     vals = _values(ds, "ImageType")
@@ -302,6 +315,8 @@ def _conditions(
         out.append(_regex("protocol_name_regex", "ProtocolName", match.protocol_name_regex, ds, mask))
     if match.description_regex is not None:
         out.append(_description(match.description_regex, ds, mask))
+    if match.description_excludes_regex is not None:
+        out.append(_description_excludes(match.description_excludes_regex, ds, mask))
     out.extend(_image_type(match, ds))
     if match.sop_class_uid is not None:
         out.append(_sop_class(match.sop_class_uid, ds))

@@ -51,6 +51,7 @@ class Match(_Strict):
     series_description_regex: str | None = None
     protocol_name_regex: str | None = None
     description_regex: str | None = None  # SeriesDescription OR ProtocolName
+    description_excludes_regex: str | None = None  # in neither; holds when both are missing
     image_type_contains: list[str] | None = None  # all of these values in ImageType
     image_type_excludes: list[str] | None = None  # none of these values in ImageType
     sop_class_uid: list[str] | None = None
@@ -83,6 +84,7 @@ class Match(_Strict):
         "series_description_regex",
         "protocol_name_regex",
         "description_regex",
+        "description_excludes_regex",
         "manufacturer_regex",
     )
     @classmethod

@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from models.registry import load_predicates
 from pydantic import ValidationError
 from pydicom import Dataset
 from pydicom.dataelem import RawDataElement
@@ -421,19 +423,24 @@ class TestBundledRoutes:
         routes = load_settings(settings_dir, env={}).routes
         assert {r.model for r in routes} == {
             "lge_qa",
-            "us_synovitis",
+            "synovitis_sgs",
+            "synovitis_dgs",
+            "synovitis_spd",
+            "synovitis_dpd",
             "gout_mtp1",
             "breast_elastography",
             "hand_joints",
         }
         assert all(r.destinations == ["pacs"] for r in routes)
 
-    def test_only_model_predicates_are_unknown(self, settings_dir: Path) -> None:
-        """validate_routes only warns about the model predicates not yet registered."""
+    def test_every_predicate_the_rules_name_is_registered(self, settings_dir: Path) -> None:
+        """validate_routes warns about each model predicate when none is known, and about none
+        when the installed models' predicates are loaded."""
         routes = load_settings(settings_dir, env={}).routes
-        warnings = validate_routes(routes, set())
-        assert len(warnings) == 1 and "mr.is_lge_psir" in warnings[0]
-        assert validate_routes(routes, {"mr.is_lge_psir"}) == []
+        warnings = " ".join(validate_routes(routes, set()))
+        for name in ("mr.is_lge_psir", "us.has_doppler", "us.is_cine"):
+            assert name in warnings
+        assert validate_routes(routes, load_predicates().keys()) == []
 
     @pytest.mark.parametrize(
         ("attrs", "model"),
@@ -441,10 +448,15 @@ class TestBundledRoutes:
             ({"Modality": "MR", "SeriesDescription": "SAX PSIR"}, "lge_qa"),
             ({"Modality": "US", "SeriesDescription": "R MTP1 joint"}, "gout_mtp1"),
             ({"Modality": "US", "BodyPartExamined": "FOOT"}, "gout_mtp1"),
-            ({"Modality": "US", "SeriesDescription": "MCP synovitis"}, "us_synovitis"),
-            ({"Modality": "US", "BodyPartExamined": "WRIST"}, "us_synovitis"),
-            ({"Modality": "US", "BodyPartExamined": "BREAST"}, "breast_elastography"),
-            ({"Modality": "US", "ProtocolName": "Breast SWE"}, "breast_elastography"),
+            ({"Modality": "US", "SeriesDescription": "MCP synovitis"}, "synovitis_sgs"),
+            ({"Modality": "US", "BodyPartExamined": "WRIST"}, "synovitis_sgs"),
+            ({"Modality": "US", "BodyPartExamined": "BREAST", "ImageType": ["ORIGINAL", "PRIMARY"]},
+             "breast_elastography"),
+            ({"Modality": "US", "SeriesDescription": "Breast L 2 o'clock", "ImageType": ["ORIGINAL", "PRIMARY"]},
+             "breast_elastography"),
+            ({"Modality": "US", "BodyPartExamined": "BREAST", "ImageType": ["DERIVED", "SECONDARY"]}, None),
+            ({"Modality": "US", "ProtocolName": "Breast SWE"}, None),  # already an elastogram
+            ({"Modality": "US", "BodyPartExamined": "BREAST", "SeriesDescription": "Strain elasto"}, None),
             ({"Modality": "DX", "BodyPartExamined": "HAND"}, "hand_joints"),
             ({"Modality": "CR", "SeriesDescription": "Hands PA"}, "hand_joints"),
             ({"Modality": "MR", "SeriesDescription": "cine SAX"}, None),
@@ -456,5 +468,28 @@ class TestBundledRoutes:
     ) -> None:
         """Typical headers reach the intended model (MR PSIR only with its predicate true)."""
         routes = load_settings(settings_dir, env={}).routes
-        d = route(routes, make_ds(**attrs), calling_ae="CONSOLE", predicates={"mr.is_lge_psir": lambda ds: True})
+        predicates = {**load_predicates(), "mr.is_lge_psir": lambda ds: True}
+        d = route(routes, make_ds(**attrs), calling_ae="CONSOLE", predicates=predicates)
         assert d.model == model
+
+
+class TestDescriptionExcludes:
+    def _rule(self) -> Route:
+        return Route.model_validate({"name": "r", "model": "m", "match": {
+            "modality": ["US"], "description_excludes_regex": "elasto|swe"}})
+
+    def test_holds_when_neither_description_mentions_the_pattern(self) -> None:
+        """A plain B-mode description passes the exclusion."""
+        assert route([self._rule()], make_ds(Modality="US", SeriesDescription="Breast B-mode"),
+                     calling_ae=None, predicates={}).route is not None
+
+    def test_fails_when_protocol_name_mentions_the_pattern(self) -> None:
+        """An elastography protocol is excluded, whichever of the two tags names it."""
+        assert route([self._rule()], make_ds(Modality="US", ProtocolName="Breast SWE"),
+                     calling_ae=None, predicates={}).route is None
+
+    def test_holds_when_both_descriptions_are_missing(self) -> None:
+        """Missing text has nothing to exclude; explain says so."""
+        d = route([self._rule()], make_ds(Modality="US"), calling_ae=None, predicates={})
+        assert d.route is not None
+        assert "nothing to exclude" in explain(d, "x")
