@@ -3,7 +3,7 @@
 - `journal`: one vs two sidecar workers on a shared PostgreSQL journal (series per minute,
   scaling ratio). Below, "Journal part".
 - `backends`: time-to-alert p95 with the `inprocess`, `onnxruntime` and `triton` backends side by
-  side. Below, "Inference backends part" (written separately; this file leaves its place).
+  side. Below, "Inference backends part".
 
 Journal part. A throwaway PostgreSQL 15 cluster (durable: fsync on, as a site runs it) is started
 in a temporary folder on 127.0.0.1 (tests/helpers/postgres.py; as root it runs as the `postgres`
@@ -20,9 +20,12 @@ and the median of each is reported.
 
     python -m bench.scale [--part journal|backends|all] [--series 24] [--instances 4]
                           [--model-ms 500] [--clients 4] [--rounds 2]
+                          [--stream 40] [--interval-ms 100] [--deadline-ms 500] [--forward-n 200] [--threads 1]
 
 Needs PostgreSQL server binaries (Debian `postgresql`) and psycopg (`pip install .[postgres]`);
-without them the journal part says why and is skipped.
+without them the journal part says why and is skipped. The backends part needs `.[onnx]`,
+`.[triton]` and a Python that loads nvidia-pytriton (docs/scale-out.md); a backend that cannot run
+is left out of its table with the reason.
 """
 
 from __future__ import annotations
@@ -193,15 +196,200 @@ def journal_part(args: argparse.Namespace) -> None:
 
 # ================================================================================================
 # Inference backends part: time-to-alert p95, inprocess vs onnxruntime vs triton
-# (the backends engineer's section: replace `backends_part` below; keep `--part backends` working)
 # ================================================================================================
+#
+# The LGE model (bundled demo weights) behind each backend, in this process, with the real journal
+# (SQLite), the real worker and its alert fan-out. Slices of phantom PSIR stacks are "received" one
+# by one every --interval-ms (recorded in the journal, a streaming job queued, the worker woken: what
+# the listener does), and the route's threshold is set to 0.001 so every slice raises an alert (the
+# worst case: every slice pays the alert path). time-to-alert = Alert.raised_at - received_at, the
+# service's own time_to_alert metric: queue wait, reading the DICOM file, preprocessing, the forward
+# on the backend and the alert. Beside it, the forward alone: --forward-n single-slice calls to
+# each backend (p50/p95 per slice). Backends are interleaved within each round (inprocess,
+# onnxruntime, triton; then the next round), so load that hits a round hits each of them.
+#
+# Every backend computes on --threads threads (default 1: on two cores shared with other work, a
+# two-thread forward waits for its slower thread). onnxruntime: the ONNX export of the same weights
+# (`python -m train lge_qa export`), CPU provider. triton: a real `tritonserver` from
+# nvidia-pytriton on 127.0.0.1 serving that ONNX file through its Python callback path (the slowest
+# way to run Triton; NVIDIA's image runs the exported repository on its onnxruntime/TensorRT
+# backends instead), reached over gRPC asyncio with the sidecar's deadline and priority 1. It runs
+# on the same two CPU cores as the client. A backend whose optional install or server is missing is
+# reported with the reason and left out.
+
+
+def _backends_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("backends part")
+    g.add_argument("--stream", type=int, default=40, help="slices streamed per backend per round")
+    g.add_argument("--interval-ms", type=float, default=100.0, help="time between slice arrivals")
+    g.add_argument("--deadline-ms", type=float, default=500.0, help="Triton deadline per forward")
+    g.add_argument("--forward-n", type=int, default=200, help="single-slice forward calls per backend")
+    g.add_argument("--threads", type=int, default=1,
+                   help="compute threads of each backend (torch, onnxruntime, the Triton model's onnxruntime)")
+
+
+def _open_backend_models(work: Path, deadline_ms: float, threads: int,
+                         stack: Any) -> tuple[dict[str, Any], dict[str, str]]:
+    """{backend: LgeQaModel} for each backend that can run here, and {backend: why not} for the rest."""
+    from models.backends import BackendUnavailable, OnnxRuntimeConfig, TritonConfig
+    from models.lge_qa.wrapper import build
+    from models.registry import ModelSpec, ModelUnavailable, build_model
+
+    weights = Path(__file__).resolve().parents[1] / "models" / "lge_qa" / "weights" / "demo.pt"
+    options = {"threshold": 0.001, "torch_threads": threads}
+    models: dict[str, Any] = {"inprocess": build(weights, options)}
+    why: dict[str, str] = {}
+    try:
+        from models.backends.export import export_onnx
+
+        onnx_file = export_onnx(models["inprocess"].net, models["inprocess"].tensor_signature(), work / "lge_qa.onnx")
+        models["onnxruntime"] = build_model(ModelSpec("lge_qa", weights, None, options,
+                                                      OnnxRuntimeConfig(model_file=onnx_file, threads=threads)))
+    except (BackendUnavailable, ModelUnavailable) as exc:
+        why["onnxruntime"] = str(exc)
+        return models, {**why, "triton": "needs the ONNX export: " + str(exc)}
+    from models.backends.pytriton_serve import PytritonServer, triton_python
+
+    python, reason = triton_python()
+    try:
+        import tritonclient.grpc.aio  # noqa: F401 (the client the backend uses)
+    except ImportError:
+        reason = "tritonclient[grpc] is not installed (pip install '.[triton]')"
+    if python is None or reason:
+        why["triton"] = reason
+        return models, why
+    server = stack.enter_context(PytritonServer(python, onnx_file, threads=threads, log_file=work / "triton.log"))
+    model = build_model(ModelSpec("lge_qa", weights, None, options,
+                                  TritonConfig(endpoints=(server.endpoint,), deadline_ms=deadline_ms, priority=1)))
+    stack.callback(model.backend.close)
+    models["triton"] = model
+    return models, why
+
+
+def _forward_times(model: Any, x: Any, n: int) -> tuple[list[float], int]:
+    """(seconds per answered single-slice forward, failed forwards), after 10 warm-up calls."""
+    from models.backends import InferenceFailed
+
+    out, failed = [], 0
+    for i in range(n + 10):
+        t0 = time.perf_counter()
+        try:
+            model.backend.run(x)
+        except InferenceFailed:  # counted: a forward past its deadline is a result here
+            failed += i >= 10
+            continue
+        if i >= 10:
+            out.append(time.perf_counter() - t0)
+    return out, failed
+
+
+def _time_to_alert(model: Any, files: list[tuple[Any, Path]], work: Path, interval_s: float) -> tuple[list[float], int]:
+    """Stream `files` into a fresh journal and worker; (time-to-alert seconds per slice, failed jobs)."""
+    from sidecar.alerts.fanout import Alert, AlertFanout
+    from sidecar.journal import InstanceRecord, Journal
+    from sidecar.pipeline.worker import Worker
+    from sidecar.routing.rules import Route
+
+    alerts: list[Alert] = []
+    lock = threading.Lock()
+
+    class Collect:
+        def send(self, alert: Alert) -> None:
+            with lock:
+                alerts.append(alert)
+
+    journal = Journal(f"sqlite:///{work / 'journal.sqlite'}")
+    route = Route.model_validate({"name": "lge", "model": "lge_qa", "mode": "instance", "outputs": ["sr", "alert"],
+                                  "destinations": ["pacs"]})
+    worker = Worker(journal, {"lge_qa": model}, [route], work / "results", fanout=AlertFanout([Collect()]),
+                    poll_s=0.2, max_batch=16)
+    worker.start()
+    try:
+        for ds, path in files:
+            t_next = time.perf_counter() + interval_s
+            journal.record_instance(InstanceRecord(str(ds.SOPInstanceUID), str(ds.SOPClassUID),
+                                                   str(ds.SeriesInstanceUID), str(ds.StudyInstanceUID), "MR",
+                                                   str(path), path.stat().st_size))
+            journal.enqueue_job(series_uid=str(ds.SeriesInstanceUID), instance_uid=str(ds.SOPInstanceUID),
+                                model_id="lge_qa", model_version=model.card.version, revision=0, route="lge",
+                                priority=0)
+            worker.notify()
+            time.sleep(max(0.0, t_next - time.perf_counter()))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with lock:
+                n = len(alerts)
+            if n + len(journal.failed_jobs()) >= len(files):
+                break
+            time.sleep(0.02)
+    finally:
+        worker.stop()
+    with lock:
+        ttas = [a.raised_at - a.received_at for a in alerts
+                if a.received_at is not None and a.label != "ai_unavailable"]
+    return ttas, len(journal.failed_jobs())
 
 
 def backends_part(args: argparse.Namespace) -> None:
-    print("backends part: not in this file yet")
+    import contextlib
+    import logging
 
+    import numpy as np
+    import structlog
 
-# ================================================================================================
+    from train.phantoms.lge import demo_series
+
+    # the worker's per-job info lines would drown the table; warnings (endpoint failures) stay
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+
+    with tempfile.TemporaryDirectory(prefix="bench-backends-") as tmp, contextlib.ExitStack() as stack:
+        work = Path(tmp)
+        models, why = _open_backend_models(work, args.deadline_ms, args.threads, stack)
+        for name, reason in why.items():
+            print(f"backends part: {name} left out: {reason}")
+        datasets = [ds for seed in range(100, 100 + (args.stream + 7) // 8) for ds in demo_series(seed, 8)]
+        datasets = datasets[: args.stream]
+        (work / "in").mkdir()
+        files = []
+        for ds in datasets:
+            path = work / "in" / f"{ds.SOPInstanceUID}.dcm"
+            ds.save_as(path, enforce_file_format=True)
+            files.append((ds, path))
+        x = models["inprocess"].prepare(datasets[:1]).tensor.numpy()
+        forward: dict[str, list[float]] = {n: [] for n in models}
+        tta: dict[str, list[float]] = {n: [] for n in models}
+        failed: dict[str, int] = {n: 0 for n in models}
+        failed_fw: dict[str, int] = {n: 0 for n in models}
+        for r in range(args.rounds):
+            for name, model in models.items():
+                times, n_failed = _forward_times(model, x, args.forward_n)
+                forward[name] += times
+                failed_fw[name] += n_failed
+                times, n_failed = _time_to_alert(model, files, work / f"r{r}-{name}", args.interval_ms / 1000)
+                tta[name] += times
+                failed[name] += n_failed
+                print(f"  round {r + 1}, {name}: forward p50 {np.percentile(forward[name], 50) * 1000:.1f} ms;"
+                      f" time-to-alert p95 {np.percentile(times, 95) * 1000 if times else float('nan'):.1f} ms"
+                      f" ({len(times)} alerts, {n_failed} jobs failed)", flush=True)
+
+    def ms(values: list[float], q: float) -> str:
+        return f"{np.percentile(values, q) * 1000:.1f}" if values else "-"
+
+    print()
+    print(f"Backends: LGE demo model (tiny EfficientNetV2, 192² input), {args.stream} slices streamed every"
+          f" {args.interval_ms:.0f} ms x {args.rounds} rounds, every slice alerting; forward = one slice,"
+          f" {args.forward_n} calls x {args.rounds} rounds; {args.threads} compute thread(s) per backend;"
+          f" triton deadline {args.deadline_ms:.0f} ms, priority 1")
+    print("| backend | forward p50 ms | forward p95 ms | time-to-alert p50 ms | time-to-alert p95 ms |"
+          " failed (forwards / jobs) |")
+    print("|---|---|---|---|---|---|")
+    for name in ("inprocess", "onnxruntime", "triton"):
+        if name in models:
+            print(f"| {name} | {ms(forward[name], 50)} | {ms(forward[name], 95)} | {ms(tta[name], 50)} |"
+                  f" {ms(tta[name], 95)} | {failed_fw[name]} / {failed[name]} |")
+        else:
+            print(f"| {name} | - | - | - | - | left out: {why.get(name, '')[:60]} |")
+    print(machine_note())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -216,6 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--model-ms", type=float, default=500.0, help="inference time per series job")
     p.add_argument("--clients", type=int, default=4, help="concurrent storescu processes")
     p.add_argument("--rounds", type=int, default=2, help="alternating 1-node / 2-node rounds")
+    _backends_options(p)
     args = p.parse_args(argv)
     if args.part in ("journal", "all"):
         journal_part(args)

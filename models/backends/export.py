@@ -56,7 +56,8 @@ class TritonBatching:
 
     def __post_init__(self) -> None:
         if any(b < 1 or b > self.max_batch_size for b in self.preferred_batch_sizes):
-            raise ExportError(f"preferred batch sizes {self.preferred_batch_sizes} must lie in 1..{self.max_batch_size}")
+            raise ExportError(f"preferred batch sizes {self.preferred_batch_sizes} must lie in "
+                              f"1..{self.max_batch_size}")
         if not 1 <= self.default_priority_level <= self.priority_levels:
             raise ExportError("default_priority_level must be one of the priority levels")
 
@@ -80,10 +81,13 @@ def render_config(signature: TensorSignature, fmt: ExportFormat, batching: Trito
         output = f"    dims: {_dims(signature.output_shape)}\n"
     else:  # one scalar per item: the model's output is [batch]; Triton needs dims [1] reshaped to []
         output = "    dims: [ 1 ]\n    reshape: { shape: [ ] }\n"
+    def timeout_us(level: int) -> int:
+        return (batching.alert_queue_timeout_ms if level == 1 else batching.default_queue_timeout_ms) * 1000
+
     levels = "".join(
         f"  priority_queue_policy {{\n    key: {level}\n    value: {{\n"
         f"      timeout_action: REJECT\n"
-        f"      default_timeout_microseconds: {(batching.alert_queue_timeout_ms if level == 1 else batching.default_queue_timeout_ms) * 1000}\n"
+        f"      default_timeout_microseconds: {timeout_us(level)}\n"
         f"      allow_timeout_override: true\n      max_queue_size: {batching.max_queue_size}\n    }}\n  }}\n"
         for level in range(1, batching.priority_levels + 1)
     )

@@ -76,7 +76,8 @@ class OnnxRuntimeBackend:
             )
         fixed = tuple(d for d in inputs[sig.input_name][1:])
         if fixed != sig.input_shape:
-            raise BackendUnavailable(f"{path} takes {sig.input_name} of shape {fixed} per item, expected {sig.input_shape}")
+            raise BackendUnavailable(f"{path} takes {sig.input_name} of shape {fixed} per item, "
+                                     f"expected {sig.input_shape}")
 
     def run(self, inputs: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(inputs, dtype=np.float32)

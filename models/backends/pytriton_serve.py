@@ -56,7 +56,7 @@ class PytritonServer:
     """One `serve()` process on loopback ports; a context manager that waits until it is ready."""
 
     def __init__(self, python: Path, onnx_file: Path, *, model_name: str = "lge_qa", input_name: str = "slices",
-                 output_name: str = "logits", max_batch_size: int = 16, delay_ms: float = 0.0,
+                 output_name: str = "logits", max_batch_size: int = 16, delay_ms: float = 0.0, threads: int = 1,
                  log_file: Path | None = None, start_timeout_s: float = 90.0, stop_grace_s: float = 3.0) -> None:
         self.grpc_port, self.http_port, self.metrics_port = free_port(), free_port(), free_port()
         self.endpoint = f"127.0.0.1:{self.grpc_port}"
@@ -66,8 +66,8 @@ class PytritonServer:
         self.command = [
             str(python), str(Path(__file__).resolve()), "--onnx", str(onnx_file), "--model-name", model_name,
             "--input-name", input_name, "--output-name", output_name, "--max-batch-size", str(max_batch_size),
-            "--delay-ms", str(delay_ms), "--grpc-port", str(self.grpc_port), "--http-port", str(self.http_port),
-            "--metrics-port", str(self.metrics_port),
+            "--delay-ms", str(delay_ms), "--threads", str(threads), "--grpc-port", str(self.grpc_port),
+            "--http-port", str(self.http_port), "--metrics-port", str(self.metrics_port),
         ]
         self.model_name = model_name
         self.process: subprocess.Popen[bytes] | None = None
@@ -147,13 +147,14 @@ def serve(argv: list[str] | None = None) -> None:
     p.add_argument("--output-name", default="logits")
     p.add_argument("--max-batch-size", type=int, default=16)
     p.add_argument("--delay-ms", type=float, default=0.0, help="added to every execution (deadline tests)")
+    p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
     p.add_argument("--grpc-port", type=int, required=True)
     p.add_argument("--http-port", type=int, required=True)
     p.add_argument("--metrics-port", type=int, required=True)
     args = p.parse_args(argv)
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
+    options.intra_op_num_threads = args.threads
     session = ort.InferenceSession(args.onnx, options, providers=["CPUExecutionProvider"])
     shape = tuple(int(d) for d in session.get_inputs()[0].shape[1:])
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -52,18 +53,18 @@ class TestOnnxExport:
     ) -> None:
         """Triton's ModelConfig parses the file: names, shapes, preferred sizes, two levels, queue timeouts."""
         config = _parse(onnx_export[2])
-        c = config  # type: ignore[assignment]
-        assert c.name == "lge_qa" and c.platform == "onnxruntime_onnx" and c.max_batch_size == 16  # type: ignore[attr-defined]
-        [inp], [out] = c.input, c.output  # type: ignore[attr-defined]
+        c: Any = config
+        assert c.name == "lge_qa" and c.platform == "onnxruntime_onnx" and c.max_batch_size == 16
+        [inp], [out] = c.input, c.output
         assert (inp.name, list(inp.dims)) == ("slices", [1, 192, 192])
         assert (out.name, list(out.dims), list(out.reshape.shape)) == ("logits", [1], [])
-        db = c.dynamic_batching  # type: ignore[attr-defined]
+        db = c.dynamic_batching
         assert list(db.preferred_batch_size) == [4, 8, 16] and db.max_queue_delay_microseconds == 2000
         assert db.priority_levels == 2 and db.default_priority_level == 2
         assert db.priority_queue_policy[1].default_timeout_microseconds == 500_000
         assert db.default_queue_policy.default_timeout_microseconds == 5_000_000
         assert db.default_queue_policy.allow_timeout_override
-        assert c.parameters["model_version"].string_value == build(DEMO).card.version  # type: ignore[attr-defined]
+        assert c.parameters["model_version"].string_value == build(DEMO).card.version
 
     def test_onnx_file_agrees_with_the_inprocess_model(self, onnx_export: tuple[Path, Path, str]) -> None:
         """onnxruntime on the exported file gives torch's logits within 1e-4 on phantom slices."""
