@@ -9,7 +9,6 @@ TCP_NODELAY=1 in their environment.
 from __future__ import annotations
 
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from typing import Any
 from tests.helpers.dcmtk import _require, echoscu
 from tests.helpers.dicom_factory import fake_uid, make_mr
 from tests.helpers.ports import free_port, nodelay_env
+from tests.helpers.processes import read_tail, stop_by_pid, wait_until_ready
 
 HOST = "127.0.0.1"
 REPO = Path(__file__).resolve().parent.parent
@@ -66,32 +66,17 @@ class Child:
             os.kill(self.proc.pid, sig)
 
     def stop(self, grace_s: float = 10.0) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(grace_s)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(grace_s)
+        stop_by_pid(self.proc, grace_s, kill_wait_s=grace_s)
         self._log.close()
 
     def log_tail(self, n: int = 3000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-n:]
-        except OSError:
-            return ""
+        return read_tail(self.log_path, n)
 
 
 def wait_echo(child: Child, port: int, called_aet: str, timeout_s: float = 60.0) -> None:
     """Wait until the peer answers C-ECHO (dcmtk echoscu)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if child.proc.poll() is not None:
-            raise RuntimeError(f"{child.name} exited with {child.proc.returncode}:\n{child.log_tail()}")
-        if echoscu(port, called_aet=called_aet).returncode == 0:
-            return
-        time.sleep(0.1)
-    raise RuntimeError(f"{child.name} did not answer C-ECHO within {timeout_s} s:\n{child.log_tail()}")
+    wait_until_ready(child.proc, lambda: echoscu(port, called_aet=called_aet).returncode == 0, name=child.name,
+                     timeout_s=timeout_s, log_tail=child.log_tail, poll_s=0.1)
 
 
 def cpu_seconds(pid: int) -> float:

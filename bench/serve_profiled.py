@@ -115,7 +115,7 @@ def main(argv: list[str]) -> int:
     if phases_out:
         _install_phase_timers()
 
-    from sidecar.app import Seams, Sidecar
+    from sidecar.app import Seams, Sidecar, serve_until_signalled
     from sidecar.logging import configure_logging
     from sidecar.settings import load_settings
     from tests.helpers.models import FACTORIES
@@ -124,20 +124,14 @@ def main(argv: list[str]) -> int:
     configure_logging(settings.service.log_level, settings.service.log_format)
     app = Sidecar(settings, Seams(factories=FACTORIES))
 
-    def _stop(signum: int, frame: FrameType | None) -> None:
-        app.stop()
-
     def _reset(signum: int, frame: FrameType | None) -> None:
         with _lock:
             _phases.clear()
 
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGUSR1, _reset)
     if profile_out:
         _install_thread_profiler()
-    app.start()
-    app.wait()
+    serve_until_signalled(app)  # SIGTERM/SIGINT stop it
     if phases_out:
         with _lock:
             Path(phases_out).write_text(json.dumps(_phases))

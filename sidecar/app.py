@@ -8,11 +8,13 @@ listener last, so nothing is acknowledged before everything behind it runs. Stop
 
 from __future__ import annotations
 
+import signal
 import threading
 from pathlib import Path
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import Any
 
 import pydicom
@@ -72,7 +74,8 @@ def load_models(settings: Settings, routes: list[Route], factories: Mapping[str,
         if not entry.enabled:
             unavailable[model_id] = "disabled in models.yaml"
             continue
-        spec = ModelSpec(model_id, settings.model_weights(model_id), entry.sha256, entry.options)
+        spec = ModelSpec(model_id, settings.model_weights(model_id), entry.sha256, entry.options,
+                         settings.model_backend(model_id))
         try:
             models[model_id] = build_model(spec, factories)
         except ModelUnavailable as exc:
@@ -280,6 +283,22 @@ class Sidecar:
         if n:
             log.info("orphan_series_adopted", n=n)
         return n
+
+
+def serve_until_signalled(app: Sidecar) -> None:
+    """Start `app`, stop it cleanly on SIGTERM or SIGINT, and return once it has stopped.
+
+    For a process's main thread (`sidecar serve` and the test and bench entry points): the
+    handlers only call `app.stop()`, which sets the event `app.wait()` is blocked on.
+    """
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        app.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    app.start()
+    app.wait()
 
 
 class QuietGuard:

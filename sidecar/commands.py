@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import signal
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from types import FrameType
 
 import pydicom
 from pydicom.errors import InvalidDicomError
 
 from models.registry import load_predicate_explainers, load_predicates
-from sidecar.app import Sidecar, load_models
+from sidecar.app import Sidecar, load_models, serve_until_signalled
 from sidecar.assembly.assembler import SeriesAssembler
 from sidecar.assembly.timers import FakeTimers
 from sidecar.journal import Journal
@@ -25,15 +23,7 @@ from sidecar.settings import load_settings
 def serve(config_dir: Path) -> int:
     settings = load_settings(config_dir)
     configure_logging(settings.service.log_level, settings.service.log_format)
-    app = Sidecar(settings)
-
-    def _stop(signum: int, frame: FrameType | None) -> None:
-        app.stop()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    app.start()
-    app.wait()
+    serve_until_signalled(Sidecar(settings))
     return 0
 
 

@@ -9,7 +9,6 @@ mean nothing clinically.
 from __future__ import annotations
 
 import csv
-import hashlib
 import shutil
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from train.common.manifest import Manifest, ManifestRow, build_manifest
 from train.common.reports import write_report
 from train.common.seeding import seed_everything, torch_generator
 from train.common.splits import patient_split
+from train.common.weights import sha256_of
 from train.common.trainer import FitConfig, FitResult
 from train.phantoms import dicom_writer, toolkit
 from train.tasks import (
@@ -157,10 +157,6 @@ def evaluate(request: EvaluateRequest) -> Path:
     return request.out_dir
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def card(request: CardRequest) -> Path:
     """Write card.md and card.yaml from the evaluation's metrics.json."""
     write_model_card(
@@ -172,7 +168,7 @@ def card(request: CardRequest) -> Path:
                       "patient, patient-level 60/20/20 split.",
         metrics=request.evaluation_dir / "metrics.json",
         limits=["Synthetic shapes only", "Not a clinical task"],
-        weights_sha256=_sha256(request.checkpoint))
+        weights_sha256=sha256_of(request.checkpoint))
     return request.out_dir
 
 

@@ -27,6 +27,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import BinaryIO
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,6 +44,10 @@ def triton_python() -> tuple[Path | None, str]:
     if probe.returncode != 0:
         return None, f"{candidate} cannot import pytriton and onnxruntime: {probe.stderr.strip()[-200:]}"
     return candidate, ""
+
+
+class TritonStartError(RuntimeError):
+    """The pytriton process exited or was not ready in time; the message ends with its log."""
 
 
 def free_port() -> int:
@@ -71,18 +76,18 @@ class PytritonServer:
         ]
         self.model_name = model_name
         self.process: subprocess.Popen[bytes] | None = None
-        self._out: object = subprocess.DEVNULL
+        self._out: BinaryIO | int = subprocess.DEVNULL
 
     def __enter__(self) -> PytritonServer:
-        out = open(self.log_file, "wb") if self.log_file else subprocess.DEVNULL  # noqa: SIM115 (closed in stop)
-        self._out = out
-        self.process = subprocess.Popen(self.command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        self._out = open(self.log_file, "wb") if self.log_file else subprocess.DEVNULL  # noqa: SIM115 (closed in stop)
+        self.process = subprocess.Popen(self.command, stdout=self._out, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + self.start_timeout_s
         url = f"http://127.0.0.1:{self.http_port}/v2/models/{self.model_name}/ready"
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 self.stop()
-                raise RuntimeError(f"pytriton exited with status {self.process.returncode} before it was ready")
+                raise TritonStartError(f"pytriton exited with status {self.process.returncode} before it was "
+                                       f"ready{self._log_tail()}")
             try:
                 with urllib.request.urlopen(url, timeout=1.0) as rsp:  # noqa: S310 (loopback)
                     if rsp.status == 200:
@@ -90,7 +95,12 @@ class PytritonServer:
             except OSError:
                 time.sleep(0.3)
         self.stop()
-        raise RuntimeError(f"pytriton was not ready within {self.start_timeout_s:.0f} s")
+        raise TritonStartError(f"pytriton was not ready within {self.start_timeout_s:.0f} s{self._log_tail()}")
+
+    def _log_tail(self) -> str:
+        if self.log_file is None or not self.log_file.exists():
+            return ""
+        return ": ..." + self.log_file.read_text(encoding="utf-8", errors="replace")[-300:]
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
@@ -127,9 +137,8 @@ class PytritonServer:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        close = getattr(self._out, "close", None)
-        if callable(close):
-            close()
+        if not isinstance(self._out, int):
+            self._out.close()
 
 
 def serve(argv: list[str] | None = None) -> None:

@@ -8,6 +8,12 @@ timeout equal to the time left, so a request that waited too long in the queue i
 rather than computed late. When no endpoint answers in time the pass raises `InferenceFailed`
 naming each endpoint and what it said: the worker fails the job with that reason.
 
+Before its first request to an endpoint the backend reads the model's configuration there: a
+`model_version` parameter (written by `python -m train <model> export`) that differs from the
+loaded weights' version refuses that endpoint (`VERSION_MISMATCH`), since its answers would be
+recorded under the wrong version. A server whose configuration has no such parameter (a
+repository not made by the export, pytriton) is accepted, with a warning.
+
 The worker is a thread; the gRPC client is asyncio. The backend owns one event loop on its own
 daemon thread and hands it each call (`tritonclient.http`, built on gevent, breaks across
 threads, so it is not used). The network calls go through `TritonTransport`, so tests can put a
@@ -66,6 +72,10 @@ class TritonTransport(Protocol):
         """The output tensor, or `EndpointFailed` (including when `timeout_s` passes)."""
         ...
 
+    async def served_version(self, endpoint: str, model_name: str, timeout_s: float) -> str | None:
+        """The `model_version` parameter of the model's configuration there; None when it has none."""
+        ...
+
     async def close(self) -> None:
         """Close every connection."""
         ...
@@ -117,6 +127,15 @@ class GrpcAioTransport:
             raise EndpointFailed(endpoint, "NO_OUTPUT", f"the answer has no {request.output_name!r}")
         return np.asarray(out)
 
+    async def served_version(self, endpoint: str, model_name: str, timeout_s: float) -> str | None:
+        try:
+            answer = await self._client(endpoint).get_model_config(model_name, as_json=True, client_timeout=timeout_s)
+        except self._server_error as exc:
+            status = str(exc.status() or "ERROR").removeprefix("StatusCode.")
+            raise EndpointFailed(endpoint, status, str(exc.message() or "")[:200]) from exc
+        parameter = answer.get("config", {}).get("parameters", {}).get("model_version", {})
+        return parameter.get("string_value") or None
+
     async def close(self) -> None:
         for client in self._clients.values():
             await client.close()
@@ -142,6 +161,7 @@ class TritonBackend:
         self._transport = transport if transport is not None else GrpcAioTransport()
         self._next = 0  # round-robin start, touched only on the loop thread
         self._failed_at: dict[str, float] = {}
+        self._checked: set[str] = set()  # endpoints whose served model version was read
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name=f"triton-{self.model_name}",
                                          daemon=True)
@@ -172,6 +192,21 @@ class TritonBackend:
 
     # -- on the backend's loop --------------------------------------------------------------
 
+    async def _attempt(self, endpoint: str, request: TritonRequest, budget: float) -> np.ndarray:
+        """Check the served version on first contact, then send the request (one budget for both)."""
+        if endpoint not in self._checked:
+            started = self._loop.time()
+            served = await self._transport.served_version(endpoint, self.model_name, budget)
+            if served is not None and served != self.signature.version:
+                raise EndpointFailed(endpoint, "VERSION_MISMATCH", f"serves {self.model_name} {served}; the "
+                                     f"loaded weights are {self.signature.version}")
+            if served is None:
+                log.warning("triton_model_version_unchecked", model=self.model_name, endpoint=endpoint,
+                            detail="the served configuration has no model_version parameter")
+            self._checked.add(endpoint)
+            budget -= self._loop.time() - started
+        return await self._transport.infer(endpoint, request, max(budget, 0.001))
+
     def _order(self) -> list[str]:
         """Endpoints round-robin, those that failed within `cooldown_s` last."""
         eps = list(self.config.endpoints)
@@ -201,7 +236,7 @@ class TritonBackend:
                 break
             budget = left / (len(attempts) - i)
             try:
-                out = await asyncio.wait_for(self._transport.infer(endpoint, request, budget), budget)
+                out = await asyncio.wait_for(self._attempt(endpoint, request, budget), budget)
             except EndpointFailed as exc:
                 failures.append(str(exc))
             except TimeoutError:

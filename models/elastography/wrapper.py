@@ -29,7 +29,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from pydicom import Dataset
 
-from models.base import ModelCard
+from models.checkpoint import apply_torch_threads, card_from_metadata, load_checkpoint, untrained_metadata
 from models.elastography import transforms as T
 from models.elastography.net import DEFAULT_CHANNELS, N_TSUKUBA, ElastographyGenerator
 from models.findings import Classification, Findings, GeneratedImage, ImageRef
@@ -138,17 +138,9 @@ class ElastographyModel:
         self.metadata = dict(metadata)
         self.size = int(metadata.get("input_size", T.SIZE))
         self.alpha = float(alpha)
-        self.card = ModelCard(
-            id=MODEL_ID,
-            version=str(metadata.get("version", "0+untrained")),
-            name=NAME,
-            manufacturer=MANUFACTURER,
-            intended_use=INTENDED_USE,
-            labels=LABELS,
-            not_for_clinical_use=bool(metadata.get("not_for_clinical_use", True)),
-            reference=REFERENCE,
-            published=dict(PUBLISHED),
-        )
+        self.card = card_from_metadata(
+            metadata, id=MODEL_ID, name=NAME, manufacturer=MANUFACTURER, intended_use=INTENDED_USE,
+            labels=LABELS, reference=REFERENCE, published=PUBLISHED)
 
     def prepare(self, datasets: Sequence[Dataset]) -> ElastographyBatch:
         """B-mode images -> one batch; elastography or Doppler images are left out (counted)."""
@@ -211,18 +203,6 @@ class ElastographyModel:
             self.net.forward_with_score(torch.zeros(1, 1, self.size, self.size))
 
 
-def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """(state_dict, metadata) from a checkpoint file; tensors only, no pickled code."""
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError) as exc:
-        raise ElastographyError(f"cannot read checkpoint {path}: {exc}") from exc
-    if not isinstance(blob, dict) or "state_dict" not in blob or "metadata" not in blob:
-        raise ElastographyError(f"{path} is not a breast_elastography checkpoint (state_dict + metadata)")
-    state = {k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()}
-    return state, dict(blob["metadata"])
-
-
 def network_from(metadata: Mapping[str, Any]) -> ElastographyGenerator:
     """The generator a checkpoint's metadata describes."""
     return ElastographyGenerator(tuple(metadata.get("channels", DEFAULT_CHANNELS)),
@@ -233,18 +213,17 @@ def network_from(metadata: Mapping[str, Any]) -> ElastographyGenerator:
 def build(weights: Path | None = None, options: Mapping[str, Any] | None = None) -> ElastographyModel:
     """The factory the registry calls: load `weights` (or an untrained net) and apply `options`."""
     opts = dict(options or {})
-    if "torch_threads" in opts:
-        torch.set_num_threads(int(opts["torch_threads"]))
+    apply_torch_threads(opts)
     if weights is not None:
-        state, metadata = load_checkpoint(Path(weights))
+        state, metadata = load_checkpoint(Path(weights), ElastographyError, "a breast_elastography checkpoint")
         net = network_from(metadata)
         try:
             net.load_state_dict(state)
         except RuntimeError as exc:
             raise ElastographyError(f"{weights}: weights do not fit the network in its metadata") from exc
     else:
-        metadata = {"version": "0+untrained", "not_for_clinical_use": True, "tsukuba": True,
-                    "input_size": int(opts.get("input_size", T.SIZE)), "channels": list(DEFAULT_CHANNELS)}
+        metadata = untrained_metadata(tsukuba=True, input_size=int(opts.get("input_size", T.SIZE)),
+                                      channels=list(DEFAULT_CHANNELS))
         torch.manual_seed(0)
         net = network_from(metadata)
     alpha = float(opts.get("alpha", 0.65))

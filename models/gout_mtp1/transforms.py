@@ -50,12 +50,3 @@ def view_of(ds: Dataset) -> str:
         if match:
             return match.group(1).lower()
     return "unknown"
-
-
-def laterality(ds: Dataset) -> str | None:
-    """"L" or "R" from ImageLaterality or Laterality, else None."""
-    for keyword in ("ImageLaterality", "Laterality"):
-        value = str(ds.get(keyword, "") or "").strip().upper()
-        if value in ("L", "R"):
-            return value
-    return None

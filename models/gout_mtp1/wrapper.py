@@ -20,10 +20,11 @@ import numpy as np
 import torch
 from pydicom import Dataset
 
-from models.base import ModelCard
+from models.checkpoint import apply_torch_threads, card_from_metadata, load_checkpoint, untrained_metadata
 from models.findings import Classification, Findings, ImageRef
 from models.gout_mtp1.net import GoutNet
-from models.gout_mtp1.transforms import GoutTransform, laterality, to_input, view_of
+from models.gout_mtp1.transforms import GoutTransform, to_input, view_of
+from models.us.headers import laterality
 
 MODEL_ID = "gout_mtp1"
 NORMAL, ABNORMAL = "normal", "abnormal"
@@ -69,11 +70,9 @@ class GoutModel:
         self.metadata = dict(metadata)
         self.threshold = float(threshold)
         self.config = GoutTransform(size=int(metadata.get("input_size", 128)))
-        self.card = ModelCard(
-            id=MODEL_ID, version=str(metadata.get("version", "0+untrained")), name=NAME,
-            manufacturer=MANUFACTURER, intended_use=INTENDED_USE, labels=LABELS,
-            not_for_clinical_use=bool(metadata.get("not_for_clinical_use", True)),
-            reference=REFERENCE, published=dict(PUBLISHED))
+        self.card = card_from_metadata(
+            metadata, id=MODEL_ID, name=NAME, manufacturer=MANUFACTURER, intended_use=INTENDED_USE,
+            labels=LABELS, reference=REFERENCE, published=PUBLISHED)
 
     def prepare(self, datasets: Sequence[Dataset]) -> GoutBatch:
         if not datasets:
@@ -113,24 +112,16 @@ class GoutModel:
 def build(weights: Path | None = None, options: Mapping[str, Any] | None = None) -> GoutModel:
     """The factory the registry calls."""
     opts = dict(options or {})
-    if "torch_threads" in opts:
-        torch.set_num_threads(int(opts["torch_threads"]))
+    apply_torch_threads(opts)
     if weights is not None:
-        try:
-            blob = torch.load(Path(weights), map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError) as exc:
-            raise GoutError(f"cannot read checkpoint {weights}: {exc}") from exc
-        if not isinstance(blob, dict) or "state_dict" not in blob or "metadata" not in blob:
-            raise GoutError(f"{weights} is not a gout_mtp1 checkpoint (state_dict + metadata)")
-        metadata = dict(blob["metadata"])
+        state, metadata = load_checkpoint(Path(weights), GoutError, "a gout_mtp1 checkpoint")
         net = GoutNet(str(metadata.get("size", "resnet50_quarter")))
         try:
-            net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()})
+            net.load_state_dict(state)
         except RuntimeError as exc:
             raise GoutError(f"{weights}: weights do not fit size {metadata.get('size')!r}") from exc
     else:
-        metadata = {"version": "0+untrained", "threshold": 0.5, "not_for_clinical_use": True,
-                    "size": str(opts.get("size", "resnet50_quarter"))}
+        metadata = untrained_metadata(threshold=0.5, size=str(opts.get("size", "resnet50_quarter")))
         net = GoutNet(metadata["size"])
     threshold = float(opts.get("threshold", metadata.get("threshold", 0.5)))
     if not 0.0 < threshold < 1.0:

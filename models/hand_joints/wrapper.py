@@ -30,13 +30,16 @@ import numpy as np
 import torch
 from pydicom import Dataset
 
-from models.base import ModelCard
+from models.checkpoint import (
+    apply_torch_threads, card_from_metadata, float_state, read_checkpoint, untrained_metadata,
+)
 from models.findings import Classification, Detection, Findings, ImageRef, Measurement
 from models.hand_joints import joints as J
 from models.hand_joints import transforms as T
 from models.hand_joints.net import DetectorConfig, JointGrader, build_detector
 
 MODEL_ID = "hand_joints"
+CHECKPOINT_KEYS: tuple[str, ...] = ("detector", "grader", "metadata")
 NAME = "Hand radiograph joint detection and grading (SHS narrowing, KL)"
 MANUFACTURER = "DICOM AI sidecar project"
 INTENDED_USE = (
@@ -167,11 +170,9 @@ class HandJointsModel:
         self.min_confidence = float(min_confidence)
         self.grid = int(metadata.get("grid", T.GRID))
         self.crop = int(metadata.get("crop", T.CROP))
-        self.card = ModelCard(
-            id=MODEL_ID, version=str(metadata.get("version", "0+untrained")), name=NAME,
-            manufacturer=MANUFACTURER, intended_use=INTENDED_USE, labels=LABELS,
-            not_for_clinical_use=bool(metadata.get("not_for_clinical_use", True)),
-            reference=REFERENCE, published=dict(PUBLISHED))
+        self.card = card_from_metadata(
+            metadata, id=MODEL_ID, name=NAME, manufacturer=MANUFACTURER, intended_use=INTENDED_USE,
+            labels=LABELS, reference=REFERENCE, published=PUBLISHED)
 
     # -- the analysis one radiograph gets (training's evaluation calls this too) -------------
 
@@ -290,17 +291,6 @@ def _hand_measurements(scheme: str, side: str, grades: Sequence[int], ref: Image
     return out
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """The checkpoint blob; tensors and plain values only, no pickled code."""
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError) as exc:
-        raise HandJointsError(f"cannot read checkpoint {path}: {exc}") from exc
-    if not isinstance(blob, dict) or not {"detector", "grader", "metadata"} <= set(blob):
-        raise HandJointsError(f"{path} is not a hand_joints checkpoint (detector, grader, metadata)")
-    return blob
-
-
 def build_nets(metadata: Mapping[str, Any]) -> tuple[torch.nn.Module, JointGrader]:
     """Fresh networks shaped as `metadata` says."""
     cfg = DetectorConfig(channels=tuple(metadata.get("channels", DetectorConfig.channels)),
@@ -312,19 +302,18 @@ def build_nets(metadata: Mapping[str, Any]) -> tuple[torch.nn.Module, JointGrade
 def build(weights: Path | None = None, options: Mapping[str, Any] | None = None) -> HandJointsModel:
     """The factory the registry calls: load `weights` (or untrained nets) and apply `options`."""
     opts = dict(options or {})
-    if "torch_threads" in opts:
-        torch.set_num_threads(int(opts["torch_threads"]))
+    apply_torch_threads(opts)
     if weights is not None:
-        blob = load_checkpoint(Path(weights))
+        blob = read_checkpoint(Path(weights), HandJointsError, "a hand_joints checkpoint", CHECKPOINT_KEYS)
         metadata = dict(blob["metadata"])
         detector, grader = build_nets(metadata)
         try:
-            detector.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in blob["detector"].items()})
-            grader.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in blob["grader"].items()})
+            detector.load_state_dict(float_state(blob["detector"]))
+            grader.load_state_dict(float_state(blob["grader"]))
         except RuntimeError as exc:
             raise HandJointsError(f"{weights}: weights do not fit the networks its metadata names") from exc
     else:
-        metadata = {"version": "0+untrained", "not_for_clinical_use": True}
+        metadata = untrained_metadata()
         detector, grader = build_nets(metadata)
     scheme = str(opts.get("scheme", "auto"))
     scheme_for(Dataset(), scheme)  # validates the option

@@ -98,12 +98,3 @@ def joint_site(ds: Dataset) -> str:
                 return f"{match.group(3).lower()} joint"
             return f"{_JOINT_NAMES[match.group(1).upper()]} {match.group(2)}"
     return _BODY_PART_SITES.get(str(ds.get("BodyPartExamined", "") or "").upper(), "joint")
-
-
-def laterality(ds: Dataset) -> str | None:
-    """"L" or "R" from ImageLaterality or Laterality, else None."""
-    for keyword in ("ImageLaterality", "Laterality"):
-        value = str(ds.get(keyword, "") or "").strip().upper()
-        if value in ("L", "R"):
-            return value
-    return None

@@ -22,10 +22,11 @@ import numpy as np
 import torch
 from pydicom import Dataset
 
-from models.base import ModelCard
+from models.checkpoint import apply_torch_threads, card_from_metadata, load_checkpoint, untrained_metadata
 from models.findings import Classification, Findings, ImageRef
 from models.synovitis.net import SynovitisNet
-from models.synovitis.transforms import VARIANTS, SynovitisTransform, joint_site, laterality, to_input
+from models.synovitis.transforms import VARIANTS, SynovitisTransform, joint_site, to_input
+from models.us.headers import laterality
 
 LABELS: tuple[str, ...] = ("grade_0", "grade_1", "grade_2", "grade_3")
 MANUFACTURER = "DICOM AI sidecar project"
@@ -85,12 +86,10 @@ class SynovitisModel:
         self.metadata = dict(metadata)
         self.config = SynovitisTransform(size=int(metadata.get("input_size", 128)),
                                          frames=int(metadata.get("frames", 8)))
-        self.card = ModelCard(
-            id=model_id(variant), version=str(metadata.get("version", "0+untrained")),
-            name=f"RA synovitis grade, {self.spec.name} ({self.spec.code}, ResNet)",
+        self.card = card_from_metadata(
+            metadata, id=model_id(variant), name=f"RA synovitis grade, {self.spec.name} ({self.spec.code}, ResNet)",
             manufacturer=MANUFACTURER, intended_use=intended_use(variant), labels=LABELS,
-            not_for_clinical_use=bool(metadata.get("not_for_clinical_use", True)),
-            reference=REFERENCE, published=dict(PUBLISHED[variant]))
+            reference=REFERENCE, published=PUBLISHED[variant])
 
     def prepare(self, datasets: Sequence[Dataset]) -> SynovitisBatch:
         """Each instance (still or cine) -> one input of this variant."""
@@ -133,28 +132,15 @@ class SynovitisModel:
             self.net(torch.zeros(shape))
 
 
-def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """(state_dict, metadata) from a checkpoint file; tensors only, no pickled code."""
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError) as exc:
-        raise SynovitisError(f"cannot read checkpoint {path}: {exc}") from exc
-    if not isinstance(blob, dict) or "state_dict" not in blob or "metadata" not in blob:
-        raise SynovitisError(f"{path} is not a synovitis checkpoint (state_dict + metadata)")
-    state = {k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()}
-    return state, dict(blob["metadata"])
-
-
 def build(variant: str, weights: Path | None = None, options: Mapping[str, Any] | None = None) -> SynovitisModel:
     """Load `weights` of `variant` (or an untrained net) and apply `options`."""
     if variant not in VARIANTS:
         raise SynovitisError(f"unknown variant {variant!r}")
     opts = dict(options or {})
-    if "torch_threads" in opts:
-        torch.set_num_threads(int(opts["torch_threads"]))
+    apply_torch_threads(opts)
     spec = VARIANTS[variant]
     if weights is not None:
-        state, metadata = load_checkpoint(Path(weights))
+        state, metadata = load_checkpoint(Path(weights), SynovitisError, "a synovitis checkpoint")
         if metadata.get("variant") != variant:
             raise SynovitisError(f"{weights} holds variant {metadata.get('variant')!r}, not {variant!r}")
         net = SynovitisNet(spec.channels, spec.cine, str(metadata.get("size", "demo")))
@@ -163,8 +149,7 @@ def build(variant: str, weights: Path | None = None, options: Mapping[str, Any] 
         except RuntimeError as exc:
             raise SynovitisError(f"{weights}: weights do not fit size {metadata.get('size')!r}") from exc
     else:
-        metadata = {"version": "0+untrained", "variant": variant, "not_for_clinical_use": True,
-                    "size": str(opts.get("size", "demo"))}
+        metadata = untrained_metadata(variant=variant, size=str(opts.get("size", "demo")))
         net = SynovitisNet(spec.channels, spec.cine, metadata["size"])
     return SynovitisModel(variant, net, metadata)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from types import TracebackType
 
 from tests.helpers.ports import free_port, nodelay_env
+from tests.helpers.processes import NotReady, read_tail, stop_by_pid, wait_until_ready
 
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 10.0
@@ -54,27 +55,21 @@ class StoreSCP:
                *self._extra, str(self.port)]
         with self._log.open("wb") as log:
             self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=nodelay_env())
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"storescp exited with {self._proc.returncode}: {self.log_text()}")
-            if echoscu(self.port, called_aet=self.ae_title).returncode == 0:
-                return self
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"storescp did not answer C-ECHO within {START_TIMEOUT_S} s: {self.log_text()}")
+        try:
+            wait_until_ready(self._proc, self.answers_echo, name="storescp", timeout_s=START_TIMEOUT_S,
+                             log_tail=self.log_text)
+        except NotReady:
+            self.stop()
+            raise
+        return self
+
+    def answers_echo(self) -> bool:
+        """The readiness probe: C-ECHO with dcmtk `echoscu` succeeds."""
+        return echoscu(self.port, called_aet=self.ae_title).returncode == 0
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(STOP_TIMEOUT_S)
+        stop_by_pid(proc, STOP_TIMEOUT_S, kill_wait_s=STOP_TIMEOUT_S)
 
     def files(self) -> list[Path]:
         """Received files (storescp names them <modality>.<SOP Instance UID>)."""
@@ -92,10 +87,7 @@ class StoreSCP:
             time.sleep(0.02)
 
     def log_text(self) -> str:
-        try:
-            return self._log.read_text(errors="replace")[-4000:]
-        except OSError:
-            return ""
+        return read_tail(self._log, 4000)
 
     def __enter__(self) -> StoreSCP:
         return self.start()

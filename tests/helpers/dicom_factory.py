@@ -9,6 +9,8 @@ with dciodvfy.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import numpy as np
 from pydicom import Dataset
@@ -81,14 +83,15 @@ def _base(
     return ds
 
 
-def _grey_pixels(ds: Dataset, pixels: np.ndarray, bits: int) -> None:
-    """Image Pixel module for MONOCHROME2 unsigned data."""
+def _grey_pixels(ds: Dataset, pixels: np.ndarray, bits: int, bits_stored: int | None = None) -> None:
+    """Image Pixel module for MONOCHROME2 unsigned data (`bits_stored` of `bits` allocated)."""
+    stored = bits if bits_stored is None else bits_stored
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.Rows, ds.Columns = pixels.shape[-2:]
     ds.BitsAllocated = bits
-    ds.BitsStored = bits
-    ds.HighBit = bits - 1
+    ds.BitsStored = stored
+    ds.HighBit = stored - 1
     ds.PixelRepresentation = 0
     ds.PixelData = pixels.tobytes()
 
@@ -155,9 +158,7 @@ def make_mr(
     if images_in_acquisition is not None:
         ds.ImagesInAcquisition = images_in_acquisition
     pixels = rng.integers(0, 4096, size=(size, size), dtype=np.uint16)
-    _grey_pixels(ds, pixels, 16)
-    ds.BitsStored = 12
-    ds.HighBit = 11
+    _grey_pixels(ds, pixels, 16, bits_stored=12)
     ds.WindowCenter = "2048"
     ds.WindowWidth = "4096"
     return ds
@@ -188,6 +189,24 @@ def make_mr_series(
         )
         for i in range(2, n + 1)
     ]
+
+
+def by_instance_number(ds: Dataset) -> str:
+    """File name of a slice in its series folder: the instance number, three digits."""
+    return f"{int(ds.InstanceNumber):03d}.dcm"
+
+
+def write_series(
+    folder: Path, datasets: Iterable[Dataset], name: Callable[[Dataset], str] = by_instance_number,
+) -> list[Path]:
+    """Write each dataset as a Part 10 file `folder / name(ds)` (folder made as needed); the paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for ds in datasets:
+        path = folder / name(ds)
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
 
 
 def _us_common(ds: Dataset) -> None:
@@ -309,9 +328,7 @@ def make_dx(
     ds.ViewCodeSequence = [_code("399348003", "SCT", "postero-anterior")]
     ds.AnatomicRegionSequence = [_code("85562004", "SCT", "Hand")]
     pixels = rng.integers(0, 4096, size=(rows, columns), dtype=np.uint16)
-    _grey_pixels(ds, pixels, 16)
-    ds.BitsStored = 12
-    ds.HighBit = 11
+    _grey_pixels(ds, pixels, 16, bits_stored=12)
     return ds
 
 

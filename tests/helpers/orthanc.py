@@ -23,6 +23,7 @@ from types import TracebackType
 from typing import Any
 
 from tests.helpers.ports import free_port, nodelay_env
+from tests.helpers.processes import NotReady, read_tail, stop_by_pid, wait_until_ready
 
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 30.0
@@ -105,27 +106,24 @@ class Orthanc:
             self._proc = subprocess.Popen(
                 [binary, str(cfg)], stdout=log, stderr=subprocess.STDOUT, env=nodelay_env(), cwd=self.workdir
             )
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise OrthancError(f"Orthanc exited with {self._proc.returncode}: {self.log_text()}")
-            try:
-                self.rest("GET", "/system", timeout_s=1.0)
-                return self
-            except (OrthancError, OSError):
-                time.sleep(0.1)
-        self.stop()
-        raise OrthancError(f"Orthanc did not answer /system within {START_TIMEOUT_S} s")
+        try:
+            wait_until_ready(self._proc, self._answers, name="Orthanc", what="answer /system",
+                             timeout_s=START_TIMEOUT_S, log_tail=self.log_text, poll_s=0.1)
+        except NotReady as exc:
+            self.stop()
+            raise OrthancError(str(exc)) from exc
+        return self
+
+    def _answers(self) -> bool:
+        try:
+            self.rest("GET", "/system", timeout_s=1.0)
+        except (OrthancError, OSError):
+            return False
+        return True
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(STOP_TIMEOUT_S)
+        stop_by_pid(proc, STOP_TIMEOUT_S, kill_wait_s=STOP_TIMEOUT_S)
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
@@ -139,10 +137,7 @@ class Orthanc:
         return self.workdir / "orthanc.log"
 
     def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-4000:]
-        except OSError:
-            return ""
+        return read_tail(self.log_path, 4000)
 
     def __enter__(self) -> Orthanc:
         return self.start()

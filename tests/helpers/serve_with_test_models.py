@@ -8,12 +8,10 @@ SIGTERM and SIGINT stop it cleanly; tests that need a crash send SIGKILL to its 
 
 from __future__ import annotations
 
-import signal
 import sys
 from pathlib import Path
-from types import FrameType
 
-from sidecar.app import Seams, Sidecar
+from sidecar.app import Seams, Sidecar, serve_until_signalled
 from sidecar.errors import ConfigError
 from sidecar.logging import configure_logging
 from sidecar.settings import load_settings
@@ -30,15 +28,7 @@ def main(argv: list[str]) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.service.log_level, settings.service.log_format)
-    app = Sidecar(settings, Seams(factories=FACTORIES))
-
-    def _stop(signum: int, frame: FrameType | None) -> None:
-        app.stop()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    app.start()
-    app.wait()
+    serve_until_signalled(Sidecar(settings, Seams(factories=FACTORIES)))
     return 0
 
 

@@ -7,17 +7,16 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 from pydicom import Dataset, dcmread
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, MRImageStorage
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from sidecar.dicom.status import StoreStatus
 from sidecar.net.transport import DicomTransport
 from sidecar.settings import DicomDestination
+from tests.helpers.dicom_factory import make_mr
 from tests.helpers.orthanc import Orthanc
 from tests.helpers.ports import free_port
 
@@ -33,35 +32,8 @@ def uid(*parts: object) -> str:
 
 def write_mr(path: Path, series: str, index: int) -> Dataset:
     """A small MR image (32x32, 16-bit, seeded pixels) in Explicit VR Little Endian."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = MRImageStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = uid(series, index)
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    ds.SOPClassUID = MRImageStorage
-    ds.SOPInstanceUID = uid(series, index)
-    ds.StudyInstanceUID = uid("study", series)
-    ds.SeriesInstanceUID = uid("series", series)
-    ds.PatientName = "Phantom^Orthanc"
-    ds.PatientID = "FAKE-ORTHANC"
-    ds.StudyDate = "20240101"
-    ds.Modality = "MR"
-    ds.SeriesNumber = 1
-    ds.InstanceNumber = index + 1
-    ds.ScanningSequence = "GR"
-    ds.SequenceVariant = "NONE"
-    ds.ScanOptions = ""
-    ds.MRAcquisitionType = "2D"
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows = 32
-    ds.Columns = 32
-    ds.BitsAllocated = 16
-    ds.BitsStored = 12
-    ds.HighBit = 11
-    ds.PixelRepresentation = 0
-    ds.PixelData = np.random.default_rng(index).integers(0, 4096, (32, 32), dtype=np.uint16).tobytes()
+    ds = make_mr(seed=index, study_uid=uid("study", series), series_uid=uid("series", series),
+                 sop_uid=uid(series, index), instance_number=index + 1, size=32)
     ds.save_as(path, enforce_file_format=True)
     return ds
 

@@ -8,10 +8,6 @@ so a resend of the same SOP Instance would show as a second file), counted after
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,14 +18,14 @@ import pytest
 import yaml
 
 from sidecar.journal import Journal
-from tests.helpers.dcmtk import StoreSCP, echoscu, storescu
-from tests.helpers.dicom_factory import make_mr_series
+from tests.helpers.dcmtk import StoreSCP, storescu
+from tests.helpers.dicom_factory import make_mr_series, write_series
 from tests.helpers.ports import free_port
+from tests.helpers.processes import SidecarProcess, wait_for
 from tests.helpers.sidecar import write_config
 
 pytestmark = pytest.mark.integration
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 20.0
 # Long enough to cover kill + restart + the second half: a quiet time shorter than that gap
 # would (by design) complete the half series on restart and send a superseding SR later.
@@ -38,62 +34,14 @@ SETTLE_S = 1.5  # after the first SR arrives, time for a duplicate to show up if
 UNIQUE_FILES = ["+uf"]  # storescp: one file per object received, so a duplicate cannot overwrite
 
 
-class ServeProcess:
-    """`serve_with_test_models` in a subprocess on a config folder; killed or stopped by PID."""
-
-    def __init__(self, config: Path, log: Path) -> None:
-        self.config = config
-        self.log = log
-        self.port = int(yaml.safe_load((config / "sidecar.yaml").read_text())["port"])
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> ServeProcess:
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tests.helpers.serve_with_test_models", str(self.config)],
-                cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"sidecar exited with {self.proc.returncode}: {self.log_tail()}")
-            if echoscu(self.port, called_aet="SIDECAR", timeout_s=5).returncode == 0:
-                return self
-            time.sleep(0.05)
-        self.kill()
-        raise RuntimeError(f"sidecar did not answer C-ECHO in {START_TIMEOUT_S} s: {self.log_tail()}")
-
-    def kill(self) -> None:
-        """SIGKILL by PID: no shutdown code runs, as in a power cut or an OOM kill."""
-        proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-
-    def terminate(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(10)
-
-    def log_tail(self) -> str:
-        try:
-            return self.log.read_text(errors="replace")[-3000:]
-        except OSError:
-            return ""
-
-
 @pytest.fixture
-def serve(tmp_path: Path) -> Iterator[Callable[[Path], ServeProcess]]:
+def serve(tmp_path: Path) -> Iterator[Callable[[Path], SidecarProcess]]:
     """Start sidecar subprocesses; whatever is still running at the end is killed."""
-    started: list[ServeProcess] = []
+    started: list[SidecarProcess] = []
 
-    def _start(config: Path) -> ServeProcess:
-        proc = ServeProcess(config, tmp_path / f"sidecar-{len(started)}.log").start()
+    def _start(config: Path) -> SidecarProcess:
+        proc = SidecarProcess(config, tmp_path / f"sidecar-{len(started)}.log",
+                              start_timeout_s=START_TIMEOUT_S).start()
         started.append(proc)
         return proc
 
@@ -103,15 +51,11 @@ def serve(tmp_path: Path) -> Iterator[Callable[[Path], ServeProcess]]:
 
 
 def _write_series(folder: Path, n: int, seed: int, **extra: Any) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for ds in make_mr_series(n, seed=seed):
+    datasets = make_mr_series(n, seed=seed)
+    for ds in datasets:
         for key, value in extra.items():
             setattr(ds, key, value)
-        path = folder / f"{int(ds.InstanceNumber):03d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths
+    return write_series(folder, datasets)
 
 
 def _config(folder: Path, pacs_port: int, quiet_s: float) -> Path:
@@ -128,21 +72,13 @@ def _journal(config: Path) -> Journal:
     return Journal(f"sqlite:///{data_dir / 'journal.sqlite'}")
 
 
-def _wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not within {timeout_s} s")
-        time.sleep(0.05)
-
-
 def _referenced_sop_uids(sr: pydicom.Dataset) -> set[str]:
     return {str(el.value) for el in sr.iterall() if el.keyword == "ReferencedSOPInstanceUID"}
 
 
 class TestRestart:
     def test_series_split_by_a_kill_completes_after_restart_and_is_reported_once(
-        self, tmp_path: Path, serve: Callable[[Path], ServeProcess],
+        self, tmp_path: Path, serve: Callable[[Path], SidecarProcess],
     ) -> None:
         """Half a series, SIGKILL before completion, restart, the rest: one SR covering all six slices."""
         files = _write_series(tmp_path / "in", 6, seed=71)
@@ -184,7 +120,7 @@ class TestRestart:
 
             journal = _journal(cfg)
             try:
-                _wait_for(lambda: journal.series_delivered(series_uid), 5, "delivery recorded")
+                wait_for(lambda: journal.series_delivered(series_uid), 5, "delivery recorded")
                 row = journal.series(series_uid)
                 assert row is not None and row.state == "complete" and row.n_instances == 6 and row.revision == 0
                 assert [(o.destination, o.state) for o in journal.outbox(series_uid)] == [("pacs", "sent")]
@@ -193,7 +129,7 @@ class TestRestart:
             second.terminate()
 
     def test_result_owed_when_killed_is_delivered_once_after_restart(
-        self, tmp_path: Path, serve: Callable[[Path], ServeProcess],
+        self, tmp_path: Path, serve: Callable[[Path], SidecarProcess],
     ) -> None:
         """Job done, PACS down, SIGKILL; restarted with the PACS up, the SR arrives once and never again."""
         files = _write_series(tmp_path / "in", 4, seed=72, ImagesInAcquisition=4)
@@ -209,7 +145,7 @@ class TestRestart:
                 items = journal.outbox(series_uid)
                 return bool(items) and all(o.attempts >= 1 and o.state == "pending" for o in items)
 
-            _wait_for(attempted, 15, "a failed delivery attempt")
+            wait_for(attempted, 15, "a failed delivery attempt")
             first.kill()
             owed = journal.outbox(series_uid)
             assert len(owed) == 1 and owed[0].state == "pending" and owed[0].last_error
@@ -230,7 +166,7 @@ class TestRestart:
             assert str(pydicom.dcmread(received[0]).SOPInstanceUID) == owed[0].sop_instance_uid
             journal = _journal(cfg)
             try:
-                _wait_for(lambda: journal.series_delivered(series_uid), 5, "delivery recorded")
+                wait_for(lambda: journal.series_delivered(series_uid), 5, "delivery recorded")
             finally:
                 journal.close()
 

@@ -7,12 +7,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from pydicom import Dataset, dcmread
-from pydicom.dataset import FileMetaDataset
 from pydicom.uid import (
-    PYDICOM_IMPLEMENTATION_UID,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     MRImageStorage,
@@ -29,6 +26,7 @@ from sidecar.net.transport import DicomTransport
 from sidecar.settings import DicomDestination
 from sidecar.settings import Sender as SenderSettings
 from tests.helpers.dcmtk import StoreSCP
+from tests.helpers.dicom_factory import make_mr
 from tests.helpers.ports import free_port
 
 pytestmark = pytest.mark.integration
@@ -40,53 +38,10 @@ def uid(*parts: object) -> str:
 
 
 def write_mr(path: Path, index: int, syntax: str = ExplicitVRLittleEndian) -> Dataset:
-    """A small valid MR image (32x32, 16-bit, seeded pixels) written to `path`."""
-    rng = np.random.default_rng(index)
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = MRImageStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = uid("sop", index)
+    """A small valid MR image (32x32, 16-bit, seeded pixels) written to `path` in `syntax`."""
+    ds = make_mr(seed=index, study_uid=uid("study"), series_uid=uid("series"), sop_uid=uid("sop", index),
+                 instance_number=index + 1, size=32)
     ds.file_meta.TransferSyntaxUID = syntax
-    ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    ds.SOPClassUID = MRImageStorage
-    ds.SOPInstanceUID = uid("sop", index)
-    ds.StudyInstanceUID = uid("study")
-    ds.SeriesInstanceUID = uid("series")
-    ds.FrameOfReferenceUID = uid("for")
-    ds.PatientName = "Phantom^Sender"
-    ds.PatientID = "FAKE-SENDER"
-    ds.PatientBirthDate = ""
-    ds.PatientSex = "O"
-    ds.StudyDate = "20240101"
-    ds.StudyTime = "120000"
-    ds.AccessionNumber = ""
-    ds.ReferringPhysicianName = ""
-    ds.StudyID = "1"
-    ds.Modality = "MR"
-    ds.SeriesNumber = 1
-    ds.InstanceNumber = index + 1
-    ds.Manufacturer = "Test"
-    ds.ImageType = ["ORIGINAL", "PRIMARY", "OTHER"]
-    ds.ScanningSequence = "GR"
-    ds.SequenceVariant = "NONE"
-    ds.ScanOptions = ""
-    ds.MRAcquisitionType = "2D"
-    ds.EchoTime = 2.0
-    ds.RepetitionTime = 5.0
-    ds.EchoTrainLength = 1
-    ds.ImagePositionPatient = [0.0, 0.0, float(index)]
-    ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-    ds.PixelSpacing = [1.0, 1.0]
-    ds.SliceThickness = 1.0
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows = 32
-    ds.Columns = 32
-    ds.BitsAllocated = 16
-    ds.BitsStored = 12
-    ds.HighBit = 11
-    ds.PixelRepresentation = 0
-    ds.PixelData = rng.integers(0, 4096, size=(32, 32), dtype=np.uint16).tobytes()
     ds.save_as(path, enforce_file_format=True)
     return ds
 

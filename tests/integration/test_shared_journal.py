@@ -12,31 +12,28 @@ and no SOP Instance UID twice. Skipped, with the reason, where PostgreSQL or psy
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pydicom
 import pytest
-import yaml
 
 from sidecar.journal import Journal
-from tests.helpers.dcmtk import StoreSCP, echoscu, storescu
-from tests.helpers.dicom_factory import make_mr_series
+from tests.helpers.dcmtk import StoreSCP, storescu
+from tests.helpers.dicom_factory import make_mr_series, write_series
 from tests.helpers.models import BrightnessModel, _Batch
 from tests.helpers.postgres import require_postgres
+from tests.helpers.processes import SidecarProcess, wait_for
 from tests.helpers.sidecar import write_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 30.0
 LEASE_S = 2.0
 DELAY_S = 1.0  # per forward pass of the `slow` model
@@ -70,49 +67,12 @@ def serve(argv: Sequence[str]) -> int:
     return serve_with_test_models.main(list(argv))
 
 
-class Node:
-    """One sidecar subprocess; killed or stopped by its PID."""
+class Node(SidecarProcess):
+    """One sidecar subprocess running this module's entry point; killed or stopped by its PID."""
 
     def __init__(self, config: Path, log: Path) -> None:
-        self.config, self.log = config, log
-        self.port = int(yaml.safe_load((config / "sidecar.yaml").read_text())["port"])
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Node:
-        with self.log.open("ab") as fh:
-            self.proc = subprocess.Popen([sys.executable, "-m", "tests.integration.test_shared_journal",
-                                          str(self.config)], cwd=REPO_ROOT, stdout=fh, stderr=subprocess.STDOUT)
-        return self
-
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        assert self.proc is not None
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"sidecar exited with {self.proc.returncode}: {self.log_tail()}")
-            if echoscu(self.port, called_aet="SIDECAR", timeout_s=5).returncode == 0:
-                return
-            time.sleep(0.05)
-        raise RuntimeError(f"sidecar did not answer C-ECHO in {START_TIMEOUT_S} s: {self.log_tail()}")
-
-    def kill(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-
-    def terminate(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(10)
-
-    def log_tail(self) -> str:
-        return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
+        super().__init__(config, log, module="tests.integration.test_shared_journal",
+                         start_timeout_s=START_TIMEOUT_S, stop_grace_s=15.0)
 
 
 @pytest.fixture
@@ -121,14 +81,6 @@ def nodes(tmp_path: Path) -> Iterator[list[Node]]:
     yield started
     for node in started:
         node.kill()
-
-
-def _wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not within {timeout_s} s")
-        time.sleep(0.05)
 
 
 def _count(url: str, sql: str) -> int:
@@ -162,18 +114,15 @@ class TestSharedJournal:
         series: dict[str, set[str]] = {}
         batches: list[list[Path]] = [[] for _ in range(CLIENTS)]
         for k in range(N_SERIES):
-            folder = tmp_path / "in" / str(k)
-            folder.mkdir(parents=True)
-            for ds in make_mr_series(PER_SERIES, seed=900 + k, images_in_acquisition=PER_SERIES):
-                path = folder / f"{int(ds.InstanceNumber):03d}.dcm"
-                ds.save_as(path, enforce_file_format=True)
+            datasets = make_mr_series(PER_SERIES, seed=900 + k, images_in_acquisition=PER_SERIES)
+            for ds, path in zip(datasets, write_series(tmp_path / "in" / str(k), datasets), strict=True):
                 series.setdefault(str(ds.SeriesInstanceUID), set()).add(str(ds.SOPInstanceUID))
                 batches[k % CLIENTS].append(path)
 
         with StoreSCP(tmp_path / "pacs", ae_title="PACS", extra_args=["+uf"]) as pacs:
             cfg_a, cfg_b = _configs(tmp_path, url, pacs.port)
-            a = Node(cfg_a, tmp_path / "sidecar-a.log").start()
-            b = Node(cfg_b, tmp_path / "sidecar-b.log").start()
+            a = Node(cfg_a, tmp_path / "sidecar-a.log").spawn()
+            b = Node(cfg_b, tmp_path / "sidecar-b.log").spawn()
             nodes.extend([a, b])
             a.wait_ready()
             b.wait_ready()
@@ -192,11 +141,11 @@ class TestSharedJournal:
                 return (_count(url, "SELECT COUNT(*) FROM jobs WHERE state = 'running' AND owner = 'a'") == 1
                         and _count(url, "SELECT COUNT(*) FROM outbox WHERE state = 'pending' AND owner = 'a'") == 0)
 
-            _wait_for(a_is_mid_job, 20, "node a running a job")
+            wait_for(a_is_mid_job, 20, "node a running a job")
             a.kill()
 
             pacs.wait_for_files(N_SERIES, timeout=40 + LEASE_S)
-            _wait_for(lambda: _count(url, "SELECT COUNT(*) FROM outbox WHERE state != 'sent'") == 0
+            wait_for(lambda: _count(url, "SELECT COUNT(*) FROM outbox WHERE state != 'sent'") == 0
                       and _count(url, "SELECT COUNT(*) FROM jobs WHERE state != 'done'") == 0,
                       20, "every job done and every result sent")
             time.sleep(SETTLE_S)

@@ -12,7 +12,7 @@ from pynetdicom.sop_class import MRImageStorage, Verification
 
 from sidecar.dicom.status import StoreStatus
 from tests.helpers.dcmtk import StoreSCP, echoscu, storescu
-from tests.helpers.dicom_factory import make_mr_series
+from tests.helpers.dicom_factory import make_mr_series, write_series
 from tests.helpers.sidecar import running_sidecar, write_config
 from tests.helpers.validate import assert_valid_dicom
 
@@ -20,13 +20,7 @@ pytestmark = pytest.mark.integration
 
 
 def _write_series(folder: Path, n: int, seed: int = 1) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for ds in make_mr_series(n, seed=seed):
-        p = folder / f"{ds.SOPInstanceUID}.dcm"
-        ds.save_as(p, enforce_file_format=True)
-        paths.append(p)
-    return paths
+    return write_series(folder, make_mr_series(n, seed=seed), name=lambda ds: f"{ds.SOPInstanceUID}.dcm")
 
 
 def _wait(predicate, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]

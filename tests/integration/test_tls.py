@@ -247,25 +247,12 @@ class _TlsStoreSCP(StoreSCP):
             "+tls", str(pki.server_key), str(pki.server_cert), "+cf", str(pki.ca)])
         self.pki = pki
 
-    def start(self) -> _TlsStoreSCP:
-        import tests.helpers.dcmtk as dcmtk
-
-        cmd = [dcmtk._require("storescp"), "-od", str(self.folder), "+xa", "-aet", self.ae_title,
-               *self._extra, str(self.port)]
-        with self._log.open("wb") as log:
-            self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dcmtk.nodelay_env())
-        transport = DicomTransport(self.destination(), "PROBE")
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"storescp exited with {self._proc.returncode}: {self.log_text()}")
-            try:
-                transport.echo()
-                return self
-            except DeliveryError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"TLS storescp did not answer: {self.log_text()}")
+    def answers_echo(self) -> bool:
+        try:
+            DicomTransport(self.destination(), "PROBE").echo()
+        except DeliveryError:
+            return False
+        return True
 
     def destination(self, **tls: object) -> DicomDestination:
         conf = {"ca_file": self.pki.ca, "cert_file": self.pki.client_cert, "key_file": self.pki.client_key, **tls}

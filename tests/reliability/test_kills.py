@@ -22,10 +22,7 @@ from __future__ import annotations
 import os
 import random
 import re
-import signal
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -37,14 +34,14 @@ import pytest
 import yaml
 
 from sidecar.dicom.uids import result_uid
-from tests.helpers.dcmtk import StoreSCP, echoscu, storescu
-from tests.helpers.dicom_factory import make_mr_series
+from tests.helpers.dcmtk import StoreSCP, storescu
+from tests.helpers.dicom_factory import make_mr_series, write_series
 from tests.helpers.models import CARD
+from tests.helpers.processes import SidecarProcess
 from tests.helpers.sidecar import write_config
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration, pytest.mark.timeout(420)]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 SEED = 20240611
 KILLS = 22
 CLIENTS = 3
@@ -59,46 +56,19 @@ _OWED = ("SELECT (SELECT COUNT(*) FROM outbox WHERE state = 'pending')"
          " + (SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running'))")
 
 
-class Sidecar:
+class Sidecar(SidecarProcess):
     """The subprocess sidecar; its stderr goes to sidecar-N.log (read by the session PHI scan)."""
 
     def __init__(self, config: Path, logs: Path) -> None:
-        self.config, self.logs = config, logs
-        self.port = int(yaml.safe_load((config / "sidecar.yaml").read_text())["port"])
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(config, logs / "sidecar-00.log", start_timeout_s=START_TIMEOUT_S, stop_grace_s=20.0)
+        self.logs = logs
         self.starts = 0
 
-    def start(self) -> None:
-        log = self.logs / f"sidecar-{self.starts:02d}.log"
+    def start(self) -> Sidecar:
+        self.log = self.logs / f"sidecar-{self.starts:02d}.log"
         self.starts += 1
-        with log.open("ab") as fh:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tests.helpers.serve_with_test_models", str(self.config)],
-                cwd=REPO_ROOT, stdout=fh, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"sidecar exited with {self.proc.returncode}: {log.read_text()[-3000:]}")
-            if echoscu(self.port, called_aet="SIDECAR", timeout_s=5).returncode == 0:
-                return
-            time.sleep(0.05)
-        raise RuntimeError(f"sidecar did not answer C-ECHO within {START_TIMEOUT_S} s: {log.read_text()[-3000:]}")
-
-    def kill(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-
-    def terminate(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(10)
+        super().start()
+        return self
 
 
 @dataclass
@@ -123,14 +93,10 @@ class Traffic:
         with self.lock:
             self.next_seed += 1
             seed = SEED + self.next_seed
-        folder = self.folder / f"series-{seed}"
-        folder.mkdir(parents=True)
-        paths = []
-        for ds in make_mr_series(INSTANCES_PER_SERIES, seed=seed):
-            path = folder / f"{int(ds.InstanceNumber):03d}.dcm"
-            ds.save_as(path, enforce_file_format=True)
-            paths.append(path)
-            with self.lock:
+        datasets = make_mr_series(INSTANCES_PER_SERIES, seed=seed)
+        paths = write_series(self.folder / f"series-{seed}", datasets)
+        with self.lock:
+            for ds, path in zip(datasets, paths, strict=True):
                 self.uid_of[str(path)] = str(ds.SOPInstanceUID)
                 self.series.setdefault(str(ds.SeriesInstanceUID), []).append(str(ds.SOPInstanceUID))
         return paths

@@ -73,14 +73,20 @@ def onnx_file(demo_model: LgeQaModel, tmp_path_factory: pytest.TempPathFactory) 
 @pytest.fixture(scope="module")
 def triton_endpoint(onnx_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     pytest.importorskip("tritonclient.grpc.aio", reason="tritonclient[grpc] is not installed (pip install '.[triton]')")
-    from models.backends.pytriton_serve import PytritonServer, triton_python
+    from models.backends.pytriton_serve import PytritonServer, TritonStartError, triton_python
 
     python, why = triton_python()
     if python is None:
         pytest.skip(f"no real Triton server: {why}")
     log_file = tmp_path_factory.mktemp("triton") / "server.log"
-    with PytritonServer(python, onnx_file, log_file=log_file) as server:
+    try:
+        server = PytritonServer(python, onnx_file, log_file=log_file).__enter__()
+    except TritonStartError as exc:
+        pytest.skip(f"no real Triton server: {exc}")
+    try:
         yield server.endpoint
+    finally:
+        server.stop()
 
 
 # -- a scripted transport at the TritonTransport seam ------------------------------------------
@@ -89,9 +95,13 @@ def triton_endpoint(onnx_file: Path, tmp_path_factory: pytest.TempPathFactory) -
 class ScriptedTransport:
     """Endpoints that answer (with `_toy`), refuse, or hang; records each call."""
 
-    def __init__(self, behaviour: dict[str, str]) -> None:
+    def __init__(self, behaviour: dict[str, str], versions: dict[str, str] | None = None) -> None:
         self.behaviour = behaviour
+        self.versions = versions or {}
         self.calls: list[tuple[str, int, float, int]] = []  # endpoint, n, timeout_s, priority
+
+    async def served_version(self, endpoint: str, model_name: str, timeout_s: float) -> str | None:
+        return self.versions.get(endpoint)
 
     async def infer(self, endpoint: str, request: TritonRequest, timeout_s: float) -> np.ndarray:
         self.calls.append((endpoint, len(request.inputs), timeout_s, request.priority))
@@ -147,6 +157,20 @@ class TestTritonRetry:
         assert 0.18 < time.perf_counter() - t0 < 0.4
         assert transport.calls[0][2] == pytest.approx(0.2, abs=0.02)
 
+    def test_endpoint_serving_another_model_version_is_refused(self) -> None:
+        """A server whose model_version differs is not used; the retry goes to the right version."""
+        transport = ScriptedTransport({"a:1": "ok", "b:1": "ok"}, versions={"a:1": "0.9-old", "b:1": "1"})
+        backend = TritonBackend(TritonConfig(endpoints=("a:1", "b:1"), deadline_ms=500), SIG, transport)
+        try:
+            backend.run(_x())
+            only_old = TritonBackend(TritonConfig(endpoints=("a:1",), deadline_ms=500), SIG, transport)
+            with pytest.raises(InferenceFailed, match="VERSION_MISMATCH.*0.9-old"):
+                only_old.run(_x())
+            only_old.close()
+        finally:
+            backend.close()
+        assert [c[0] for c in transport.calls] == ["b:1"]
+
     def test_only_one_retry_even_with_more_endpoints(self) -> None:
         """Three endpoints down: two are tried (one retry), the third is not."""
         transport = ScriptedTransport({})
@@ -188,14 +212,20 @@ class TestTritonRetry:
 class _FakeTriton:
     """Triton's GRPCInferenceService answering ModelInfer with `_toy`, or refusing, or sleeping."""
 
-    def __init__(self, mode: str) -> None:
+    def __init__(self, mode: str, version: str | None = None) -> None:
         import grpc
-        from tritonclient.grpc import service_pb2, service_pb2_grpc
+        from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
         self.mode, self.requests = mode, []
         pb, outer = service_pb2, self
 
         class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+            def ModelConfig(self, request: Any, context: Any) -> Any:  # noqa: N802 (gRPC method name)
+                config = model_config_pb2.ModelConfig(name=request.name)
+                if version is not None:
+                    config.parameters["model_version"].string_value = version
+                return pb.ModelConfigResponse(config=config)
+
             def ModelInfer(self, request: Any, context: Any) -> Any:  # noqa: N802 (gRPC method name)
                 outer.requests.append(request)
                 if outer.mode == "error":
@@ -227,8 +257,8 @@ def fake_triton() -> Iterator[Any]:
     pytest.importorskip("tritonclient.grpc.aio", reason="tritonclient[grpc] is not installed (pip install '.[triton]')")
     servers: list[_FakeTriton] = []
 
-    def start(mode: str) -> _FakeTriton:
-        servers.append(_FakeTriton(mode))
+    def start(mode: str, version: str | None = None) -> _FakeTriton:
+        servers.append(_FakeTriton(mode, version))
         return servers[-1]
 
     yield start
@@ -254,6 +284,17 @@ class TestTritonGrpcClient:
         [req] = server.requests
         assert req.parameters["priority"].uint64_param == 1
         assert 0 < req.parameters["timeout"].int64_param <= 400_000
+
+    def test_grpc_client_reads_the_served_version_and_refuses_another(self, fake_triton: Any) -> None:
+        """The model_version in Triton's model config is read once; another version is refused."""
+        right, wrong = fake_triton("ok", version="1"), fake_triton("ok", version="2-other")
+        backend = TritonBackend(TritonConfig(endpoints=(wrong.endpoint, right.endpoint), deadline_ms=1000), SIG)
+        try:
+            backend.run(_x())
+            backend.run(_x())
+        finally:
+            backend.close()
+        assert wrong.requests == [] and len(right.requests) == 2
 
     def test_refused_connection_retries_on_the_second_endpoint(self, fake_triton: Any) -> None:
         """Nothing listening on the first endpoint: the live second endpoint answers."""

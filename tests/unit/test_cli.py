@@ -80,3 +80,19 @@ class TestEnvironment:
         assert s.service.web.admin_token.get_secret_value() == "s3cret-token"
         assert s.service.web.port == 0
         assert "s3cret-token" not in repr(s)
+
+
+class TestModelBackends:
+    def test_backend_in_models_yaml_reaches_the_model_factory(self, tmp_path: Path) -> None:
+        """A model that only runs in process is refused when models.yaml asks for ONNX Runtime."""
+        from sidecar.app import load_models
+        from sidecar.settings import load_settings
+
+        weights = REPO / "models" / "hand_joints" / "weights" / "demo.pt"
+        routes = [{"name": "h", "model": "hand_joints", "match": {"modality": ["DX"]}}]
+        cfg = write_config(tmp_path / "conf", routes=routes, models={"hand_joints": {
+            "weights": str(weights), "backend": {"kind": "onnxruntime", "model_file": str(tmp_path / "x.onnx")}}})
+        settings = load_settings(cfg)
+        models, unavailable = load_models(settings, settings.routes, {})
+        assert "hand_joints" not in models
+        assert "in process" in unavailable["hand_joints"]

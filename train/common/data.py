@@ -180,3 +180,26 @@ def balanced_sampler(
         replacement=True,
         generator=torch_generator(seed),
     )
+
+
+class FlipGainArrays(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """(image, label) pairs over in-memory arrays; with `augment`, a left-right flip (p = 0.5) and
+    a gain of 0.9-1.1, clamped to [0, 1]. Draws from torch's global generator, which the trainer seeds.
+
+    For ultrasound inputs scaled to [0, 1], where a joint is scanned either way round.
+    """
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, augment: bool) -> None:
+        self.x, self.y, self.augment = torch.from_numpy(x), torch.from_numpy(y), augment
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        img = self.x[i]
+        if self.augment:
+            r = torch.rand(2)
+            if r[0] < 0.5:
+                img = img.flip(-1)
+            img = (img * (0.9 + 0.2 * r[1])).clamp(0, 1)
+        return img, self.y[i]

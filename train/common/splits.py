@@ -163,3 +163,18 @@ def assert_patient_disjoint(patient_ids: Sequence[Hashable] | npt.ArrayLike, spl
             leaks += 1
     if leaks:
         raise ValueError(f"{leaks} row(s) put a patient on more than one side of the split")
+
+
+def split_indices(
+    patient_ids: Sequence[Hashable] | npt.ArrayLike,
+    labels: npt.ArrayLike | None,
+    ratios: Sequence[float],
+    seed: int,
+    *,
+    patient_label: PatientLabel = "majority",
+    names: Sequence[str] = ("train", "val", "test"),
+) -> dict[str, npt.NDArray[np.intp]]:
+    """`patient_split`, checked patient-disjoint, as row indices per split name."""
+    splits = patient_split(patient_ids, labels, ratios, seed=seed, names=names, patient_label=patient_label)
+    assert_patient_disjoint(patient_ids, splits)
+    return {name: np.flatnonzero(splits == name) for name in names}

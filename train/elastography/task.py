@@ -20,7 +20,6 @@ target through `target_to_tensor`), the code the sidecar runs after decoding and
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tempfile
 import time
@@ -53,7 +52,8 @@ from models.elastography.wrapper import (
 from train.common.loops import FitConfig, GanConfig, fit_classifier, fit_gan
 from train.common.metrics import cohen_kappa, ncc, ssim
 from train.common.seeding import seed_everything
-from train.common.splits import assert_patient_disjoint, patient_split
+from train.common.splits import split_indices
+from train.common.weights import save_state_and_metadata, sha256_of
 from train.phantoms.breast import KINDS, BreastCase, breast_case
 
 MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "elastography"
@@ -115,9 +115,7 @@ def phantom_cohort(cfg: DemoConfig) -> tuple[Arrays, dict[str, np.ndarray]]:
         cases.append(breast_case(cfg.seed * 100_003 + i, shape=shape))
     data = case_arrays(cases, cfg.input_size)
     strata = np.array([KINDS.index(k) for k in data.kinds])
-    splits = patient_split(data.patients, strata, (0.7, 0.15, 0.15), seed=cfg.seed)
-    assert_patient_disjoint(data.patients, splits)
-    return data, {name: np.flatnonzero(splits == name) for name in ("train", "val", "test")}
+    return data, split_indices(data.patients, strata, (0.7, 0.15, 0.15), cfg.seed)
 
 
 class _Pairs(Dataset[dict[str, torch.Tensor]]):
@@ -192,14 +190,6 @@ def fit_tsukuba_head(gen: ElastographyGenerator, train: Arrays, val: Arrays, cfg
     for p in gen.parameters():
         p.requires_grad_(True)
     return float(result.best_metric)
-
-
-def save_checkpoint(gen: ElastographyGenerator, metadata: dict[str, Any], path: Path) -> str:
-    """Write state_dict + metadata (loadable with weights_only=True); return its SHA-256."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().clone().contiguous() for k, v in gen.state_dict().items()}
-    torch.save({"state_dict": state, "metadata": metadata}, path)
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def train_generator(cfg: DemoConfig, train: Arrays, val: Arrays, out_dir: Path,
@@ -342,7 +332,7 @@ def demo_weights(cfg: DemoConfig = DemoConfig(), out: Path = DEMO_WEIGHTS, repor
         print(f"tsukuba head: best val kappa {kappa:.3f}; {time.perf_counter() - start:.0f} s", flush=True)
     version = f"0.1.0-demo.phantom.seed{cfg.seed}"
     gen.eval()
-    sha = save_checkpoint(gen, metadata_of(cfg, version, f"phantoms: {cfg.n_cases} cases"), out)
+    sha = save_state_and_metadata(gen, metadata_of(cfg, version, f"phantoms: {cfg.n_cases} cases"), out)
     report = report_dir or Path(tempfile.mkdtemp(prefix="elastography_eval_"))
     summary = evaluate_arrays(out, test, report, seed=cfg.seed)
     if card:
@@ -367,7 +357,7 @@ def task_fit(request: Any) -> Any:
                                   Path(request.out_dir), gan=request.config, resume=request.resume)
     fit_tsukuba_head(gen, _subset(data, idx["train"]), _subset(data, idx["val"]), cfg,
                      Path(request.out_dir) / "head")
-    save_checkpoint(gen, metadata_of(cfg, f"0.1.0-fit.seed{cfg.seed}", "phantoms"),
+    save_state_and_metadata(gen, metadata_of(cfg, f"0.1.0-fit.seed{cfg.seed}", "phantoms"),
                     Path(request.out_dir) / f"{MODEL_ID}.pt")
     return result
 
@@ -404,7 +394,7 @@ def task_card(request: Any) -> Path:
         labels=LABELS, label_rule="Tsukuba elasticity score 1-5 (Itoh et al. 2006).",
         training_data=str(model.metadata.get("trained_on", "")),
         metrics=Path(request.evaluation_dir) / "metrics.json", not_for_clinical_use=True,
-        weights_sha256=hashlib.sha256(checkpoint.read_bytes()).hexdigest(), manufacturer=MANUFACTURER,
+        weights_sha256=sha256_of(checkpoint), manufacturer=MANUFACTURER,
         reference=REFERENCE)
     return Path(request.out_dir)
 

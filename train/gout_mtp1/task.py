@@ -17,7 +17,6 @@ With `--manifest` (label normal/abnormal, `view` column), fit and evaluate read 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tempfile
 import time
@@ -30,19 +29,20 @@ import numpy as np
 import pydicom
 import torch
 from torch.utils.data import DataLoader
-from torch.utils.data import Dataset as TorchDataset
 
 from models.gout_mtp1.net import GoutNet
 from models.gout_mtp1.transforms import GoutTransform, to_input, view_of
 from models.gout_mtp1.wrapper import INTENDED_USE, LABELS, MANUFACTURER, MODEL_ID, NAME, REFERENCE, build
 from train.common import metrics as M
 from train.common.cards import write_model_card
+from train.common.data import FlipGainArrays
 from train.common.loops import fit_classifier, load_weights
 from train.common.manifest import Manifest
 from train.common.reports import write_report
 from train.common.seeding import seed_everything
-from train.common.splits import assert_patient_disjoint, patient_split
+from train.common.splits import split_indices
 from train.common.trainer import FitConfig, FitResult
+from train.common.weights import checkpoint_metadata, save_state_and_metadata, sha256_of
 from train.phantoms.mtp1 import VIEWS, Mtp1Case, case_dataset, sample_cases
 from train.tasks import CardRequest, DemoWeightsRequest, EvaluateRequest, FitRequest, TaskSpec, register_task
 
@@ -83,26 +83,7 @@ def arrays(cases: Sequence[Mtp1Case], transform: GoutTransform) -> Arrays:
 
 def split(data: Arrays, seed: int) -> dict[str, np.ndarray]:
     """6:4 patient-level train:test; a sixth of the training patients for validation."""
-    s = patient_split(data.patients, data.y, (0.5, 0.1, 0.4), seed=seed, patient_label="max")
-    assert_patient_disjoint(data.patients, s)
-    return {name: np.flatnonzero(s == name) for name in ("train", "val", "test")}
-
-
-class _Flip(TorchDataset[tuple[torch.Tensor, torch.Tensor]]):
-    def __init__(self, x: np.ndarray, y: np.ndarray, augment: bool) -> None:
-        self.x, self.y, self.augment = torch.from_numpy(x), torch.from_numpy(y), augment
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        img = self.x[i]
-        if self.augment:
-            r = torch.rand(2)
-            if r[0] < 0.5:
-                img = img.flip(-1)
-            img = (img * (0.9 + 0.2 * r[1])).clamp(0, 1)
-        return img, self.y[i]
+    return split_indices(data.patients, data.y, (0.5, 0.1, 0.4), seed, patient_label="max")
 
 
 def predict(net: GoutNet, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
@@ -116,18 +97,10 @@ def train_net(data: Arrays, tr: np.ndarray, va: np.ndarray, cfg: DemoConfig, out
               fit: FitConfig | None = None) -> tuple[GoutNet, FitResult]:
     net = GoutNet(cfg.size)
     gen = torch.Generator().manual_seed(cfg.seed)
-    train = DataLoader(_Flip(data.x[tr], data.y[tr], True), batch_size=cfg.batch_size, shuffle=True, generator=gen)
-    val = DataLoader(_Flip(data.x[va], data.y[va], False), batch_size=64)
+    train = DataLoader(FlipGainArrays(data.x[tr], data.y[tr], True), batch_size=cfg.batch_size, shuffle=True, generator=gen)
+    val = DataLoader(FlipGainArrays(data.x[va], data.y[va], False), batch_size=64)
     fit = fit or FitConfig(epochs=epochs, lr=cfg.lr, seed=cfg.seed, patience=6, progress=False, scheduler="cosine")
     return net, fit_classifier(net, train, val, config=fit, out_dir=out_dir, task="binary", val_metric="auc")
-
-
-def save_checkpoint(net: GoutNet, metadata: dict[str, Any], path: Path) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: (v.detach().half() if v.is_floating_point() else v.detach()).clone().contiguous()
-             for k, v in net.state_dict().items()}
-    torch.save({"state_dict": state, "metadata": metadata}, path)
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def per_view_comparison(data: Arrays, idx: dict[str, np.ndarray], p_single: np.ndarray, threshold: float,
@@ -179,8 +152,7 @@ def evaluate_arrays(net: GoutNet, data: Arrays, idx: dict[str, np.ndarray], thre
 
 
 def _card(evaluation_dir: Path, checkpoint: Path, out_dir: Path, cfg: DemoConfig) -> Path:
-    blob = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    meta = dict(blob.get("metadata", {})) if isinstance(blob, dict) else {}
+    meta = checkpoint_metadata(checkpoint)
     write_model_card(
         out_dir, model_id=MODEL_ID, version=str(meta.get("version", "unknown")), name=NAME,
         intended_use=INTENDED_USE,
@@ -200,7 +172,7 @@ def _card(evaluation_dir: Path, checkpoint: Path, out_dir: Path, cfg: DemoConfig
                 "Phantom gout signs are idealised; no osteoarthritis, hallux valgus or post-surgical joints.",
                 "Published: AUC 0.92 single vs 0.92 per-view (P = 0.62), accuracy 85.95 %, sensitivity "
                 "83.60 %, specificity 88.36 % on real images; not comparable with phantom numbers."],
-        weights_sha256=hashlib.sha256(checkpoint.read_bytes()).hexdigest(), manufacturer=MANUFACTURER,
+        weights_sha256=sha256_of(checkpoint), manufacturer=MANUFACTURER,
         reference=REFERENCE)
     return out_dir
 
@@ -223,7 +195,7 @@ def demo_weights(cfg: DemoConfig = DemoConfig(), out: Path = DEMO_WEIGHTS, repor
     metadata = {"model_id": MODEL_ID, "version": version, "threshold": threshold, "size": cfg.size,
                 "input_size": cfg.transform.size, "seed": cfg.seed, "not_for_clinical_use": True,
                 "trained_on": f"phantoms: {cfg.n_patients} patients x 3 views"}
-    sha = save_checkpoint(net, metadata, out)
+    sha = save_state_and_metadata(net, metadata, out, half=True)
     model = build(out)
     report_dir = report_dir or Path(tempfile.mkdtemp(prefix="gout_eval_"))
     summary = evaluate_arrays(model.net, data, idx, threshold, report_dir, cfg, per_view)

@@ -27,7 +27,6 @@ Manifests of real radiographs are not supported yet (truth joints need a keypoin
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass, replace
@@ -56,8 +55,9 @@ from models.hand_joints.wrapper import (
 from train.common import metrics as M
 from train.common.loops import gaussian_heatmaps
 from train.common.seeding import seed_everything, torch_generator
-from train.common.splits import assert_patient_disjoint, patient_split
+from train.common.splits import split_indices
 from train.common.trainer import FitConfig, FitResult, Runtime, Trainer, make_scheduler
+from train.common.weights import save_serving_checkpoint, serving_state, sha256_of
 from train.phantoms.hand import HandImage, hand_cohort
 from train.tasks import CardRequest, DemoWeightsRequest, EvaluateRequest, FitRequest, TaskSpec, register_task
 
@@ -269,20 +269,13 @@ def split_cohort(cohort: list[HandImage], seed: int) -> dict[str, np.ndarray]:
     """70/15/15 by patient, stratified by disease."""
     patients = np.array([c.patient_id for c in cohort])
     labels = np.array([c.hands[0].disease for c in cohort])
-    splits = patient_split(patients, labels, (0.7, 0.15, 0.15), seed=seed)
-    assert_patient_disjoint(patients, splits)
-    return {name: np.flatnonzero(splits == name) for name in ("train", "val", "test")}
+    return split_indices(patients, labels, (0.7, 0.15, 0.15), seed)
 
 
 def save_bundle(detector: torch.nn.Module, grader: JointGrader, metadata: dict[str, Any], path: Path) -> str:
     """Write detector + grader + metadata (loadable with weights_only=True); return its SHA-256."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-
-    def clean(m: torch.nn.Module) -> dict[str, torch.Tensor]:
-        return {k: v.detach().clone().contiguous() for k, v in m.state_dict().items()}
-
-    torch.save({"detector": clean(detector), "grader": clean(grader), "metadata": metadata}, path)
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return save_serving_checkpoint(
+        {"detector": serving_state(detector), "grader": serving_state(grader), "metadata": metadata}, path)
 
 
 def train_all(cfg: HandConfig, out_dir: Path, bundle: Path) -> dict[str, Any]:
@@ -515,7 +508,7 @@ def evaluate(request: EvaluateRequest) -> Path:
 def card(request: CardRequest) -> Path:
     bundle = _bundle(request.checkpoint)
     model = build(bundle, {})
-    sha = hashlib.sha256(bundle.read_bytes()).hexdigest()
+    sha = sha256_of(bundle)
     n_params = count_parameters(model.detector) + count_parameters(model.grader)
     write_card(request.evaluation_dir / "metrics.json", sha, model.card.version, request.out_dir,
                HandConfig(seed=int(model.metadata.get("seed", 0)),

@@ -33,13 +33,11 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 from pydicom import Dataset
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 from scipy import ndimage
 
 from models.elastography.transforms import colorize
 from train.phantoms import toolkit as tk
-from train.phantoms.dicom_writer import Subject, UsRegion, phantom_uid, us_image
+from train.phantoms.dicom_writer import Subject, UsRegion, phantom_uid, us_image, with_file_meta
 
 KINDS: tuple[str, ...] = ("normal", "benign", "malignant", "cyst", "shadowing")
 #: share of each kind in a cohort
@@ -335,13 +333,7 @@ def bmode_dataset(case: BreastCase, *, subject: Subject, series_uid: str, instan
                   transducer=probe, series_uid=series_uid, series_number=3,
                   instance_number=instance,
                   sop_instance_uid=phantom_uid(series_uid, "instance", str(instance)))
-    meta = FileMetaDataset()  # so it can be sent as is (C-STORE needs the transfer syntax)
-    meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    ds.file_meta = meta
-    return ds
+    return with_file_meta(ds)  # so it can be sent as is (C-STORE needs the transfer syntax)
 
 
 def demo_series(seed: int = 0, kinds: Sequence[str] = ("malignant", "benign")) -> list[Dataset]:

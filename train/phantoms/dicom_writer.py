@@ -355,6 +355,23 @@ def _us_common(ds: Dataset, pixels: npt.ArrayLike, regions: Sequence[UsRegion],
     _set_pixels(ds, arr, photometric="RGB" if rgb else "MONOCHROME2", frames=frames)
 
 
+def _us_dataset(sop_class: str, pixels: npt.ArrayLike, frames: bool, *, regions: Sequence[UsRegion],
+                doppler: bool | None, subject: Subject | None, anatomy: str, body_part: str, laterality: str,
+                series_description: str, manufacturer: str, model_name: str, transducer: str,
+                series_uid: str | None, series_number: int, instance_number: int,
+                sop_instance_uid: str | None) -> Dataset:
+    """What `us_image` and `us_cine` share: the common modules, US equipment and the US Image module."""
+    ds = _base(sop_class, "US", subject=subject or Subject(), series_uid=series_uid,
+               series_number=series_number, instance_number=instance_number,
+               sop_instance_uid=sop_instance_uid, manufacturer=manufacturer,
+               model_name=model_name, series_description=series_description)
+    if body_part:
+        ds.BodyPartExamined = body_part
+    ds.TransducerData = [transducer]
+    _us_common(ds, pixels, regions, doppler, anatomy, laterality, frames=frames)
+    return ds
+
+
 def us_image(
     pixels: npt.ArrayLike,
     *,
@@ -376,16 +393,12 @@ def us_image(
     """A single-frame US Image Storage object (PS3.3 A.6): uint8 (rows, cols) MONOCHROME2 or
     (rows, cols, 3) RGB, with one calibration item per region. `doppler`, when given, must agree
     with the regions (colour flow or spectral Doppler present)."""
-    subject = subject or Subject()
-    ds = _base(UltrasoundImageStorage, "US", subject=subject, series_uid=series_uid,
-               series_number=series_number, instance_number=instance_number,
-               sop_instance_uid=sop_instance_uid, manufacturer=manufacturer,
-               model_name=model_name, series_description=series_description)
-    if body_part:
-        ds.BodyPartExamined = body_part
-    ds.TransducerData = [transducer]
-    _us_common(ds, pixels, regions, doppler, anatomy, laterality, frames=False)
-    return ds
+    return _us_dataset(UltrasoundImageStorage, pixels, False, regions=regions, doppler=doppler, subject=subject,
+                       anatomy=anatomy, body_part=body_part, laterality=laterality,
+                       series_description=series_description, manufacturer=manufacturer,
+                       model_name=model_name, transducer=transducer, series_uid=series_uid,
+                       series_number=series_number, instance_number=instance_number,
+                       sop_instance_uid=sop_instance_uid)
 
 
 def us_cine(
@@ -411,15 +424,12 @@ def us_cine(
     FrameTime in ms; the Frame Increment Pointer points at FrameTime (C.7.6.6, C.7.6.5)."""
     if frame_time_ms <= 0:
         raise ValueError(f"frame_time_ms must be > 0, got {frame_time_ms}")
-    subject = subject or Subject()
-    ds = _base(UltrasoundMultiFrameImageStorage, "US", subject=subject, series_uid=series_uid,
-               series_number=series_number, instance_number=instance_number,
-               sop_instance_uid=sop_instance_uid, manufacturer=manufacturer,
-               model_name=model_name, series_description=series_description)
-    if body_part:
-        ds.BodyPartExamined = body_part
-    ds.TransducerData = [transducer]
-    _us_common(ds, frames, regions, doppler, anatomy, laterality, frames=True)
+    ds = _us_dataset(UltrasoundMultiFrameImageStorage, frames, True, regions=regions, doppler=doppler,
+                     subject=subject, anatomy=anatomy, body_part=body_part, laterality=laterality,
+                     series_description=series_description, manufacturer=manufacturer,
+                     model_name=model_name, transducer=transducer, series_uid=series_uid,
+                     series_number=series_number, instance_number=instance_number,
+                     sop_instance_uid=sop_instance_uid)
     ds.FrameTime = float(frame_time_ms)
     ds.FrameIncrementPointer = 0x00181063  # (0018,1063) Frame Time
     ds.CineRate = max(1, round(1000.0 / frame_time_ms))
@@ -524,13 +534,26 @@ def xray(
 # --- files -------------------------------------------------------------------------------------
 
 
-def write(ds: Dataset, path: str | os.PathLike[str]) -> Path:
-    """Write `ds` as a PS3.10 file (preamble, file meta, Explicit VR Little Endian)."""
+def file_meta(sop_class_uid: str, sop_instance_uid: str) -> FileMetaDataset:
+    """PS3.10 file meta for one object in Explicit VR Little Endian (PS3.10 7.1)."""
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.MediaStorageSOPClassUID = sop_class_uid
+    meta.MediaStorageSOPInstanceUID = sop_instance_uid
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    return meta
+
+
+def with_file_meta(ds: Dataset) -> Dataset:
+    """Give an in-memory dataset its file meta (Explicit VR LE), so it can be written or sent
+    (C-STORE needs the transfer syntax) as it is; returns `ds`."""
+    ds.file_meta = file_meta(ds.SOPClassUID, ds.SOPInstanceUID)
+    return ds
+
+
+def write(ds: Dataset, path: str | os.PathLike[str]) -> Path:
+    """Write `ds` as a PS3.10 file (preamble, file meta, Explicit VR Little Endian)."""
+    meta = file_meta(ds.SOPClassUID, ds.SOPInstanceUID)
     meta.ImplementationVersionName = "SIDECAR_PHANTOM"
     ds.file_meta = meta
     out = Path(path)

@@ -31,8 +31,6 @@ from typing import Literal
 
 import numpy as np
 from pydicom import Dataset
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 from scipy import ndimage
 
 from models.hand_joints import joints as J
@@ -506,13 +504,7 @@ def hand_image(seed: int, *, patient_id: str | None = None, n_hands: int | None 
         instance_number=instance_number)
     if n == 2:
         ds.ImageLaterality = "B"
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    ds.file_meta = meta
-    return HandImage(ds, tuple(hands), pid)
+    return HandImage(dicom_writer.with_file_meta(ds), tuple(hands), pid)
 
 
 def hand_cohort(n_images: int, seed: int) -> list[HandImage]:

@@ -34,8 +34,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from pydicom import Dataset
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 from scipy import ndimage
 
 from train.phantoms import dicom_writer as W
@@ -323,18 +321,7 @@ def case_dataset(case: JointCase, *, doppler: bool, cine: bool, instance_number:
     else:
         ds = W.us_image(display[0], **common)  # type: ignore[arg-type]
     ds.UltrasoundColorDataPresent = 1 if doppler else 0
-    return with_file_meta(ds)
-
-
-def with_file_meta(ds: Dataset) -> Dataset:
-    """Give an in-memory dataset the file meta `dicom_writer.write` would (Explicit VR LE)."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    ds.file_meta = meta
-    return ds
+    return W.with_file_meta(ds)
 
 
 def demo_series(seed: int = 0) -> list[Dataset]:

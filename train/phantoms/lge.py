@@ -36,17 +36,12 @@ from pathlib import Path
 
 import numpy as np
 from pydicom import Dataset
-from pydicom.dataset import FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import (
-    EnhancedMRImageStorage,
-    ExplicitVRLittleEndian,
-    MRImageStorage,
-    PYDICOM_IMPLEMENTATION_UID,
-)
+from pydicom.uid import EnhancedMRImageStorage, MRImageStorage
 from scipy import ndimage
 
 from models.lge_qa.labels import VasBounds, certainty_label
+from train.phantoms.dicom_writer import file_meta
 from train.phantoms.toolkit import bias_field, gaussian_noise, rician_noise
 
 CLEAR_KINDS = ("no_lge", "lge")
@@ -282,15 +277,6 @@ def _stored(values: np.ndarray, vendor: str) -> tuple[np.ndarray, int, float]:
     return np.clip(np.rint(values), -32768, 32767).astype(np.int16), 1, 0.0
 
 
-def _file_meta(sop_class: str, sop_uid: str) -> FileMetaDataset:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    return meta
-
-
 def _common(ds: Dataset, *, study_uid: str, series_uid: str, series_number: int, vendor: str,
             description: str, patient_id: str) -> None:
     ds.SpecificCharacterSet = "ISO_IR 100"
@@ -349,7 +335,7 @@ def psir_dataset(
             ("ge", True): "MDE PSIR SAX", ("ge", False): "MDE SAX",
         }[(vendor, real)]
     ds = Dataset()
-    ds.file_meta = _file_meta(MRImageStorage, sop_uid)
+    ds.file_meta = file_meta(MRImageStorage, sop_uid)
     ds.SOPClassUID = MRImageStorage
     ds.SOPInstanceUID = sop_uid
     _common(ds, study_uid=study_uid, series_uid=series_uid, series_number=series_number,
@@ -426,7 +412,7 @@ def enhanced_psir_dataset(items: Sequence[LgeSlice], *, study_uid: str | None = 
     series_uid = phantom_uid("series", first.patient_id, "enhanced")
     sop_uid = phantom_uid("sop", series_uid, 1)
     ds = Dataset()
-    ds.file_meta = _file_meta(EnhancedMRImageStorage, sop_uid)
+    ds.file_meta = file_meta(EnhancedMRImageStorage, sop_uid)
     ds.SOPClassUID = EnhancedMRImageStorage
     ds.SOPInstanceUID = sop_uid
     _common(ds, study_uid=study_uid, series_uid=series_uid, series_number=20, vendor="siemens",

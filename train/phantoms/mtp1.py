@@ -42,7 +42,6 @@ from train.phantoms.joint_us import (
     _bmode,
     _complex_speckle,
     _display,
-    with_file_meta,
 )
 
 VIEWS = ("dorsal", "medial", "plantar")
@@ -197,7 +196,7 @@ def case_dataset(case: Mtp1Case, instance_number: int = 1) -> Dataset:
         item = Item()
         item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = code, "99PHANTOM", meaning
         ds.ViewCodeSequence = DicomSequence([item])
-    return with_file_meta(ds)
+    return W.with_file_meta(ds)
 
 
 def demo_series(seed: int = 0) -> list[Dataset]:

@@ -18,7 +18,6 @@ combined grade 0-3; `reader1_grade`, `reader2_grade` optional) instead of phanto
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tempfile
 import time
@@ -31,7 +30,6 @@ import numpy as np
 import pydicom
 import torch
 from torch.utils.data import DataLoader
-from torch.utils.data import Dataset as TorchDataset
 
 from models.synovitis.net import SynovitisNet
 from models.synovitis.transforms import VARIANTS, SynovitisTransform, to_input
@@ -47,12 +45,14 @@ from models.synovitis.wrapper import (
 )
 from train.common import metrics as M
 from train.common.cards import write_model_card
+from train.common.data import FlipGainArrays
 from train.common.loops import fit_classifier, load_weights
 from train.common.manifest import Manifest
 from train.common.reports import write_report
 from train.common.seeding import seed_everything
-from train.common.splits import assert_patient_disjoint, patient_split
+from train.common.splits import split_indices
 from train.common.trainer import FitConfig, FitResult
+from train.common.weights import checkpoint_metadata, save_state_and_metadata, sha256_of
 from train.phantoms.joint_us import JointCase, case_dataset, sample_cases
 from train.tasks import CardRequest, DemoWeightsRequest, EvaluateRequest, FitRequest, TaskSpec, register_task
 
@@ -111,28 +111,7 @@ def arrays(cases: Sequence[JointCase], variant: str, transform: SynovitisTransfo
 
 def split(data: Arrays, seed: int) -> dict[str, np.ndarray]:
     """70/15/15 patient-level split, stratified by the patient's highest grade."""
-    splits = patient_split(data.patients, data.y, (0.7, 0.15, 0.15), seed=seed, patient_label="max")
-    assert_patient_disjoint(data.patients, splits)
-    return {name: np.flatnonzero(splits == name) for name in ("train", "val", "test")}
-
-
-class _Flip(TorchDataset[tuple[torch.Tensor, torch.Tensor]]):
-    """Left-right flips (joints are scanned either way round), +-10 % gain; torch's seeded RNG."""
-
-    def __init__(self, x: np.ndarray, y: np.ndarray, augment: bool) -> None:
-        self.x, self.y, self.augment = torch.from_numpy(x), torch.from_numpy(y), augment
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        img = self.x[i]
-        if self.augment:
-            r = torch.rand(2)
-            if r[0] < 0.5:
-                img = img.flip(-1)
-            img = (img * (0.9 + 0.2 * r[1])).clamp(0, 1)
-        return img, self.y[i]
+    return split_indices(data.patients, data.y, (0.7, 0.15, 0.15), seed, patient_label="max")
 
 
 def predict(net: SynovitisNet, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
@@ -150,22 +129,13 @@ def train_net(variant: str, data: Arrays, idx: dict[str, np.ndarray], cfg: DemoC
     spec = VARIANTS[variant]
     net = SynovitisNet(spec.channels, spec.cine, cfg.size)
     gen = torch.Generator().manual_seed(cfg.seed)
-    train = DataLoader(_Flip(data.x[idx["train"]], data.y[idx["train"]], True), batch_size=cfg.batch_size,
+    train = DataLoader(FlipGainArrays(data.x[idx["train"]], data.y[idx["train"]], True), batch_size=cfg.batch_size,
                        shuffle=True, generator=gen)
-    val = DataLoader(_Flip(data.x[idx["val"]], data.y[idx["val"]], False), batch_size=64)
+    val = DataLoader(FlipGainArrays(data.x[idx["val"]], data.y[idx["val"]], False), batch_size=64)
     fit = fit or FitConfig(epochs=cfg.epochs_cine if spec.cine else cfg.epochs, lr=cfg.lr, seed=cfg.seed,
                            patience=5, progress=False, scheduler="cosine")
     result = fit_classifier(net, train, val, config=fit, out_dir=out_dir, task="multiclass", val_metric="auc")
     return net, result
-
-
-def save_checkpoint(net: SynovitisNet, metadata: dict[str, Any], path: Path) -> str:
-    """state_dict (float16, halves the file) + metadata; returns the SHA-256."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: (v.detach().half() if v.is_floating_point() else v.detach()).clone().contiguous()
-             for k, v in net.state_dict().items()}
-    torch.save({"state_dict": state, "metadata": metadata}, path)
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def agreement(pred: np.ndarray, readers: np.ndarray) -> dict[str, Any]:
@@ -203,9 +173,8 @@ def evaluate_arrays(variant: str, net: SynovitisNet, data: Arrays, test: np.ndar
 
 def _card(variant: str, evaluation_dir: Path, checkpoint: Path, out_dir: Path, cfg: DemoConfig) -> Path:
     spec = VARIANTS[variant]
-    blob = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    meta = dict(blob.get("metadata", {})) if isinstance(blob, dict) else {}
-    sha = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    meta = checkpoint_metadata(checkpoint)
+    sha = sha256_of(checkpoint)
     sampling = "Doppler-aware" if spec.doppler else "uniform"
     frames = f", {cfg.transform.frames} frames ({sampling} sampling)" if spec.cine else ""
     kind = f"US {'cine (multi-frame)' if spec.cine else 'still'} {'with power Doppler' if spec.doppler else 'greyscale'}"
@@ -282,7 +251,7 @@ def demo_weights_variant(variant: str, cfg: DemoConfig = DemoConfig(), out: Path
     metadata = {"model_id": model_id(variant), "variant": variant, "version": version, "size": cfg.size,
                 "input_size": cfg.transform.size, "frames": cfg.transform.frames, "seed": cfg.seed,
                 "not_for_clinical_use": True, "trained_on": f"phantoms: {len(data.y)} joints"}
-    sha = save_checkpoint(net, metadata, out)
+    sha = save_state_and_metadata(net, metadata, out, half=True)  # float16 halves the file
     model = build(variant, out)  # evaluate the saved file through the serving path
     report_dir = report_dir or Path(tempfile.mkdtemp(prefix=f"synovitis_{variant}_eval_"))
     summary = evaluate_arrays(variant, model.net, data, idx["test"], report_dir, cfg.seed)
