@@ -2,7 +2,11 @@
 # Installs everything the sidecar and its tests need on a fresh Debian machine:
 # dcmtk, Orthanc and dicom3tools from apt, the Python stack into .venv with torch pinned
 # (unpinned, a CUDA build of several GB would come along). Idempotent and quiet on re-runs.
+#   scripts/install.sh          the service and the default test dependencies
+#   scripts/install.sh --test   also the optional parts the suite can exercise here: PostgreSQL and
+#                               psycopg (shared journal), ONNX Runtime and the Triton client
 set -euo pipefail
+TEST_EXTRAS=0; [ "${1:-}" = "--test" ] && TEST_EXTRAS=1
 cd "$(dirname "$0")/.."
 need=()
 command -v storescu >/dev/null || need+=(dcmtk)
@@ -12,7 +16,7 @@ command -v dciodvfy >/dev/null || need+=(dicom3tools)
 command -v docker-compose >/dev/null || need+=(docker-compose)  # validates docker-compose.yml
 # Opt-in: SIDECAR_WITH_POSTGRES=1 also installs PostgreSQL and psycopg, so the journal suite and
 # tests/integration/test_shared_journal.py run on PostgreSQL too (they skip, saying why, without).
-WITH_PG=${SIDECAR_WITH_POSTGRES:-0}
+WITH_PG=${SIDECAR_WITH_POSTGRES:-$TEST_EXTRAS}
 if [ "$WITH_PG" = 1 ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then need+=(postgresql); fi
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
@@ -24,6 +28,7 @@ fi
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 extras=dev; [ "$WITH_PG" = 1 ] && extras=dev,postgres
+[ "$TEST_EXTRAS" = 1 ] && extras=dev,postgres,onnx,triton
 stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)-$extras
 if [ ! -f "$stamp" ]; then
   .venv/bin/pip install -q --disable-pip-version-check torch==2.13.0 -e ".[$extras]"
