@@ -25,9 +25,10 @@ import numpy as np
 import torch
 from pydicom import Dataset
 
+from models import checkpoint
 from models.backends import TensorBackend, TensorSignature
 from models.backends.inprocess import InProcessTorch
-from models.base import ModelCard
+from models.checkpoint import card_from_metadata
 from models.findings import Classification, Findings, ImageRef
 from models.lge_qa.labels import HIGH_CERTAINTY, LABELS, LOW_CERTAINTY
 from models.lge_qa.net import DEFAULT_SIZE, EfficientNetV2
@@ -103,16 +104,9 @@ class LgeQaModel:
             size=int(metadata.get("input_size", TransformConfig.size)),
             percentiles=tuple(metadata.get("percentiles", TransformConfig.percentiles)),  # type: ignore[arg-type]
         )
-        self.card = ModelCard(
-            id=MODEL_ID,
-            version=str(metadata.get("version", "0+untrained")),
-            name=NAME,
-            manufacturer=MANUFACTURER,
-            intended_use=INTENDED_USE,
-            labels=LABELS,
-            not_for_clinical_use=bool(metadata.get("not_for_clinical_use", True)),
-            reference=REFERENCE,
-            published=dict(PUBLISHED),
+        self.card = card_from_metadata(
+            metadata, id=MODEL_ID, name=NAME, manufacturer=MANUFACTURER, intended_use=INTENDED_USE,
+            labels=LABELS, reference=REFERENCE, published=PUBLISHED,
         )
 
     def prepare(self, datasets: Sequence[Dataset]) -> LgeQaBatch:
@@ -188,21 +182,13 @@ class LgeQaModel:
 
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(state_dict, metadata) from a checkpoint file; tensors only, no pickled code."""
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError) as exc:
-        raise LgeQaError(f"cannot read checkpoint {path}: {exc}") from exc
-    if not isinstance(blob, dict) or "state_dict" not in blob or "metadata" not in blob:
-        raise LgeQaError(f"{path} is not an lge_qa checkpoint (state_dict + metadata)")
-    state = {k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()}
-    return state, dict(blob["metadata"])
+    return checkpoint.load_checkpoint(path, LgeQaError, "an lge_qa checkpoint")
 
 
 def build(weights: Path | None = None, options: Mapping[str, Any] | None = None) -> LgeQaModel:
     """The factory the registry calls: load `weights` (or an untrained net) and apply `options`."""
     opts = dict(options or {})
-    if "torch_threads" in opts:
-        torch.set_num_threads(int(opts["torch_threads"]))
+    checkpoint.apply_torch_threads(opts)
     if weights is not None:
         state, metadata = load_checkpoint(Path(weights))
         net = EfficientNetV2(str(metadata.get("size", DEFAULT_SIZE)))
@@ -211,8 +197,7 @@ def build(weights: Path | None = None, options: Mapping[str, Any] | None = None)
         except RuntimeError as exc:
             raise LgeQaError(f"{weights}: weights do not fit size {metadata.get('size')!r}") from exc
     else:
-        metadata = {"version": "0+untrained", "threshold": 0.5, "not_for_clinical_use": True,
-                    "size": str(opts.get("size", DEFAULT_SIZE))}
+        metadata = checkpoint.untrained_metadata(threshold=0.5, size=str(opts.get("size", DEFAULT_SIZE)))
         net = EfficientNetV2(metadata["size"])
     threshold = float(opts.get("threshold", metadata.get("threshold", 0.5)))
     if not 0.0 < threshold < 1.0:
