@@ -271,18 +271,20 @@ class Journal(JournalQueries):
                 db.notify(JOBS_CHANNEL)
             return int(row[0]) if row is not None else None
 
-    def claim_job(self) -> Job | None:
+    def claim_job(self, streaming_only: bool = False) -> Job | None:
         """Take the most urgent queued job (lowest priority number, then oldest) and mark it running.
 
-        Jobs whose owner's lease ran out are put back in the queue first (`reclaimed` event).
+        `streaming_only` takes only per-instance jobs (the worker's streaming lane). Jobs whose
+        owner's lease ran out are put back in the queue first (`reclaimed` event).
         """
         if not self._query(
             "SELECT 1 FROM jobs WHERE state = 'queued' OR (state = 'running' AND lease_until < ?) LIMIT 1",
             (self._clock(),),
         ):
             return None  # the common idle poll stays a read
+        only = " AND instance_uid != ''" if streaming_only else ""
         jobs = self._claim(
-            "SELECT id FROM jobs WHERE state = 'queued' ORDER BY priority, id LIMIT 1", ()
+            f"SELECT id FROM jobs WHERE state = 'queued'{only} ORDER BY priority, id LIMIT 1", ()
         )
         return jobs[0] if jobs else None
 

@@ -91,36 +91,45 @@ class Worker:
         self.max_batch = max(1, max_batch)
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._wake_streaming = threading.Event()
+        self._lanes: list[threading.Thread] = []
 
     def notify(self) -> None:
         self._wake.set()
+        self._wake_streaming.set()
 
     def start(self) -> None:
+        """Two lanes: one takes any job (streaming first), the other only streaming jobs, so a
+        slice never waits behind a long series job (an SR over hundreds of images takes seconds)."""
         self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="worker", daemon=True)
-        self._thread.start()
+        self._lanes = [
+            threading.Thread(target=self._run, args=(False, self._wake), name="worker", daemon=True),
+            threading.Thread(target=self._run, args=(True, self._wake_streaming), name="worker-streaming",
+                             daemon=True),
+        ]
+        for lane in self._lanes:
+            lane.start()
 
     def stop(self, timeout_s: float = 30.0) -> None:
         self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-            self._thread = None
+        self.notify()
+        for lane in self._lanes:
+            lane.join(timeout_s)
+        self._lanes = []
 
-    def _run(self) -> None:
+    def _run(self, streaming_only: bool, wake: threading.Event) -> None:
         if self.torch_threads:
             import torch
 
             torch.set_num_threads(self.torch_threads)
         while not self._stop.is_set():
-            if self.run_once() is None:
-                self._wake.wait(self.poll_s)
-                self._wake.clear()
+            if self.run_once(streaming_only=streaming_only) is None:
+                wake.wait(self.poll_s)
+                wake.clear()
 
-    def run_once(self) -> list[JobOutcome] | None:
+    def run_once(self, streaming_only: bool = False) -> list[JobOutcome] | None:
         """Claim and run one job, or a batch of streaming jobs of one model; None when idle."""
-        job = self.journal.claim_job()
+        job = self.journal.claim_job(streaming_only=streaming_only)
         if job is None:
             return None
         more = self.journal.claim_batch(job, self.max_batch - 1) if job.instance_uid else []

@@ -136,3 +136,39 @@ class TestBatching:
         outcomes = Worker(j, {"brightness": BrightnessModel()}, [route], tmp_path / "results").drain()
         assert sorted(o.ok for o in outcomes) == [False, True]
         assert len(j.outbox(uid)) == 1
+
+
+class TestLanes:
+    def test_streaming_lane_takes_only_instance_jobs(self, tmp_path: Path) -> None:
+        """The streaming lane leaves a queued series job alone and runs the slice behind it."""
+        j, route, series = _setup(tmp_path, "brightness", "instance", ["sr"])
+        uid = str(series[0].SeriesInstanceUID)
+        sr_route = Route.model_validate({"name": "s", "model": "brightness", "destinations": ["pacs"]})
+        series_job = j.enqueue_job(series_uid=uid, instance_uid="", model_id="brightness", model_version="1.0.0",
+                                   revision=0, route="s", priority=-1)  # even if it were more urgent
+        slice_job = j.enqueue_job(series_uid=uid, instance_uid=str(series[0].SOPInstanceUID),
+                                  model_id="brightness", model_version="1.0.0", revision=0, route="r", priority=0)
+        w = Worker(j, {"brightness": BrightnessModel()}, [route, sr_route], tmp_path / "results")
+        [outcome] = w.run_once(streaming_only=True) or []
+        assert outcome.job_id == slice_job
+        assert j.job(series_job).state == "queued"  # type: ignore[arg-type,union-attr]
+        assert w.run_once(streaming_only=True) is None
+
+    def test_started_worker_runs_both_kinds_and_stops(self, tmp_path: Path) -> None:
+        """Started, the two lanes finish a series job and a slice job; stop joins them."""
+        j, route, series = _setup(tmp_path, "brightness", "instance", ["sr"])
+        uid = str(series[0].SeriesInstanceUID)
+        sr_route = Route.model_validate({"name": "s", "model": "brightness", "destinations": ["pacs"]})
+        j.enqueue_job(series_uid=uid, instance_uid="", model_id="brightness", model_version="1.0.0",
+                      revision=0, route="s", priority=10)
+        j.enqueue_job(series_uid=uid, instance_uid=str(series[0].SOPInstanceUID), model_id="brightness",
+                      model_version="1.0.0", revision=0, route="r", priority=0)
+        w = Worker(j, {"brightness": BrightnessModel()}, [route, sr_route], tmp_path / "results", poll_s=0.05)
+        w.start()
+        try:
+            deadline = time.monotonic() + 20
+            while j.summary()["jobs"].get("done", 0) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            w.stop()
+        assert j.summary()["jobs"] == {"done": 2}
