@@ -375,3 +375,94 @@ def test_read_back_of_the_written_demo_file_decodes_the_same(series: list[Datase
     a, _, _ = T.dataset_to_input(series[1], 128)
     b, _, _ = T.dataset_to_input(pydicom.dcmread(path), 128)
     assert np.array_equal(a, b)
+
+
+def _pair_manifest(folder: Path, n_patients: int = 3, per_patient: int = 2) -> Path:
+    """B-mode phantoms written as DICOM, their colour E-mode as region-sized PNG targets; one
+    patient per split (train, val, test); lesion rows carry label_tsukuba and label_box."""
+    from PIL import Image
+
+    from train.phantoms.breast import bmode_dataset
+    from train.phantoms.dicom_writer import Subject, phantom_uid
+
+    splits = ("train", "val", "test")
+    rows = []
+    for p in range(n_patients):
+        subject = Subject(patient_id=f"PH-EL{p:02d}", patient_name="PHANTOM^ELASTO",
+                          study_uid=phantom_uid("el-study", str(p)))
+        series_uid = phantom_uid("el-series", str(p))
+        for k in range(per_patient):
+            kind = ("malignant", "normal", "benign", "cyst")[(p + k) % 4]
+            case = breast_case(9000 + 10 * p + k, kind=kind, shape=(120, 140))
+            ds = bmode_dataset(case, subject=subject, series_uid=series_uid, instance=k + 1, vendor=p)
+            write(ds, folder / f"p{p}_{k}.dcm")
+            Image.fromarray(case.emode).save(folder / f"p{p}_{k}_strain.png")
+            box = ""
+            if case.lesion.any():
+                region = T.tissue_region(ds)
+                ys, xs = np.nonzero(case.lesion)
+                box = f"{region.x0 + xs.min()} {region.y0 + ys.min()} {region.x0 + xs.max()} {region.y0 + ys.max()}"
+            rows.append({"path": f"p{p}_{k}.dcm", "patient_id": subject.patient_id,
+                         "label_box": box, "label_target_path": f"p{p}_{k}_strain.png",
+                         "label_tsukuba": str(case.tsukuba or ""), "split": splits[p % 3]})
+    manifest = folder / "pairs.csv"
+    with manifest.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return manifest
+
+
+class TestManifestPairs:
+    def test_colour_strain_reads_back_through_the_colour_map(self) -> None:
+        """A colorized strain map inverts to the strain it was drawn from (within a level)."""
+        from train.elastography.task import strain_from_colour
+
+        mapped = np.linspace(0, 1, 64, dtype=np.float32)[None].repeat(8, 0)
+        back = strain_from_colour(T.colorize(mapped).astype(np.float32) / 255.0)
+        assert np.abs(back - mapped).max() <= 0.02
+
+    def test_pair_is_the_serving_input_with_the_target_cropped_alike(self, tmp_path: Path) -> None:
+        """The B-mode input equals the serving transform; the target keeps the phantom's strain."""
+        from train.elastography.task import manifest_arrays
+
+        manifest = _pair_manifest(tmp_path, n_patients=1, per_patient=2)
+        data = manifest_arrays(manifest, "train", 64)
+        serving, _, _ = T.dataset_to_input(pydicom.dcmread(tmp_path / "p0_0.dcm"), 64)
+        assert data.x.shape == (2, 2, 64, 64) and data.y.shape == (2, 4, 64, 64)
+        assert np.array_equal(data.x[0, :1], serving)
+        case = breast_case(9000, kind="malignant", shape=(120, 140))
+        truth = T.resize(case.mapped, 64, 64)
+        assert np.corrcoef(T.from_unit(data.y[0, 3]).ravel(), truth.ravel())[0, 1] > 0.95
+        assert data.x[0, 1].sum() > 0 and data.x[1, 1].sum() == 0  # lesion box, normal case
+        assert data.tsukuba[0] == case.tsukuba and data.tsukuba[1] == 0
+
+    def test_fit_and_evaluate_on_a_manifest_of_real_pairs(self, tmp_path: Path) -> None:
+        """fit runs fit_gan on the train/val rows; evaluate writes the NCC/SSIM report for test."""
+        import json
+
+        from train.common.trainer import GanConfig
+        from train.elastography.task import task_evaluate, task_fit
+        from train.tasks import EvaluateRequest, FitRequest
+
+        manifest = _pair_manifest(tmp_path)
+        config = GanConfig(epochs=1, max_steps_per_epoch=1, patience=0, progress=False, device="cpu", seed=0)
+        result = task_fit(FitRequest(out_dir=tmp_path / "fit", config=config, manifest=manifest, batch_size=2))
+        assert (tmp_path / "fit" / "breast_elastography.pt").is_file()
+        out = task_evaluate(EvaluateRequest(checkpoint=Path(result.best_checkpoint), out_dir=tmp_path / "eval",
+                                            manifest=manifest, split="test"))
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert (out / "report.md").is_file()
+        assert metrics["extra"]["n_images"] == 2
+        assert np.isfinite(metrics["summary"]["ncc"]["value"])
+        assert np.isfinite(metrics["summary"]["ncc.median"]["value"])
+
+    def test_row_without_target_is_named_in_the_error(self, tmp_path: Path) -> None:
+        """A missing target image fails with the manifest file, its line and the column."""
+        from train.common.manifest import ManifestError
+        from train.elastography.task import manifest_arrays
+
+        manifest = _pair_manifest(tmp_path, n_patients=1, per_patient=2)
+        (tmp_path / "p0_1_strain.png").unlink()
+        with pytest.raises(ManifestError, match=r"pairs\.csv:3: column 'label_target_path'.*p0_1_strain\.png"):
+            manifest_arrays(manifest, "train", 64)

@@ -14,6 +14,11 @@ Evaluation as published: zero-mean NCC of generated vs phantom strain (mean ± S
 range), also for the colour E-mode image; SSIM; Cohen's kappa (unweighted and linear) between
 the head's Tsukuba score and the phantom's.
 
+A site trains and evaluates on its own pairs with `--manifest` (`manifest_arrays`): `path` is the
+B-mode image, `label_target_path` the real strain elastography image of the same view,
+`label_tsukuba` (1-5) and `label_box` ("x0 y0 x1 y1", B-mode frame pixels) are optional; see
+`MANIFEST_COLUMNS_HELP`.
+
 Every phantom region goes through `models.elastography.transforms.region_to_input` (and the
 target through `target_to_tensor`), the code the sidecar runs after decoding and region crop.
 """
@@ -50,6 +55,7 @@ from models.elastography.wrapper import (
     build,
 )
 from train.common.loops import FitConfig, GanConfig, fit_classifier, fit_gan
+from train.common.manifest import Manifest, ManifestError, ManifestRow
 from train.common.metrics import cohen_kappa, ncc, ssim
 from train.common.seeding import seed_everything
 from train.common.splits import split_indices
@@ -251,7 +257,10 @@ def evaluate_arrays(weights: Path, data: Arrays, out_dir: Path, seed: int = 0,
         "version": model.card.version,
     }
     kappa = float("nan")
-    if pred_scores and lesion.any():
+    head_untrained = "NOT trained" in str(model.metadata.get("trained_on", ""))
+    if head_untrained:
+        extra["tsukuba_kappa"] = "not reported: the Tsukuba head was not trained (no scores in training)"
+    if pred_scores and lesion.any() and not head_untrained:
         truth = data.tsukuba[lesion]
         pred = np.asarray(pred_scores)[lesion]
         kappa = cohen_kappa(truth, pred, labels=[1, 2, 3, 4, 5])
@@ -342,14 +351,165 @@ def demo_weights(cfg: DemoConfig = DemoConfig(), out: Path = DEMO_WEIGHTS, repor
     return summary
 
 
+# --- a site's own pairs: the manifest ---------------------------------------------------------
+
+TARGET_COLUMN, TSUKUBA_COLUMN, BOX_COLUMN = "label_target_path", "label_tsukuba", "label_box"
+MANIFEST_COLUMNS_HELP = (
+    "Manifest of real pairs (train/common/manifest.py): path = the B-mode image (DICOM file or PNG), "
+    "patient_id, split (train/val for fit, e.g. test for evaluate), label_target_path = the strain "
+    "elastography image of the same view (DICOM or PNG; the same frame as the B-mode, cropped at its "
+    "region, or already the region; colour in the console map red soft .. blue hard, or grey strain "
+    "1 soft .. 0 hard), optional label_tsukuba (1-5) and label_box ('x0 y0 x1 y1', B-mode frame pixels, "
+    "inclusive)."
+)
+_COLOUR_LEVELS = np.linspace(0.0, 1.0, 101, dtype=np.float32)
+
+
+def _read_pixels(path: Path) -> tuple[np.ndarray, Any]:
+    """A DICOM (first frame) or PNG -> (pixels as stored, grey or RGB; the dataset or None)."""
+    import pydicom
+    from PIL import Image
+
+    if path.suffix.lower() == ".png":
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB") if im.mode not in ("L", "I;16", "I") else im), None
+    ds = pydicom.dcmread(path)
+    if "PixelData" not in ds:
+        raise T.TransformError("no PixelData")
+    arr = ds.pixel_array
+    if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
+        arr = arr[0]
+    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2"))
+    if photometric == "PALETTE COLOR":
+        from pydicom.pixels import apply_color_lut
+
+        arr = apply_color_lut(arr, ds)
+        arr = (arr >> 8).astype(np.uint8) if arr.dtype != np.uint8 else arr
+    elif photometric == "MONOCHROME1":
+        arr = arr.max() - arr
+    return np.asarray(arr), ds
+
+
+def strain_from_colour(rgb: np.ndarray) -> np.ndarray:
+    """Colour strain image (H, W, 3) in [0, 1] -> mapped strain (1 soft ... 0 hard), by the nearest
+    colour of `transforms.colorize` (the console convention: soft red ... hard blue)."""
+    palette = T.colorize(_COLOUR_LEVELS).astype(np.float32) / 255.0  # (L, 3)
+    flat = rgb.reshape(-1, 3).astype(np.float32)
+    d = (flat**2).sum(1, keepdims=True) - 2 * flat @ palette.T + (palette**2).sum(1)[None]
+    return _COLOUR_LEVELS[np.argmin(d, axis=1)].reshape(rgb.shape[:2])
+
+
+def pair_arrays(manifest: Manifest, row: ManifestRow, size: int,
+                where: str) -> tuple[np.ndarray, np.ndarray, int]:
+    """One manifest row -> (input (2, S, S): B-mode, lesion mask; target (4, S, S); Tsukuba 0-5).
+
+    The B-mode goes through the serving transforms (`dataset_to_input`: decode, region crop,
+    resize, [-1, 1]; a PNG uses the non-dark box). The target is cropped at the same region when it
+    has the B-mode frame's size, else taken as the region itself, and resized the same way; a colour
+    target is E-mode RGB and its strain is read back through the colour map, a grey one is strain.
+    """
+    bmode_path = manifest.resolve(row)
+    if not bmode_path.is_file():
+        raise ManifestError(f"{where}: column 'path': {bmode_path} is not a file")
+    target_text = row.labels.get(TARGET_COLUMN.removeprefix("label_"), "")
+    if not target_text:
+        raise ManifestError(f"{where}: column {TARGET_COLUMN!r} is empty; each row needs the strain "
+                            "elastography image of the same view")
+    target_path = Path(target_text) if Path(target_text).is_absolute() else manifest.root / target_text
+    if not target_path.is_file():
+        raise ManifestError(f"{where}: column {TARGET_COLUMN!r}: {target_path} is not a file")
+    try:
+        pixels, ds = _read_pixels(bmode_path)
+        if ds is not None:
+            x, region, grey = T.dataset_to_input(ds, size)
+        else:
+            grey = T.to_grey(pixels)
+            region = T.fallback_region(grey)
+            x = T.region_to_input(grey[region.y0 : region.y1 + 1, region.x0 : region.x1 + 1], size)
+        tpix, _ = _read_pixels(target_path)
+    except (T.TransformError, OSError, ValueError) as exc:
+        raise ManifestError(f"{where}: cannot read the pair: {exc}") from None
+    if tpix.shape[:2] == grey.shape:
+        tpix = tpix[region.y0 : region.y1 + 1, region.x0 : region.x1 + 1]
+    top = 255.0 if tpix.dtype == np.uint8 else float(max(tpix.max(initial=1), 1))
+    t = T.resize(tpix.astype(np.float32) / np.float32(top), size, size).clip(0, 1)
+    if t.ndim == 3 and t.shape[-1] >= 3 and np.ptp(t[..., :3] - t[..., :1]) > 0.02:
+        rgb = t[..., :3]
+        mapped = strain_from_colour(rgb)
+    else:
+        mapped = t[..., 0] if t.ndim == 3 else t
+        rgb = T.colorize(mapped).astype(np.float32) / 255.0
+    y = T.to_unit(np.concatenate([rgb.transpose(2, 0, 1), mapped[None]], axis=0).clip(0, 1))
+    mask = np.zeros((size, size), dtype=np.float32)
+    box_text = row.labels.get(BOX_COLUMN.removeprefix("label_"), "")
+    if box_text:
+        try:
+            bx0, by0, bx1, by1 = (float(v) for v in box_text.replace(",", " ").split())
+        except ValueError:
+            raise ManifestError(f"{where}: column {BOX_COLUMN!r}: {box_text!r} is not 'x0 y0 x1 y1'") from None
+        sx, sy = size / region.cols, size / region.rows
+        c0, c1 = int(np.floor((bx0 - region.x0) * sx)), int(np.ceil((bx1 - region.x0 + 1) * sx))
+        r0, r1 = int(np.floor((by0 - region.y0) * sy)), int(np.ceil((by1 - region.y0 + 1) * sy))
+        mask[max(r0, 0) : max(min(r1, size), 0), max(c0, 0) : max(min(c1, size), 0)] = 1.0
+    score_text = row.labels.get(TSUKUBA_COLUMN.removeprefix("label_"), "")
+    if score_text not in ("", "1", "2", "3", "4", "5"):
+        raise ManifestError(f"{where}: column {TSUKUBA_COLUMN!r}: {score_text!r} is not 1-5 or empty")
+    return np.concatenate([x, mask[None]]), y, int(score_text or 0)
+
+
+def manifest_arrays(manifest_csv: Path, split: str, size: int) -> Arrays:
+    """The rows of one split of a manifest of real pairs, through `pair_arrays`.
+
+    Columns (see `MANIFEST_COLUMNS_HELP`): path (B-mode DICOM or PNG), patient_id, split,
+    label_target_path (the strain elastography image of the same view, DICOM or PNG),
+    label_tsukuba (optional, 1-5; empty = unknown) and label_box (optional, the lesion box
+    "x0 y0 x1 y1" in B-mode frame pixels, inclusive; it drives the lesion-crop discriminator).
+    Errors name the file and line of the row.
+    """
+    manifest = Manifest.read(manifest_csv)
+    xs, ys, scores, patients = [], [], [], []
+    for i, row in enumerate(manifest):
+        if row.split != split:
+            continue
+        x, y, score = pair_arrays(manifest, row, size, where=f"{manifest_csv}:{i + 2}")
+        xs.append(x)
+        ys.append(y)
+        scores.append(score)
+        patients.append(row.patient_id)
+    if not xs:
+        raise ManifestError(f"{manifest_csv}: no rows in split {split!r}")
+    return Arrays(np.stack(xs).astype(np.float32), np.stack(ys).astype(np.float32),
+                  np.array(scores, dtype=np.int64), np.array([""] * len(xs)), np.array(patients))
+
+
+def fit_manifest(request: Any) -> Any:
+    """fit_gan on the manifest's train/val pairs; the Tsukuba head too when both splits have scores."""
+    cfg = DemoConfig(seed=request.config.seed, batch_size=request.batch_size)
+    torch.set_num_threads(cfg.torch_threads)
+    manifest_csv = Path(request.manifest)
+    train = manifest_arrays(manifest_csv, "train", cfg.input_size)
+    val = manifest_arrays(manifest_csv, "val", cfg.input_size)
+    out_dir = Path(request.out_dir)
+    gen, result = train_generator(cfg, train, val, out_dir, gan=request.config, resume=request.resume)
+    head = bool((train.tsukuba > 0).any() and (val.tsukuba > 0).any())
+    if head:
+        fit_tsukuba_head(gen, train, val, cfg, out_dir / "head")
+    trained_on = (f"manifest {manifest_csv.name}: {len(train.x)} train, {len(val.x)} val pairs; "
+                  f"Tsukuba head {'trained' if head else 'NOT trained (no scores)'}")
+    gen.eval()
+    save_state_and_metadata(gen, metadata_of(cfg, f"0.1.0-fit.manifest.seed{cfg.seed}", trained_on),
+                            out_dir / f"{MODEL_ID}.pt")
+    return result
+
+
 # --- the harness CLI (`python -m train breast_elastography ...`) ----------------------------------
 
 
 def task_fit(request: Any) -> Any:
-    """FitRequest -> FitResult on the phantom cohort; also writes `breast_elastography.pt`."""
+    """FitRequest -> FitResult on a manifest of real pairs (`manifest_arrays`) or the phantom
+    cohort; also writes `breast_elastography.pt`."""
     if request.manifest is not None:
-        raise ValueError("breast_elastography trains on paired B-mode/elastography phantoms only; "
-                         "a manifest of real pairs is not supported yet")
+        return fit_manifest(request)
     cfg = DemoConfig(seed=request.config.seed, batch_size=request.batch_size)
     torch.set_num_threads(cfg.torch_threads)
     data, idx = phantom_cohort(cfg)
@@ -369,11 +529,16 @@ def _serving_checkpoint(path: Path) -> Path:
 
 
 def task_evaluate(request: Any) -> Path:
-    """EvaluateRequest -> report folder for a serving checkpoint on one phantom split."""
-    if request.manifest is not None:
-        raise ValueError("breast_elastography evaluates on its phantom splits only")
+    """EvaluateRequest -> report folder for a serving checkpoint on one split of a manifest of
+    real pairs (`manifest_arrays`) or of the phantoms."""
     checkpoint = _serving_checkpoint(Path(request.checkpoint))
     model = build(checkpoint, {})
+    if request.manifest is not None:
+        size = int(model.metadata.get("input_size", DemoConfig.input_size))
+        data = manifest_arrays(Path(request.manifest), request.split, size)
+        evaluate_arrays(checkpoint, data, Path(request.out_dir), seed=request.seed,
+                        title=f"Virtual elastography, manifest split {request.split}")
+        return Path(request.out_dir)
     cfg = DemoConfig(seed=int(model.metadata.get("seed", DEMO_SEED)),
                      input_size=int(model.metadata.get("input_size", DemoConfig.input_size)))
     data, idx = phantom_cohort(cfg)
