@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import copy
+import csv
 import hashlib
+import json
+import math
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -20,7 +25,9 @@ from models.hand_joints.wrapper import HandJointsModel, build, scheme_for
 from sidecar.results.sr import build_sr
 from tests.helpers.validate import assert_valid_dicom
 from train.common import metrics as M
-from train.phantoms.hand import demo_series, hand_image
+from train.hand_joints.annotations import AnnotationError, read_annotated_manifest
+from train.hand_joints.task import samples_of
+from train.phantoms.hand import HandImage, demo_series, hand_image
 
 DEMO_WEIGHTS = Path(__file__).resolve().parents[2] / "models" / "hand_joints" / "weights" / "demo.pt"
 FRESH_SEEDS = range(900_000, 900_010)  # never drawn by demo-weights (its seeds are 0..239)
@@ -244,3 +251,125 @@ class TestDemoWeights:
         ds.SeriesDescription = "HAND PA"
         (res,) = demo_model.analyse(ds)
         assert res.side_inferred and res.laterality == "L"
+
+
+# --- a site's annotated radiographs: manifest + joints CSV ------------------------------------
+
+
+def _write_site(root: Path) -> tuple[Path, list[HandImage]]:
+    """Eight phantom radiographs as a site would hand them over: DICOM files, a manifest with
+    splits and `<stem>.joints.csv` with the truth written out in the documented format."""
+    root.mkdir(parents=True, exist_ok=True)
+    specs: list[dict[str, Any]] = [
+        {"disease": "RA", "n_hands": 1, "laterality": "L"}, {"disease": "OA", "n_hands": 1, "laterality": "R"},
+        {"disease": "RA", "n_hands": 2}, {"disease": "OA", "n_hands": 1, "laterality": "L"},
+        {"disease": "OA", "n_hands": 1, "laterality": "R"}, {"disease": "RA", "n_hands": 1, "laterality": "L"},
+        {"disease": "RA", "n_hands": 1, "laterality": "R"}, {"disease": "OA", "n_hands": 2},
+    ]
+    splits = ["train", "train", "train", "train", "val", "val", "test", "test"]
+    images = [hand_image(700_000 + i, **spec) for i, spec in enumerate(specs)]
+    del images[3].dataset.ImageLaterality  # side from the annotation, as a header-less CR would
+    images[3].dataset.SeriesDescription = "HAND PA"
+    manifest = root / "site.csv"
+    joints = root / "site.joints.csv"
+    with manifest.open("w", newline="") as mf, joints.open("w", newline="") as jf:
+        m = csv.writer(mf)
+        m.writerow(["path", "patient_id", "sop_instance_uid", "split"])
+        j = csv.writer(jf)
+        j.writerow(["sop_instance_uid", "path", "joint", "laterality", "x", "y", "x0", "y0", "x1", "y1",
+                    "shs_jsn", "kl"])
+        for i, (img, split) in enumerate(zip(images, splits, strict=True)):
+            name = f"img{i}.dcm"
+            img.dataset.save_as(root / name, enforce_file_format=True)
+            uid = str(img.dataset.SOPInstanceUID)
+            m.writerow([name, img.patient_id, uid, split])
+            for hand in img.hands:
+                for joint in J.JOINTS:
+                    x, y = hand.keypoints[joint]
+                    box = hand.boxes[joint] if i % 2 == 0 else ("", "", "", "")  # odd: the model's box rule
+                    grade = hand.grades.get(joint, "")
+                    key = (uid, "") if i != 1 else ("", name)  # image 1 keyed by path
+                    j.writerow([*key, joint, hand.laterality, x, y, *box,
+                                grade if hand.scheme == J.SHS else "", grade if hand.scheme == J.KL else ""])
+    return manifest, images
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[HandImage]]:
+    return _write_site(tmp_path_factory.mktemp("site"))
+
+
+class TestSiteAnnotations:
+    def test_joints_csv_is_read_with_sides_grades_and_default_boxes(
+            self, site: tuple[Path, list[HandImage]]) -> None:
+        """Every manifest row gets its hands, keypoints, grades per scheme and boxes (given or derived)."""
+        manifest, images = site
+        annotated, unannotated = read_annotated_manifest(manifest)
+        assert unannotated == 0 and len(annotated) == len(images)
+        for got, img in zip(annotated, images, strict=True):
+            assert [h.laterality for h in got.hands] == [h.laterality for h in img.hands]
+            for a, truth in zip(got.hands, img.hands, strict=True):
+                assert dict(a.shs if truth.scheme == J.SHS else a.kl) == truth.grades
+                for joint in J.JOINTS:
+                    assert np.allclose(a.keypoints[joint], truth.keypoints[joint])
+                    assert np.allclose(a.boxes[joint], truth.boxes[joint], atol=1e-6)
+
+    def test_keypoints_map_into_the_canonical_hand_as_in_service(self, site: tuple[Path, list[HandImage]]) -> None:
+        """Training samples come from the serving transforms; their canonical keypoints map back exactly."""
+        manifest, images = site
+        annotated, _ = read_annotated_manifest(manifest)
+        samples = samples_of(annotated)
+        assert len(samples) == sum(len(img.hands) for img in images)
+        for s in samples:
+            truth = {h.laterality: h for h in images[s.image].hands}[s.hand.laterality or ""]
+            src = np.array([truth.keypoints[n] for n in J.JOINTS])
+            assert np.allclose(s.hand.to_source(s.points), src)
+            assert s.hand.mirrored == (s.hand.laterality == "L")
+
+    def test_fit_and_evaluate_on_a_manifest_write_a_finite_report(
+            self, site: tuple[Path, list[HandImage]], tmp_path: Path) -> None:
+        """`fit --manifest` trains both networks from the site's splits; `evaluate --manifest` reports the test split."""
+        from train.cli import main
+
+        manifest, _ = site
+        fit_dir, report = tmp_path / "fit", tmp_path / "evaluate"
+        assert main(["hand_joints", "fit", "--manifest", str(manifest), "--epochs", "1", "--out", str(fit_dir),
+                     "--no-progress", "--device", "cpu"]) == 0
+        bundle = fit_dir / "bundle.pt"
+        assert build(bundle, {}).metadata["manifest"] == "site.csv"
+        assert main(["hand_joints", "evaluate", "--manifest", str(manifest), "--split", "test",
+                     "--checkpoint", str(bundle), "--out", str(report)]) == 0
+        metrics = json.loads((report / "metrics.json").read_text())
+        assert (report / "report.md").is_file() and metrics["n_cases"] == 2
+        summary = metrics["summary"]
+        for key in ("detection.map50", "detection.recall_mean", "ra.pr_auc.all", "oa.pr_auc.all"):
+            assert math.isfinite(summary[key]["value"]), key
+        for tag in ("ra", "oa"):
+            assert {f"{tag}.pr_auc.{c}" for c in J.THREE_CLASSES} <= set(summary)
+        recall = metrics["details"]["recall_per_joint"]
+        assert set(recall) == set(J.JOINTS) and all(0.0 <= v <= 1.0 for v in recall.values())
+        assert metrics["details"]["hands_unmatched"] == 0  # the test images carry their side
+        assert "test split of site.csv" in (report / "report.md").read_text()
+
+    def test_unknown_joint_names_its_row(self, site: tuple[Path, list[HandImage]], tmp_path: Path) -> None:
+        """A joints row naming a joint the model does not know is refused with its file and line."""
+        manifest, _ = site
+        bad = tmp_path / "bad.csv"
+        bad.write_text("\n".join(
+            f"{manifest.parent / line.split(',', 1)[0]},{line.split(',', 1)[1]}" if i else line
+            for i, line in enumerate(manifest.read_text().splitlines())) + "\n")
+        rows = (manifest.parent / "site.joints.csv").read_text().splitlines()
+        rows[3] = rows[3].replace(",DIP4,", ",DIP1,")
+        (tmp_path / "bad.joints.csv").write_text("\n".join(rows) + "\n")
+        with pytest.raises(AnnotationError, match=r"bad\.joints\.csv:4: joint 'DIP1' is not a joint"):
+            read_annotated_manifest(bad)
+
+    def test_annotated_side_must_agree_with_the_header(self, site: tuple[Path, list[HandImage]]) -> None:
+        """A hand annotated L on a radiograph whose header says R is refused, naming the image."""
+        manifest, _ = site
+        annotated, _ = read_annotated_manifest(manifest)
+        right = annotated[1]  # header ImageLaterality R
+        swapped = replace(right, hands=tuple(replace(h, laterality="L") for h in right.hands))
+        with pytest.raises(AnnotationError, match=r"site\.csv:3: joints annotated on side\(s\) L but the image "
+                                                  r"header says laterality R"):
+            samples_of([swapped])

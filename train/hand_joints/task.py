@@ -1,8 +1,11 @@
-"""Train, evaluate and document the hand-joints model (`models/hand_joints`) on phantoms.
+"""Train, evaluate and document the hand-joints model (`models/hand_joints`) on phantoms or a
+site's annotated radiographs.
 
     python -m train hand_joints demo-weights      # rebuild models/hand_joints/weights/demo.pt
     python -m train hand_joints fit --out DIR     # both networks; DIR/bundle.pt is servable
     python -m train hand_joints evaluate --checkpoint DIR/bundle.pt --out REPORT
+    python -m train hand_joints fit --manifest M.csv --out DIR   # M.joints.csv beside M.csv
+    python -m train hand_joints evaluate --manifest M.csv --split test --checkpoint DIR/bundle.pt
     python -m train hand_joints card --evaluation REPORT --checkpoint DIR/bundle.pt --out CARD
 
 Recipe: a seeded cohort from `train.phantoms.hand` (one radiograph per fake patient, RA and OA,
@@ -22,13 +25,18 @@ disease, every image read through `models.hand_joints.transforms` exactly as in 
    over all joints (micro-average), RA (SHS) and OA (KL) separately; detection AP at IoU 0.5
    per joint and mAP; per-joint recall; confusion per grade and per class.
 
-Manifests of real radiographs are not supported yet (truth joints need a keypoint format).
+A site's own radiographs: `fit --manifest M.csv` trains on its train/val splits and `evaluate
+--manifest M.csv --split S` reports on split S, the joints read from a companion CSV
+(`M.joints.csv` beside the manifest, or each row's `label_joints_csv`); the format is in
+`train.hand_joints.annotations`. Images go through the same serving transforms and keypoints
+into the same canonical frame as the phantoms'.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -53,6 +61,7 @@ from models.hand_joints.wrapper import (
     build,
 )
 from train.common import metrics as M
+from train.hand_joints.annotations import AnnotatedImage, from_phantom, read_annotated_manifest, split_of
 from train.common.loops import gaussian_heatmaps
 from train.common.seeding import seed_everything, torch_generator
 from train.common.splits import split_indices
@@ -84,13 +93,13 @@ class HandConfig:
 
 @dataclass(frozen=True)
 class Sample:
-    """One canonical hand with its truth in canonical pixel coordinates."""
+    """One canonical hand with its truth in canonical pixel coordinates and its grades."""
 
-    image: int  # index into the cohort
+    image: int  # index into the image list
     hand: T.Hand
     points: np.ndarray  # (K, 2) canonical (col, row)
-    disease: str
-    grades: dict[str, int]
+    shs: Mapping[str, int]  # SHS narrowing grade per scored joint
+    kl: Mapping[str, int]  # KL grade per scored joint
 
 
 def to_canonical(hand: T.Hand, points_src: np.ndarray) -> np.ndarray:
@@ -102,15 +111,19 @@ def to_canonical(hand: T.Hand, points_src: np.ndarray) -> np.ndarray:
     return pts
 
 
-def samples_of(cohort: list[HandImage], indices: np.ndarray) -> list[Sample]:
-    """Canonical hands of the chosen images, read through the serving transforms."""
+def phantom_images(cohort: list[HandImage], indices: np.ndarray) -> list[AnnotatedImage]:
+    """The chosen phantoms as annotated images (the same truth a site's joints CSV carries)."""
+    return [from_phantom(cohort[int(i)], f"phantom {int(i)}") for i in indices]
+
+
+def samples_of(images: Sequence[AnnotatedImage]) -> list[Sample]:
+    """Canonical hands of the images, read through the serving transforms, keypoints mapped
+    into each canonical hand (mirroring, split offset) with the same geometry."""
     out = []
-    for i in indices:
-        img = cohort[int(i)]
-        hands = T.hands_of(img.dataset)
-        for hand, truth in zip(hands, img.hands, strict=True):
+    for i, img in enumerate(images):
+        for hand, truth in img.canonical_hands(img.load()):
             src = np.array([truth.keypoints[n] for n in J.JOINTS])
-            out.append(Sample(int(i), hand, to_canonical(hand, src), truth.disease, dict(truth.grades)))
+            out.append(Sample(i, hand, to_canonical(hand, src), dict(truth.shs), dict(truth.kl)))
     return out
 
 
@@ -137,13 +150,14 @@ class _Keypoints(TorchDataset[dict[str, torch.Tensor]]):
 
 
 def grader_arrays(samples: list[Sample], seed: int, jitter: bool = True) -> dict[str, np.ndarray]:
-    """Crops of the scored joints around truth keypoints (jittered like a detector would be)."""
+    """Crops of the graded joints around truth keypoints (jittered like a detector would be);
+    a grade absent in one scheme is -1 (that head masked)."""
     g = np.random.default_rng(seed)
     crops, joint, shs, kl = [], [], [], []
     for s in samples:
         geometry = J.geometry_from_keypoints(s.points)
         for k, name in enumerate(J.JOINTS):
-            if name not in s.grades:
+            if name not in s.shs and name not in s.kl:
                 continue
             geo = geometry[k]
             if jitter:
@@ -155,8 +169,10 @@ def grader_arrays(samples: list[Sample], seed: int, jitter: bool = True) -> dict
                     (ax * np.cos(t) - ay * np.sin(t), ax * np.sin(t) + ay * np.cos(t)), w)
             crops.append(T.joint_crop(s.hand.pixels, geo, name, scale_jitter=float(g.uniform(0.9, 1.1)) if jitter else 1.0))
             joint.append(k)
-            shs.append(s.grades[name] if s.disease == "RA" else -1)
-            kl.append(s.grades[name] if s.disease == "OA" else -1)
+            shs.append(s.shs.get(name, -1))
+            kl.append(s.kl.get(name, -1))
+    if not crops:
+        raise ValueError("no graded joints to train the grader on (shs_jsn and kl all blank)")
     return {"x": np.stack(crops), "joint": np.array(joint), "shs": np.array(shs), "kl": np.array(kl)}
 
 
@@ -285,9 +301,39 @@ def train_all(cfg: HandConfig, out_dir: Path, bundle: Path) -> dict[str, Any]:
     t0 = time.perf_counter()
     cohort = hand_cohort(cfg.n_images, cfg.seed)
     idx = split_cohort(cohort, cfg.seed)
-    train_s, val_s = samples_of(cohort, idx["train"]), samples_of(cohort, idx["val"])
+    train_s = samples_of(phantom_images(cohort, idx["train"]))
+    val_s = samples_of(phantom_images(cohort, idx["val"]))
     print(f"cohort: {len(cohort)} images, train {len(train_s)} / val {len(val_s)} hands; "
           f"{time.perf_counter() - t0:.0f} s", flush=True)
+    out = train_networks(cfg, train_s, val_s, out_dir, bundle, t0, {
+        "version": f"0.1.0-demo.phantom.seed{cfg.seed}", "n_images": cfg.n_images,
+        "trained_on": f"phantoms: {cfg.n_images} radiographs (train.phantoms.hand), seed {cfg.seed}"})
+    return {**out, "cohort": cohort, "split": idx}
+
+
+def train_manifest(cfg: HandConfig, manifest: Path, out_dir: Path, bundle: Path) -> dict[str, Any]:
+    """A site's annotated radiographs (manifest train/val splits + joints CSV, see
+    `train.hand_joints.annotations`) -> detector -> grader -> bundle."""
+    torch.set_num_threads(cfg.torch_threads)
+    seed_everything(cfg.seed)
+    t0 = time.perf_counter()
+    images, unannotated = read_annotated_manifest(manifest)
+    train_i, val_i = split_of(images, "train", manifest), split_of(images, "val", manifest)
+    train_s, val_s = samples_of(train_i), samples_of(val_i)
+    for name, samples in (("train", train_s), ("val", val_s)):
+        if not samples:
+            raise ValueError(f"{manifest}: split {name!r}: no annotated hand matches its image's side")
+    print(f"manifest: train {len(train_i)} / val {len(val_i)} images ({len(train_s)} / {len(val_s)} hands), "
+          f"{unannotated} rows without joints left out; {time.perf_counter() - t0:.0f} s", flush=True)
+    return train_networks(cfg, train_s, val_s, out_dir, bundle, t0, {
+        "version": f"0.1.0-site.seed{cfg.seed}", "n_images": len(train_i) + len(val_i),
+        "manifest": manifest.name,
+        "trained_on": f"manifest {manifest.name}: {len(train_i)} train / {len(val_i)} val radiographs"})
+
+
+def train_networks(cfg: HandConfig, train_s: list[Sample], val_s: list[Sample], out_dir: Path, bundle: Path,
+                   t0: float, about: Mapping[str, Any]) -> dict[str, Any]:
+    """Detector, then grader, then the bundle (its metadata completed with `about`)."""
     det_cfg = DetectorConfig()
     detector = build_detector(det_cfg)
     dcfg = FitConfig(epochs=cfg.detector_epochs, lr=cfg.lr, seed=cfg.seed, patience=6, progress=False)
@@ -301,17 +347,16 @@ def train_all(cfg: HandConfig, out_dir: Path, bundle: Path) -> dict[str, Any]:
     print(f"grader: val loss {g_result.best_metric:.3f} at epoch {g_result.best_epoch}; "
           f"{time.perf_counter() - t0:.0f} s", flush=True)
     metadata: dict[str, Any] = {
-        "model_id": "hand_joints", "version": f"0.1.0-demo.phantom.seed{cfg.seed}",
+        "model_id": "hand_joints", "version": about["version"],
         "channels": list(det_cfg.channels), "strides": list(det_cfg.strides),
         "num_res_units": det_cfg.num_res_units, "grader_width": 16, "grid": T.GRID,
-        "grid_mm": T.GRID_MM, "crop": T.CROP, "seed": cfg.seed, "n_images": cfg.n_images,
-        "not_for_clinical_use": True,
-        "trained_on": f"phantoms: {cfg.n_images} radiographs (train.phantoms.hand), seed {cfg.seed}",
+        "grid_mm": T.GRID_MM, "crop": T.CROP, "seed": cfg.seed, "n_images": about["n_images"],
+        "not_for_clinical_use": True, **{k: v for k, v in about.items() if k not in ("version", "n_images")},
     }
     sha = save_bundle(detector.eval(), grader.eval(), metadata, bundle)
     return {"detector": det_result, "grader": g_result, "sha256": sha, "metadata": metadata,
             "parameters": count_parameters(detector) + count_parameters(grader),
-            "seconds": round(time.perf_counter() - t0, 1), "cohort": cohort, "split": idx}
+            "seconds": round(time.perf_counter() - t0, 1)}
 
 
 # --- evaluation ------------------------------------------------------------------------------
@@ -327,9 +372,13 @@ def _pr_aucs(y3: np.ndarray, p3: np.ndarray) -> dict[str, float]:
     return out
 
 
-def evaluate_model(model: HandJointsModel, cohort: list[HandImage], indices: np.ndarray, out_dir: Path,
-                   seed: int = 0) -> dict[str, Any]:
-    """The published evaluation on the chosen images through the serving path; writes reports."""
+def evaluate_model(model: HandJointsModel, images: Sequence[AnnotatedImage], out_dir: Path,
+                   seed: int = 0, source: str = "phantoms") -> dict[str, Any]:
+    """The published evaluation on annotated images through the serving path; writes reports.
+
+    Each image is analysed as in service (the side from its header, else inferred); a truth
+    hand is paired with the result of the same side, and one without (side inferred wrongly)
+    counts its joints as missed and its grades as not scored (`details.hands_unmatched`)."""
     from train.common.reports import _row, write_detection_report, write_report
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -338,28 +387,38 @@ def evaluate_model(model: HandJointsModel, cohort: list[HandImage], indices: np.
     hits = {n: [0, 0] for n in J.JOINTS}
     graded: dict[str, list[tuple[int, np.ndarray]]] = {J.SHS: [], J.KL: []}
     latencies = []
-    for i in indices:
-        img = cohort[int(i)]
+    unmatched = 0
+    for i, img in enumerate(images):
+        ds = img.load()
         t = time.perf_counter()
-        hands = model.analyse(img.dataset)
+        results = list(model.analyse(ds))
         latencies.append(time.perf_counter() - t)
-        for h, (res, truth) in enumerate(zip(hands, img.hands, strict=True)):
-            by_name = {j.name: j for j in res.joints}
+        for h, truth in enumerate(img.hands):
+            res = next((r for r in results if r.laterality == truth.laterality), None)
+            if res is not None:
+                results.remove(res)
+            else:
+                unmatched += 1
+            by_name = {j.name: j for j in res.joints} if res is not None else {}
+            image_id = f"{i}/{h}"
             for name in J.JOINTS:
-                image_id = f"{i}/{h}"
                 gt = truth.boxes[name]
                 gts.append(M.Box(image_id, name, *gt))
+                hits[name][1] += 1
+                if name not in by_name:
+                    continue
                 j = by_name[name]
                 dets.append(M.Box(image_id, name, *j.box, score=j.confidence))
-                hits[name][1] += 1
                 if M.iou(j.box, gt) >= 0.5 and j.confidence >= model.min_confidence:
                     hits[name][0] += 1
-            scheme = truth.scheme
-            for name, grade in truth.grades.items():
-                probs = by_name[name].p_shs if scheme == J.SHS else by_name[name].p_kl
-                graded[scheme].append((grade, probs))
+            if res is None:
+                continue
+            for name, grade in truth.shs.items():
+                graded[J.SHS].append((grade, by_name[name].p_shs))
+            for name, grade in truth.kl.items():
+                graded[J.KL].append((grade, by_name[name].p_kl))
     det = write_detection_report(out_dir / "detection", detections=dets, ground_truths=gts,
-                                 class_names=list(J.JOINTS), title="Joint detection, AP at IoU 0.5 (phantoms)",
+                                 class_names=list(J.JOINTS), title=f"Joint detection, AP at IoU 0.5 ({source})",
                                  n_boot=100, seed=seed)
     summary: dict[str, dict[str, Any]] = {"detection.map50": det.summary["map"]}
     recall = {n: h / t for n, (h, t) in hits.items()}
@@ -389,11 +448,12 @@ def evaluate_model(model: HandJointsModel, cohort: list[HandImage], indices: np.
                      published={f"pr_auc.{k}": v for k, v in PUBLISHED.items() if k.startswith(tag)},
                      n_boot=100, seed=seed)
     details["latency_ms_mean"] = 1000 * float(np.mean(latencies))
-    payload = {"task": "hand_joints", "n_cases": int(len(indices)), "summary": summary, "details": details,
+    details["hands_unmatched"] = unmatched
+    payload = {"task": "hand_joints", "n_cases": int(len(images)), "source": source, "summary": summary, "details": details,
                "published": {k: {"value": v, "ci_low": None, "ci_high": None, "text": f"{v:.3f}"}
                              for k, v in PUBLISHED.items()}}
     (out_dir / "metrics.json").write_text(json.dumps(_json_safe(payload), indent=2))
-    lines = ["# Hand joints on held-out phantoms", "", f"images: {len(indices)}", "",
+    lines = [f"# Hand joints on held-out {source}", "", f"images: {len(images)}", "",
              "| Metric | Key | Ours | Published |", "|---|---|---|---|"]
     for k, r in summary.items():
         pub = PUBLISHED.get(k)
@@ -481,10 +541,13 @@ def _config(request_config: FitConfig) -> HandConfig:
 
 
 def fit(request: FitRequest) -> FitResult:
-    """Train both networks on seeded phantoms; DIR/bundle.pt is the servable checkpoint."""
+    """Train both networks on a manifest's train/val splits with its joints CSV
+    (`train.hand_joints.annotations`), or on seeded phantoms; DIR/bundle.pt is servable."""
+    bundle = request.out_dir / "bundle.pt"
     if request.manifest is not None:
-        raise ValueError("hand_joints trains on phantoms only for now (no keypoint manifest format)")
-    out = train_all(_config(request.config), request.out_dir, request.out_dir / "bundle.pt")
+        out = train_manifest(_config(request.config), request.manifest, request.out_dir, bundle)
+    else:
+        out = train_all(_config(request.config), request.out_dir, bundle)
     return replace(out["detector"], best_checkpoint=request.out_dir / "bundle.pt")
 
 
@@ -493,15 +556,20 @@ def _bundle(path: Path) -> Path:
 
 
 def evaluate(request: EvaluateRequest) -> Path:
-    """Evaluate a bundle on the test split of the phantom cohort its metadata names."""
-    if request.manifest is not None:
-        raise ValueError("hand_joints evaluates on phantoms only for now")
+    """Evaluate a bundle on one split of a manifest with its joints CSV, or (no manifest) of
+    the phantom cohort its metadata names."""
     bundle = _bundle(request.checkpoint)
     model = build(bundle, {})
+    if request.manifest is not None:
+        images, _ = read_annotated_manifest(request.manifest)
+        chosen = split_of(images, request.split, request.manifest)
+        evaluate_model(model, chosen, request.out_dir, request.seed,
+                       source=f"{request.split} split of {request.manifest.name}")
+        return request.out_dir
     meta = model.metadata
     cohort = hand_cohort(int(meta.get("n_images", HandConfig.n_images)), int(meta.get("seed", 0)))
     idx = split_cohort(cohort, int(meta.get("seed", 0)))
-    evaluate_model(model, cohort, idx[request.split], request.out_dir, request.seed)
+    evaluate_model(model, phantom_images(cohort, idx[request.split]), request.out_dir, request.seed)
     return request.out_dir
 
 
@@ -523,7 +591,8 @@ def demo_weights(request: DemoWeightsRequest) -> Path:
     work = request.work_dir
     result = train_all(cfg, work, out)
     model = build(out, {"torch_threads": 2})
-    evaluation = evaluate_model(model, result["cohort"], result["split"]["test"], work / "evaluate", cfg.seed)
+    evaluation = evaluate_model(model, phantom_images(result["cohort"], result["split"]["test"]),
+                                work / "evaluate", cfg.seed)
     if request.out_path is None:
         write_card(evaluation, result["sha256"], result["metadata"]["version"], MODEL_DIR, cfg,
                    result["parameters"])
