@@ -91,6 +91,8 @@ class TestDashboardInChromium:
             _send(certain_path, app.port)
             page.wait_for_selector(f'.slice[data-instance-uid="{certain.SOPInstanceUID}"]', timeout=10_000)
             assert page.locator("#alerts li.alert").count() == 0
+            # the series row comes from its own event and may land just after the slice
+            page.wait_for_selector(f'tr.series[data-series-uid="{certain.SeriesInstanceUID}"]', timeout=5_000)
             assert page.locator(f'tr.series[data-series-uid="{certain.SeriesInstanceUID}"]').count() == 1
 
             _send(uncertain_path, app.port)
