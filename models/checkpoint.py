@@ -9,6 +9,7 @@ class, so a bad checkpoint still raises that model's error with the file named.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,32 @@ from models.base import ModelCard
 
 UNTRAINED_VERSION = "0+untrained"
 STATE_AND_METADATA: tuple[str, ...] = ("state_dict", "metadata")
+
+
+class ModelUnavailable(Exception):
+    """A model cannot be built: not installed, weights missing or wrong. The message says which."""
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_weights(path: Path | None, expected_sha256: str | None) -> None:
+    """Refuse weights that are missing or whose SHA-256 differs from the configured value."""
+    if path is None:
+        return
+    if not path.is_file():
+        raise ModelUnavailable(f"weights file {path} does not exist")
+    if expected_sha256 is not None:
+        actual = sha256_of(path)
+        if actual != expected_sha256:
+            raise ModelUnavailable(
+                f"weights file {path} has SHA-256 {actual[:16]}..., configuration expects {expected_sha256[:16]}..."
+            )
 
 
 def read_checkpoint(

@@ -8,7 +8,6 @@ in configuration is imported or evaluated: configuration names a model id, and o
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from models.backends import (
     open_backend,
 )
 from models.base import ClinicalModel
+from models.checkpoint import ModelUnavailable, sha256_of, verify_weights
 
 log = structlog.get_logger("models.registry")
 
@@ -61,10 +61,6 @@ PREDICATE_EXPLAINERS: dict[str, str] = {
 }
 
 
-class ModelUnavailable(Exception):
-    """A model cannot be built: not installed, weights missing or wrong. The message says which."""
-
-
 def _resolve(target: str) -> Any:
     module, _, attr = target.partition(":")
     try:
@@ -77,28 +73,6 @@ def _resolve(target: str) -> Any:
         return getattr(mod, attr)
     except AttributeError as exc:
         raise ModelUnavailable(f"{module} has no {attr}") from exc
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def verify_weights(path: Path | None, expected_sha256: str | None) -> None:
-    """Refuse weights that are missing or whose SHA-256 differs from the configured value."""
-    if path is None:
-        return
-    if not path.is_file():
-        raise ModelUnavailable(f"weights file {path} does not exist")
-    if expected_sha256 is not None:
-        actual = sha256_of(path)
-        if actual != expected_sha256:
-            raise ModelUnavailable(
-                f"weights file {path} has SHA-256 {actual[:16]}..., configuration expects {expected_sha256[:16]}..."
-            )
 
 
 def load_predicates(extra: Mapping[str, Predicate] | None = None) -> dict[str, Predicate]:

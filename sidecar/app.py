@@ -10,31 +10,29 @@ from __future__ import annotations
 
 import signal
 import threading
-from pathlib import Path
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
-import pydicom
 import structlog
-from pydicom.errors import InvalidDicomError
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from models.base import ClinicalModel
 from models.registry import Factory, ModelSpec, ModelUnavailable, Predicate, build_model, load_predicates
 from sidecar.alerts.fanout import AlertChannel, AlertFanout, DashboardChannel, LogChannel, WebhookChannel
 from sidecar.assembly.assembler import SeriesAssembler
+from sidecar.assembly.orphans import QuietGuard, adopt_orphans
 from sidecar.assembly.timers import SchedulerTimers, Timers
-from sidecar.dicom.headers import read_header
-from sidecar.errors import SidecarError
-from sidecar.journal import InstanceRecord, Journal
+from sidecar.journal import Journal
 from sidecar.logging import register_phi
-from sidecar.net.listener import InstanceReceived, Listener, ListenerConfig
-from sidecar.net.sender import Sender
-from sidecar.net.spool import Spool
-from sidecar.net.transport import StoreTransport
+from sidecar.handoff import InstanceReceived
+from sidecar.ingest.listener import Listener, ListenerConfig
+from sidecar.ingest.reconcile import reconcile_spool, retention_sweep
+from sidecar.egress.sender import Sender
+from sidecar.ingest.spool import Spool
+from sidecar.egress.transport import StoreTransport
 from sidecar.pipeline.worker import Worker
 from sidecar.routing import validate_routes
 from sidecar.routing.rules import Route
@@ -162,7 +160,7 @@ class Sidecar:
         requeued = self.journal.recover()
         # A shared spool holds other nodes' writes in flight: their partial files are not ours to sweep.
         swept = 0 if self.journal.shared else self.spool.sweep_partials()
-        reconciled = self._reconcile_spool()
+        reconciled = reconcile_spool(self.spool, self.journal)
         log.info("sidecar_starting", requeued_jobs=requeued, partial_files_removed=swept,
                  spool_files_rerecorded=reconciled,
                  models=sorted(self.models), unavailable=sorted(self.unavailable))
@@ -235,54 +233,13 @@ class Sidecar:
         return Readiness({"listener": listener, "models": models, "journal": journal,
                           "destinations": CachedCheck(destinations)})
 
-    def _reconcile_spool(self) -> int:
-        """Record spool files the journal lacks (acknowledged just before a power loss)."""
-        known = self.journal.known_instance_uids()
-        n = 0
-        for path in self.spool.root.glob("*/*/*.dcm"):
-            if path.stem in known:
-                continue
-            try:
-                header = read_header(pydicom.dcmread(path, stop_before_pixels=True))
-            except (SidecarError, InvalidDicomError, OSError, ValueError) as exc:
-                log.error("spool_file_unreadable", error_type=type(exc).__name__)
-                continue
-            self.journal.record_instance(InstanceRecord(
-                header.sop_instance_uid, header.sop_class_uid, header.series_uid, header.study_uid,
-                header.modality, str(path), path.stat().st_size, "", header.expected_count))
-            n += 1
-        return n
-
     def _retention_sweep(self) -> int:
-        """Remove spooled instances whose series were delivered longer ago than the retention time."""
         cutoff = self.seams.clock() - self.settings.service.sender.retention_s
-        n = 0
-        for inst in self.journal.deletable_instances(cutoff):
-            self.spool.remove(Path(inst.path))
-            self.journal.mark_deleted(inst.sop_instance_uid)
-            n += 1
-        if n:
-            log.info("spool_retention_sweep", removed=n)
-        return n
+        return retention_sweep(self.spool, self.journal, cutoff)
 
     def _adopt_orphans(self) -> int:
-        """Shared journal: complete the series a node stopped receiving when it died.
-
-        Its quiet timer died with it. A series still receiving a lease past its route's quiet
-        time has no live owner; `complete` is conditional in the journal, so when nodes race, one wins.
-        """
-        now = self.seams.clock()
-        grace = self.settings.service.journal_lease_s
-        quiet = {r.name: r.quiet_s for r in self.settings.routes}
-        n = 0
-        for series in self.journal.series_in_state("receiving"):
-            quiet_s = quiet.get(series.route or "")
-            if quiet_s is not None and now - series.last_received > quiet_s + grace:
-                self.assembler.complete(series.series_uid, "quiet time elapsed (adopted from a stopped node)")
-                n += 1
-        if n:
-            log.info("orphan_series_adopted", n=n)
-        return n
+        return adopt_orphans(self.journal, self.assembler, {r.name: r.quiet_s for r in self.settings.routes},
+                             self.settings.service.journal_lease_s, self.seams.clock())
 
 
 def serve_until_signalled(app: Sidecar) -> None:
@@ -299,32 +256,3 @@ def serve_until_signalled(app: Sidecar) -> None:
     signal.signal(signal.SIGINT, _stop)
     app.start()
     app.wait()
-
-
-class QuietGuard:
-    """Timers for a shared journal: a quiet timer that fires while the series is still receiving
-    (another node recorded an instance since it was armed) re-arms for the rest of the quiet time."""
-
-    def __init__(self, inner: Timers, journal: Journal, quiet_s: Mapping[str, float]) -> None:
-        self._inner = inner
-        self._journal = journal
-        self._quiet_s = dict(quiet_s)
-
-    def arm(self, key: str, delay_s: float, fn: Callable[[], None]) -> None:
-        def guarded() -> None:
-            row = self._journal.series(key)
-            quiet = self._quiet_s.get(row.route or "") if row is not None else None
-            if row is not None and row.state == "receiving" and quiet is not None:
-                left = quiet - (self._inner.now() - row.last_received)
-                if left > 0.01:
-                    self._inner.arm(key, left, guarded)
-                    return
-            fn()
-
-        self._inner.arm(key, delay_s, guarded)
-
-    def cancel(self, key: str) -> None:
-        self._inner.cancel(key)
-
-    def now(self) -> float:
-        return self._inner.now()

@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from sidecar.errors import ConfigError
+from sidecar.tls import DestinationTls, ListenerTls, client_context, server_context
 from sidecar.routing.rules import Route
 
 
@@ -81,59 +82,6 @@ class Access(_Strict):
         if name in {t.strip() for t in self.calling_ae_titles}:
             return True
         return any(entry.admits(name, peer) for entry in self.allowed)
-
-
-class _KeyPassword(_Strict):
-    """Where the password of an encrypted private key comes from: a file or an environment
-    variable (never the repository). Unencrypted keys need neither."""
-
-    key_password_file: Path | None = None
-    key_password_env: str | None = None
-
-    def key_password(self, env: dict[str, str] | None = None) -> SecretStr | None:
-        """The password, read now; None when none is configured."""
-        if self.key_password_file is not None:
-            return SecretStr(self.key_password_file.read_text(encoding="utf-8").rstrip("\r\n"))
-        if self.key_password_env is not None:
-            value = (os.environ if env is None else env).get(self.key_password_env)
-            if value is None:
-                raise ValueError(f"environment variable {self.key_password_env} is not set")
-            return SecretStr(value)
-        return None
-
-
-class ListenerTls(_KeyPassword):
-    """DICOM TLS on the listener (PS3.15 B.9 secure transport; BCP 195 as far as Python's ssl
-    allows: TLS 1.2 or newer, AEAD ECDHE/DHE suites only, no compression, no renegotiation)."""
-
-    cert_file: Path
-    key_file: Path
-    ca_file: Path | None = None  # CA bundle that client certificates must chain to
-    require_client_cert: bool = False
-
-    @model_validator(mode="after")
-    def _client_certs_need_a_ca(self) -> ListenerTls:
-        if self.require_client_cert and self.ca_file is None:
-            raise ValueError("require_client_cert needs ca_file (the CA that signs client certificates)")
-        return self
-
-
-class DestinationTls(_KeyPassword):
-    """DICOM TLS to one destination. The server certificate is always verified, against
-    `ca_file` or the system's trust store; `cert_file`/`key_file` present a client certificate
-    (mutual TLS)."""
-
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    verify_hostname: bool = True
-    server_name: str | None = None  # the name to check and to send as SNI; default the host
-
-    @model_validator(mode="after")
-    def _cert_and_key_together(self) -> DestinationTls:
-        if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("cert_file and key_file go together (a client certificate needs its key)")
-        return self
 
 
 class DicomDestination(_Strict):
@@ -450,8 +398,6 @@ def _check_tls(service: ServiceSettings, path: Path) -> None:
     """Build every TLS context once, so a missing file, a wrong key password or a bad
     certificate stops the start with the key that names it (the secrets are not shown)."""
     import ssl
-
-    from sidecar.net.tls import client_context, server_context
 
     checks: list[tuple[str, Any]] = []
     if service.tls is not None:

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from models.checkpoint import ModelUnavailable, verify_weights
 from models.backends.base import (
     BackendUnavailable,
     InferenceFailed,
@@ -40,7 +41,6 @@ class OnnxRuntimeBackend:
 
     def __init__(self, config: OnnxRuntimeConfig, signature: TensorSignature) -> None:
         ort = import_onnxruntime()
-        from models.registry import ModelUnavailable, verify_weights  # the check weights get
 
         path = config.model_file
         try:

@@ -14,7 +14,7 @@ For one frame (`frame_channels`):
    are annotation colours and are refused), inside the colour-flow boxes when the header gives
    them, opened with a 3x3 square (thin colour-box outlines and text strokes vanish), and
    without solid tall rectangles (colour bars). When the header says there is no colour flow
-   (`predicates.doppler_from_header` is False) the channel is empty whatever the pixels hold.
+   (`headers.doppler_from_header` is False) the channel is empty whatever the pixels hold.
 3. **Greyscale channel.** Luminance (BT.601), with colour pixels and thin saturated overlays
    (calipers, colour-box outlines: >= 245 and removed by a 3x3 opening) filled in from their
    neighbourhood (normalised Gaussian convolution), so neither leaks into the B-mode channel.
@@ -37,7 +37,7 @@ from pydicom import Dataset
 from scipy import ndimage
 
 from models.us.decode import decode_frame, n_frames
-from models.us.predicates import doppler_from_header
+from models.us.headers import doppler_from_header
 from models.us.regions import Region, color_regions, furniture, imaging_region, parse_regions
 
 Sampling = Literal["uniform", "doppler"]

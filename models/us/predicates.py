@@ -21,47 +21,10 @@ from __future__ import annotations
 
 from pydicom import Dataset
 
-from models.us.regions import COLOR_FLOW, parse_regions
+from models.us.frontend import pixel_doppler_fraction
+from models.us.headers import doppler_from_header
 
 Cue = tuple[str, bool, str]
-COLOUR_MODE_BITS = 0x0010 | 0x0020 | 0x0100
-
-
-def _mode_bits(ds: Dataset) -> int | None:
-    try:
-        value = ds.get("ImageType")
-        values = [value] if isinstance(value, str) else list(value or [])
-        if len(values) < 4:
-            return None
-        return int(str(values[3]).strip(), 16)
-    except (TypeError, ValueError):
-        return None
-
-
-def _colour_present(ds: Dataset) -> int | None:
-    try:
-        value = ds.get("UltrasoundColorDataPresent")
-        return None if value is None or value == "" else int(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def doppler_from_header(ds: Dataset) -> tuple[bool | None, str]:
-    """(True/False when the header decides, None when it is silent; the reason)."""
-    try:
-        if _colour_present(ds) == 0:
-            return False, "UltrasoundColorDataPresent 0"
-        regions = parse_regions(ds)
-        if regions:
-            if any(r.data_type == COLOR_FLOW for r in regions):
-                return True, "colour-flow region"
-            return False, f"{len(regions)} regions, none colour flow"
-        bits = _mode_bits(ds)
-        if bits is not None:
-            return bool(bits & COLOUR_MODE_BITS), f"ImageType modes {bits:04X}"
-    except Exception as exc:  # a predicate must never raise  # noqa: BLE001
-        return None, f"unreadable header ({type(exc).__name__})"
-    return None, "no header cue"
 
 
 def has_doppler(ds: Dataset) -> bool:
@@ -72,8 +35,6 @@ def has_doppler(ds: Dataset) -> bool:
     if "PixelData" not in ds:
         return False
     try:
-        from models.us.frontend import pixel_doppler_fraction
-
         return pixel_doppler_fraction(ds) >= 0.002
     except Exception:  # undecodable pixels: no Doppler cue  # noqa: BLE001
         return False

@@ -22,7 +22,7 @@ import structlog
 
 from sidecar.assembly.timers import Timers
 from sidecar.journal import Journal, SeriesRow
-from sidecar.net.listener import AssociationReleased, InstanceReceived
+from sidecar.handoff import AssociationReleased, InstanceReceived
 from sidecar.routing import Predicate, route
 from sidecar.routing.rules import Route
 

@@ -26,3 +26,34 @@ class StoreStatus(IntEnum):
 
 class EchoStatus(IntEnum):
     SUCCESS = 0x0000
+
+
+class RejectResult(IntEnum):
+    """A-ASSOCIATE-RJ Result (PS3.8 9.3.4)."""
+
+    PERMANENT = 0x01
+    TRANSIENT = 0x02
+
+
+class RejectSource(IntEnum):
+    """A-ASSOCIATE-RJ Source (PS3.8 9.3.4)."""
+
+    SERVICE_USER = 0x01
+    SERVICE_PROVIDER_ACSE = 0x02
+    SERVICE_PROVIDER_PRESENTATION = 0x03
+
+
+class RejectReason(IntEnum):
+    """A-ASSOCIATE-RJ Reason/Diag. when the source is the service user (PS3.8 9.3.4)."""
+
+    NO_REASON = 0x01
+    APPLICATION_CONTEXT_NOT_SUPPORTED = 0x02
+    CALLING_AE_NOT_RECOGNIZED = 0x03
+    CALLED_AE_NOT_RECOGNIZED = 0x07
+
+
+class ProviderRejectReason(IntEnum):
+    """A-ASSOCIATE-RJ Reason/Diag. when the source is the presentation provider (PS3.8 9.3.4)."""
+
+    TEMPORARY_CONGESTION = 0x01
+    LOCAL_LIMIT_EXCEEDED = 0x02

@@ -13,7 +13,6 @@ job key, saying the image was not assessed and why (e.g. every Triton endpoint d
 
 from __future__ import annotations
 
-import io
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -29,10 +28,9 @@ from models.backends import BackendError
 from models.base import ClinicalModel
 from models.findings import Findings
 from sidecar.alerts.fanout import Alert, AlertFanout
-from sidecar.dicom.uids import is_valid_uid
 from sidecar.errors import ModelError, ResultError
 from sidecar.journal import Job, Journal
-from sidecar.net.spool import Spool
+from sidecar.results.store import ResultStore
 from sidecar.results import build_results
 from sidecar.results.alert_image import build_alert_image
 from sidecar.routing.rules import Route
@@ -82,7 +80,7 @@ class Worker:
         self.observer = observer
         self.models = dict(models)
         self.routes = {r.name: r for r in routes}
-        self.store = Spool(results_dir)
+        self.store = ResultStore(results_dir)
         self.alert_destinations = list(alert_destinations)
         self.fanout = fanout or AlertFanout([])
         self._on_results_queued = on_results_queued
@@ -279,14 +277,7 @@ class Worker:
             log.error("job_observer_failed", hook=what, error_type=type(exc).__name__, error=str(exc)[:200])
 
     def _write(self, job: Job, ds: Dataset) -> Path:
-        sop = str(ds.SOPInstanceUID)
-        if not is_valid_uid(sop) or not is_valid_uid(job.series_uid):
-            raise ResultError("result has an invalid UID")
-        buf = io.BytesIO()
-        ds.save_as(buf, enforce_file_format=True)
-        path = self.store.root / job.series_uid / f"{sop}.dcm"
-        self.store.write(path, buf.getvalue())
-        return path
+        return self.store.save(job.series_uid, ds)
 
     @staticmethod
     def _alert_lines(

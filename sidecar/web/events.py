@@ -26,7 +26,7 @@ from typing import Any
 from models.findings import Findings
 from sidecar.alerts.fanout import Alert
 from sidecar.journal import Event, Job
-from sidecar.net.listener import InstanceReceived
+from sidecar.handoff import InstanceReceived
 from sidecar.web.metrics import Metrics
 
 

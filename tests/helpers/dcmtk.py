@@ -49,10 +49,14 @@ class StoreSCP:
         self._extra = list(extra_args)
         self._proc: subprocess.Popen[bytes] | None = None
         self._log = Path(self._tmp.name) / "storescp.log"
+        # storescp writes each file in place as it arrives; it runs --exec-on-reception only once a
+        # file is whole, so a marker named like the file says it is complete.
+        self._done = Path(self._tmp.name) / "done"
+        self._done.mkdir()
 
     def start(self) -> StoreSCP:
         cmd = [_require("storescp"), "-od", str(self.folder), "+xa", "-aet", self.ae_title,
-               *self._extra, str(self.port)]
+               "-xcr", f"touch {self._done}/#f", *self._extra, str(self.port)]
         with self._log.open("wb") as log:
             self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=nodelay_env())
         try:
@@ -72,8 +76,9 @@ class StoreSCP:
         stop_by_pid(proc, STOP_TIMEOUT_S, kill_wait_s=STOP_TIMEOUT_S)
 
     def files(self) -> list[Path]:
-        """Received files (storescp names them <modality>.<SOP Instance UID>)."""
-        return sorted(p for p in self.folder.iterdir() if p.is_file())
+        """Received files, each whole (storescp names them <modality>.<SOP Instance UID>)."""
+        done = {p.name for p in self._done.iterdir()}
+        return sorted(p for p in self.folder.iterdir() if p.is_file() and p.name in done)
 
     def wait_for_files(self, n: int, timeout: float = 10.0) -> list[Path]:
         """Wait until at least `n` files have arrived; raises TimeoutError with what did."""

@@ -14,7 +14,7 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from sidecar.dicom.status import StoreStatus
-from sidecar.net.transport import DicomTransport
+from sidecar.egress.transport import DicomTransport
 from sidecar.settings import DicomDestination
 from tests.helpers.dicom_factory import make_mr
 from tests.helpers.orthanc import Orthanc

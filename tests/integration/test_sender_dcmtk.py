@@ -21,8 +21,8 @@ from pynetdicom.dsutils import split_dataset
 from sidecar.dicom.status import StoreStatus
 from sidecar.errors import DeliveryError
 from sidecar.journal import InstanceRecord, Journal
-from sidecar.net.sender import Sender
-from sidecar.net.transport import DicomTransport
+from sidecar.egress.sender import Sender
+from sidecar.egress.transport import DicomTransport
 from sidecar.settings import DicomDestination
 from sidecar.settings import Sender as SenderSettings
 from tests.helpers.dcmtk import StoreSCP

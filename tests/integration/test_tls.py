@@ -28,8 +28,8 @@ from pynetdicom.sop_class import MRImageStorage, Verification
 from sidecar.app import Sidecar
 from sidecar.dicom.status import StoreStatus
 from sidecar.errors import ConfigError, DeliveryError
-from sidecar.net.tls import client_context
-from sidecar.net.transport import DicomTransport
+from sidecar.tls import client_context
+from sidecar.egress.transport import DicomTransport
 from sidecar.settings import DestinationTls, DicomDestination, load_settings
 from tests.helpers.dcmtk import StoreSCP, storescu
 from tests.helpers.dicom_factory import make_mr, make_mr_series

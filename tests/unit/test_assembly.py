@@ -11,7 +11,7 @@ from sidecar.assembly.assembler import PRIORITY_INSTANCE, PRIORITY_SERIES, Serie
 from sidecar.assembly.timers import FakeTimers
 from sidecar.dicom.headers import read_header
 from sidecar.journal import InstanceRecord, Journal
-from sidecar.net.listener import AssociationReleased, InstanceReceived
+from sidecar.handoff import AssociationReleased, InstanceReceived
 from sidecar.routing.rules import Route
 from tests.helpers.dicom_factory import make_mr_series, make_us
 

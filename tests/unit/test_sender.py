@@ -11,8 +11,8 @@ from structlog.testing import capture_logs
 
 from sidecar.dicom.status import StoreStatus
 from sidecar.journal import InstanceRecord, Journal, OutboxItem
-from sidecar.net.sender import Sender
-from sidecar.net.transport import FakeTransport, FolderTransport, SendOutcome, classify_store_status
+from sidecar.egress.sender import Sender
+from sidecar.egress.transport import FakeTransport, FolderTransport, SendOutcome, classify_store_status
 from sidecar.settings import DicomDestination, FolderDestination
 from sidecar.settings import Sender as SenderSettings
 

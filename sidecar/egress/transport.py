@@ -39,7 +39,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from sidecar.dicom.status import EchoStatus, StoreStatus
 from sidecar.errors import DeliveryError
-from sidecar.net.tls import client_context
+from sidecar.tls import client_context
 from sidecar.settings import DicomDestination, FolderDestination
 
 #: pynetdicom (and PS3.8) allow at most 128 presentation contexts per association request.

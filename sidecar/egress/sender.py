@@ -26,7 +26,7 @@ import structlog
 
 from sidecar.errors import DeliveryError, JournalError
 from sidecar.journal import Journal, OutboxItem
-from sidecar.net.transport import SendOutcome, StoreTransport, make_transport
+from sidecar.egress.transport import SendOutcome, StoreTransport, make_transport
 from sidecar.settings import DicomDestination, FolderDestination
 from sidecar.settings import Sender as SenderSettings
 

@@ -33,11 +33,12 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification
 
 from sidecar.dicom.headers import InstanceHeader, read_header
-from sidecar.dicom.status import EchoStatus, StoreStatus
+from sidecar.dicom.status import EchoStatus, ProviderRejectReason, RejectReason, RejectResult, RejectSource, StoreStatus
+from sidecar.handoff import AssociationReleased, InstanceReceived
 from sidecar.errors import InstanceRefused, InstanceTooLarge, InvalidInstance, JournalError, SpoolFull
 from sidecar.journal import InstanceRecord, Journal, Recorded
-from sidecar.net.spool import Spool
-from sidecar.net.tls import LazyHandshakeContext, server_context
+from sidecar.ingest.spool import Spool
+from sidecar.tls import LazyHandshakeContext, server_context
 from sidecar.settings import Access, AllowedPeer, ListenerTls
 
 log = structlog.get_logger("sidecar.listener")
@@ -57,24 +58,6 @@ TRANSFER_SYNTAXES: list[str] = [
     JPEG2000,
     RLELossless,
 ]
-
-
-@dataclass(frozen=True)
-class InstanceReceived:
-    """Handed to the assembler after an instance is durable and journalled."""
-
-    header: InstanceHeader
-    path: str
-    recorded: Recorded
-    calling_ae: str
-
-
-@dataclass(frozen=True)
-class AssociationReleased:
-    """Handed to the assembler when an association that stored instances ends normally."""
-
-    calling_ae: str
-    series_uids: frozenset[str]
 
 
 @dataclass(frozen=True)
@@ -202,7 +185,8 @@ class Listener:
             return
         log.warning("association_rejected", calling_ae=calling, peer=peer,
                     reason="calling AE title not allowed from this address")
-        event.assoc.acse.send_reject(0x01, 0x01, 0x03)
+        event.assoc.acse.send_reject(RejectResult.PERMANENT, RejectSource.SERVICE_USER,
+                                     RejectReason.CALLING_AE_NOT_RECOGNIZED)
         event.assoc.kill()
 
     def _handle_rejected(self, event: evt.Event) -> None:
@@ -334,9 +318,10 @@ def _reject_reason(event: evt.Event) -> str:
         source = int(event.assoc.acceptor.primitive.result_source)
     except (AttributeError, TypeError):
         return ""
-    if source == 0x03 and diagnostic == 0x02:
+    if source == RejectSource.SERVICE_PROVIDER_PRESENTATION and diagnostic == ProviderRejectReason.LOCAL_LIMIT_EXCEEDED:
         return "local limit exceeded (too many associations)"
-    return {0x03: "calling AE title not recognized", 0x07: "called AE title not recognized"}.get(
+    return {RejectReason.CALLING_AE_NOT_RECOGNIZED: "calling AE title not recognized",
+            RejectReason.CALLED_AE_NOT_RECOGNIZED: "called AE title not recognized"}.get(
         diagnostic, f"source {source}, diagnostic {diagnostic}")
 
 

@@ -8,13 +8,11 @@ either whole or absent.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from sidecar.dicom.uids import is_valid_uid
-from sidecar.errors import InvalidInstance, SpoolFull
+from sidecar.durable import free_bytes, sweep_partials, write_durably
+from sidecar.errors import InvalidInstance
 
 
 class Spool:
@@ -36,34 +34,11 @@ class Spool:
         return path
 
     def free_bytes(self) -> int:
-        return shutil.disk_usage(self.root).free
+        return free_bytes(self.root)
 
     def write(self, path: Path, data: bytes) -> None:
         """Write `data` to `path` durably (temp file, fsync, rename, fsync folder)."""
-        free = self.free_bytes()
-        if free - len(data) < self.min_free_bytes:
-            raise SpoolFull(f"spool disk: {free // 1024} KiB free, {len(data) // 1024} KiB needed,"
-                            f" watermark {self.min_free_bytes // 1024} KiB")
-        folder = path.parent
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".incoming-", suffix=".part")
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-            dfd = os.open(folder, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-        except OSError as exc:
-            raise SpoolFull(f"spool write failed: {exc.strerror or exc}") from exc
+        write_durably(path, data, min_free_bytes=self.min_free_bytes, what="spool")
 
     def remove(self, path: Path) -> None:
         """Remove a delivered instance; empty series/study folders go too."""
@@ -77,8 +52,4 @@ class Spool:
 
     def sweep_partials(self) -> int:
         """Remove temporary files left by a crash mid-write (never acknowledged). Returns count."""
-        n = 0
-        for tmp in self.root.rglob(".incoming-*.part"):
-            tmp.unlink(missing_ok=True)
-            n += 1
-        return n
+        return sweep_partials(self.root)

@@ -9,17 +9,78 @@ Both follow the BCP 195 profiles (PS3.15 B.9 / B.10, RFC 9325) as far as Python'
 - a client always verifies the server's certificate (against the configured CA file or the
   system trust store) and by default its host name.
 
-Secrets (private key passwords) are read from a file or an environment variable when a context
+The settings models for both sides live here too (settings.py re-exports them), so this module
+needs nothing of the service. Secrets (private key passwords) are read from a file or an environment variable when a context
 is built and handed to OpenSSL through a callback; they are never logged nor kept.
 """
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
+from pathlib import Path
 from typing import Any
 
-from sidecar.settings import DestinationTls, ListenerTls
+from pydantic import BaseModel, ConfigDict, SecretStr, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _KeyPassword(_Strict):
+    """Where the password of an encrypted private key comes from: a file or an environment
+    variable (never the repository). Unencrypted keys need neither."""
+
+    key_password_file: Path | None = None
+    key_password_env: str | None = None
+
+    def key_password(self, env: dict[str, str] | None = None) -> SecretStr | None:
+        """The password, read now; None when none is configured."""
+        if self.key_password_file is not None:
+            return SecretStr(self.key_password_file.read_text(encoding="utf-8").rstrip("\r\n"))
+        if self.key_password_env is not None:
+            value = (os.environ if env is None else env).get(self.key_password_env)
+            if value is None:
+                raise ValueError(f"environment variable {self.key_password_env} is not set")
+            return SecretStr(value)
+        return None
+
+
+class ListenerTls(_KeyPassword):
+    """DICOM TLS on the listener (PS3.15 B.9 secure transport; BCP 195 as far as Python's ssl
+    allows: TLS 1.2 or newer, AEAD ECDHE/DHE suites only, no compression, no renegotiation)."""
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path | None = None  # CA bundle that client certificates must chain to
+    require_client_cert: bool = False
+
+    @model_validator(mode="after")
+    def _client_certs_need_a_ca(self) -> ListenerTls:
+        if self.require_client_cert and self.ca_file is None:
+            raise ValueError("require_client_cert needs ca_file (the CA that signs client certificates)")
+        return self
+
+
+class DestinationTls(_KeyPassword):
+    """DICOM TLS to one destination. The server certificate is always verified, against
+    `ca_file` or the system's trust store; `cert_file`/`key_file` present a client certificate
+    (mutual TLS)."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    verify_hostname: bool = True
+    server_name: str | None = None  # the name to check and to send as SNI; default the host
+
+    @model_validator(mode="after")
+    def _cert_and_key_together(self) -> DestinationTls:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together (a client certificate needs its key)")
+        return self
+
 
 #: TLS 1.2 suites (OpenSSL names): forward-secret AEAD only, ECDHE first.
 BCP195_CIPHERS = ":".join([
@@ -93,4 +154,4 @@ class LazyHandshakeContext:
         return self.context.wrap_socket(sock, server_side=server_side, do_handshake_on_connect=False, **kwargs)
 
 
-__all__ = ["BCP195_CIPHERS", "LazyHandshakeContext", "client_context", "server_context"]
+__all__ = ["BCP195_CIPHERS", "DestinationTls", "ListenerTls", "LazyHandshakeContext", "client_context", "server_context"]
