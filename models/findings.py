@@ -8,7 +8,7 @@ another stage already handed on.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -99,6 +99,26 @@ class GeneratedImage:
             raise ValueError(f"{self.photometric} image needs {expected} dimensions")
 
 
+#: what the writers and the viewer text say of an input the domain guard refused
+NOT_ASSESSED_TEXT = "not assessed: outside the model's validated input domain"
+
+
+@dataclass(frozen=True)
+class DomainVerdict:
+    """The input-domain guard's answer for one source image (or the whole job when `source` is None).
+
+    `score` is the guard's out-of-domain score (higher is further from the training data) and
+    `threshold` the score above which the input is outside the validated domain. An input outside
+    it is "not assessed": the writers say so (`NOT_ASSESSED_TEXT`) and it never raises a QA alert.
+    """
+
+    in_domain: bool
+    score: float
+    threshold: float
+    source: ImageRef | None = None
+    reason: str = ""  # short, no patient data, e.g. "feature distance 41.2 > 12.3"
+
+
 @dataclass(frozen=True)
 class Findings:
     """Everything one model said about one job (one instance, or one series)."""
@@ -112,14 +132,54 @@ class Findings:
     summary: Classification | None = None  # per-series result, when the model gives one
     not_for_clinical_use: bool = True  # demo weights; the writers print this on every object
     notes: tuple[str, ...] = field(default=())
+    domain: tuple[DomainVerdict, ...] = ()  # the input-domain guard's verdicts (empty: no guard ran)
+
+    @property
+    def out_of_domain(self) -> tuple[DomainVerdict, ...]:
+        """The verdicts of inputs outside the model's validated domain (not assessed)."""
+        return tuple(v for v in self.domain if not v.in_domain)
+
+    @property
+    def assessed(self) -> bool:
+        """False when any input of this result lies outside the model's validated domain."""
+        return not self.out_of_domain
+
+    def is_out_of_domain(self, ref: ImageRef | None) -> bool:
+        """Whether the result about `ref` (None: the series summary) is "not assessed"."""
+        bad = self.out_of_domain
+        if ref is None:
+            return bool(bad)  # a summary over any unassessed input is itself not assessed
+        return any(v.source is None or v.source.sop_instance_uid == ref.sop_instance_uid
+                   and (v.source.frame is None or v.source.frame == ref.frame) for v in bad)
 
     @property
     def alerts(self) -> tuple[Classification, ...]:
-        """Classifications flagged for the technologist."""
-        items = list(self.classifications)
-        if self.summary is not None:
+        """Classifications flagged for the technologist; never one about an input outside the domain."""
+        items = [c for c in self.classifications if not self.is_out_of_domain(c.source)]
+        if self.summary is not None and not self.is_out_of_domain(None):
             items.append(self.summary)
         return tuple(c for c in items if c.uncertain)
+
+    def assessed_only(self) -> Findings:
+        """These findings without any result about an input outside the domain (the verdicts stay).
+
+        The `out_of_domain: suppress` route policy writes this: the SR then says only that those
+        inputs were not assessed, with no grade or probability beside them.
+        """
+        if self.assessed:
+            return self
+
+        def keep(ref: ImageRef | None) -> bool:
+            return not self.is_out_of_domain(ref)
+
+        return replace(
+            self,
+            classifications=tuple(c for c in self.classifications if keep(c.source)),
+            measurements=tuple(m for m in self.measurements if m.source is not None and keep(m.source)),
+            detections=tuple(d for d in self.detections if keep(d.source)),
+            images=tuple(i for i in self.images if keep(i.source)),
+            summary=None,
+        )
 
     def for_instance(self, sop_instance_uid: str) -> Findings:
         """The part of a batched result that is about one source instance (no series summary)."""
@@ -137,4 +197,5 @@ class Findings:
             summary=None,
             not_for_clinical_use=self.not_for_clinical_use,
             notes=(),  # a batch's notes describe the batch, not this instance
+            domain=tuple(v for v in self.domain if mine(v.source)),
         )
