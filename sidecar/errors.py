@@ -8,6 +8,7 @@
     │   ├── InstanceTooLarge   over the size or dimension limits      -> "out of resources"
     │   └── SpoolFull          disk below its watermark or write fail -> "out of resources"
     ├── JournalError           the journal cannot be read or written
+    │   └── JournalFull        its disk is full: transient, retry once space returns
     ├── RoutingError           a rule cannot be built
     ├── ModelError             a model cannot be loaded or fails on a job
     │   └── WeightsMismatch    weights file missing or SHA-256 differs
@@ -55,6 +56,13 @@ class SpoolFull(IngestError):
 
 class JournalError(SidecarError):
     """The journal cannot be read or written."""
+
+
+class JournalFull(JournalError):
+    """The journal's disk is full ("database or disk is full"; PostgreSQL's disk_full).
+
+    Transient: nothing was written, and the same write succeeds once space returns.
+    """
 
 
 class RoutingError(SidecarError):

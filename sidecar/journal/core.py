@@ -82,18 +82,20 @@ class Journal(JournalQueries):
 
     `node` names this sidecar in claims (default host:PID; the service passes host:port so a
     restarted sidecar recognises its own claims); `lease_s` is how long a claim outlives a node
-    that stopped renewing it; `heartbeat_s` how often leases are renewed (default lease/3, 0: never).
+    that stopped renewing it; `heartbeat_s` how often leases are renewed (default lease/3, 0: never);
+    `backend` an already opened backend for `url` (tests pass one that fails on cue).
     """
 
     def __init__(
         self, url: str, clock: Callable[[], float] = time.time, synchronous: str = "NORMAL", *,
         node: str | None = None, lease_s: float = DEFAULT_LEASE_S, heartbeat_s: float | None = None,
+        backend: Backend | None = None,
     ) -> None:
         if lease_s <= 0:
             raise JournalError("lease_s must be positive")
         self.url = url
         self._clock = clock
-        self._backend: Backend = open_backend(url, synchronous)
+        self._backend: Backend = backend if backend is not None else open_backend(url, synchronous)
         self.node = node or default_node()
         self.lease_s = float(lease_s)
         self._heartbeat_s = lease_s / 3.0 if heartbeat_s is None else heartbeat_s

@@ -19,7 +19,7 @@ from typing import Any
 
 import structlog
 
-from sidecar.errors import JournalError
+from sidecar.errors import JournalError, JournalFull
 from sidecar.journal.schema import POSTGRES, SCHEMA_VERSION, Dialect, statements
 from sidecar.journal.tx import Tx
 
@@ -28,6 +28,7 @@ _log = structlog.get_logger("sidecar.journal")
 PREFIXES = ("postgresql://", "postgres://")
 _SCHEMA_LOCK = 0x51DECA8  # pg_advisory_xact_lock key: two nodes starting at once create tables once
 LISTEN_TIMEOUT_S = 0.5
+_DISK_FULL = "53100"  # SQLSTATE disk_full (PostgreSQL appendix A); psycopg's errors.DiskFull
 
 
 def _psycopg() -> ModuleType:
@@ -113,7 +114,8 @@ class PostgresBackend:
                 for channel in sorted(tx.channels):  # delivered by PostgreSQL at commit
                     conn.execute("SELECT pg_notify(%s, '')", (channel,))
         except self._pg.Error as exc:
-            raise JournalError(f"journal write failed: {type(exc).__name__}: {exc}") from exc
+            kind = JournalFull if getattr(exc, "sqlstate", None) == _DISK_FULL else JournalError
+            raise kind(f"journal write failed: {type(exc).__name__}: {exc}") from exc
 
     def query(self, sql: str, args: Sequence[object] = ()) -> list[tuple]:  # type: ignore[type-arg]
         try:

@@ -4,6 +4,13 @@ Every write is one `BEGIN IMMEDIATE` transaction, so writers on the file (thread
 process, or another process on the same machine) are serialised and a claim needs no row locks.
 WAL with synchronous=NORMAL keeps the database consistent through any crash; a commit may be
 lost only on power failure (see `sidecar.journal` for why that is covered).
+
+A failed write never wedges the connection: when a statement or the COMMIT itself fails
+("database or disk is full" fails at COMMIT, when the WAL grows), the transaction is rolled
+back explicitly, since SQLite may or may not have rolled it back itself (sqlite.org/lang_transaction.html,
+"Response To Errors Within A Transaction"); a transaction left open by a failed ROLLBACK is
+closed before the next BEGIN. A full disk raises `JournalFull`: nothing of that write was kept,
+and the same write succeeds once space returns.
 """
 
 from __future__ import annotations
@@ -14,11 +21,29 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from sidecar.errors import JournalError
+import structlog
+
+from sidecar.errors import JournalError, JournalFull
 from sidecar.journal.schema import ADDED_COLUMNS, SCHEMA_VERSION, SQLITE, Dialect
 from sidecar.journal.tx import Tx
 
+_log = structlog.get_logger("sidecar.journal")
+
 PREFIX = "sqlite:///"
+
+Connect = Callable[..., sqlite3.Connection]
+
+
+def _is_full(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code == sqlite3.SQLITE_FULL or (code is None and "database or disk is full" in str(exc))
+
+
+def write_error(exc: sqlite3.Error) -> JournalError:
+    """The journal error for a failed write: `JournalFull` when the disk is full."""
+    if _is_full(exc):
+        return JournalFull(f"journal write failed: {exc}")
+    return JournalError(f"journal write failed: {exc}")
 
 
 def sqlite_path(url: str) -> Path:
@@ -36,13 +61,14 @@ class SqliteBackend:
     dialect: Dialect = SQLITE
     shared = False
 
-    def __init__(self, url: str, synchronous: str = "NORMAL") -> None:
+    def __init__(self, url: str, synchronous: str = "NORMAL", *, connect: Connect = sqlite3.connect) -> None:
+        """`connect` opens the connection (`sqlite3.connect`; a test passes one that fails on cue)."""
         if synchronous not in ("NORMAL", "FULL"):
             raise JournalError("synchronous must be NORMAL or FULL")
         path = sqlite_path(url)
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+            self._db = connect(str(path), check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={synchronous}")
             self._db.execute("PRAGMA foreign_keys=ON")
@@ -68,16 +94,29 @@ class SqliteBackend:
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
         with self._lock:
+            if self._db.in_transaction:  # an earlier ROLLBACK failed too: close that one first
+                self._rollback()
             try:
                 self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    yield Tx(self._db.execute)
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-                self._db.execute("COMMIT")
             except sqlite3.Error as exc:
-                raise JournalError(f"journal write failed: {exc}") from exc
+                raise write_error(exc) from exc
+            try:
+                yield Tx(self._db.execute)
+                self._db.execute("COMMIT")
+            except BaseException as exc:
+                self._rollback()
+                if isinstance(exc, sqlite3.Error):
+                    raise write_error(exc) from exc
+                raise
+
+    def _rollback(self) -> None:
+        """Undo the open transaction, if SQLite has not already (it may, after SQLITE_FULL)."""
+        if not self._db.in_transaction:
+            return
+        try:
+            self._db.execute("ROLLBACK")
+        except sqlite3.Error as exc:  # retried before the next BEGIN
+            _log.error("journal_rollback_failed", error=str(exc)[:200])
 
     def query(self, sql: str, args: Sequence[object] = ()) -> list[tuple]:  # type: ignore[type-arg]
         with self._lock:

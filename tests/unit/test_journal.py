@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.errors import JournalError
+from sidecar.errors import JournalError, JournalFull
 from sidecar.journal import InstanceRecord, Journal
+from sidecar.journal.sqlite import SqliteBackend
+from tests.helpers.journal_fakes import failing_connect, fill, small_disk
 from tests.helpers.postgres import require_postgres
 
 LEASE_S = 30.0
@@ -412,3 +414,61 @@ class TestWakeUps:
         finally:
             a.close()
             b.close()
+
+
+class TestFullDisk:
+    """A full disk fails the write it hits, never the ones after it (SQLite)."""
+
+    def test_failed_commit_is_rolled_back_and_the_next_write_succeeds(self, tmp_path: Path) -> None:
+        """A COMMIT that fails for space leaves no open transaction behind (no A700 for ever after)."""
+        url = f"sqlite:///{tmp_path / 'j.sqlite'}"
+        connect, opened = failing_connect()
+        j = Journal(url, backend=SqliteBackend(url, connect=connect), heartbeat_s=0)
+        try:
+            opened[0].fail_next["COMMIT"] = 1
+            with pytest.raises(JournalFull):
+                j.record_instance(_rec("1.1"))
+            assert not j.has_instance("1.1")  # nothing of the failed write was kept
+            assert j.record_instance(_rec("1.1")).new  # the same write, retried, succeeds
+            assert j.record_instance(_rec("1.2")).n_instances == 2
+        finally:
+            j.close()
+
+    def test_failed_rollback_is_finished_before_the_next_write(self, tmp_path: Path) -> None:
+        """When the ROLLBACK after a failed COMMIT fails too, the next write closes it first."""
+        url = f"sqlite:///{tmp_path / 'j.sqlite'}"
+        connect, opened = failing_connect()
+        j = Journal(url, backend=SqliteBackend(url, connect=connect), heartbeat_s=0)
+        try:
+            opened[0].fail_next.update({"COMMIT": 1, "ROLLBACK": 1})
+            with pytest.raises(JournalFull):
+                j.record_instance(_rec("1.1"))
+            assert j.record_instance(_rec("1.2")).new
+            assert not j.has_instance("1.1") and j.has_instance("1.2")
+        finally:
+            j.close()
+
+    def test_real_full_disk_fails_writes_until_space_returns(self, tmp_path: Path) -> None:
+        """On a full tmpfs every write fails as JournalFull; once the filler goes, writes resume."""
+        with small_disk(tmp_path / "disk") as disk:
+            j = Journal(f"sqlite:///{disk / 'j.sqlite'}", heartbeat_s=0)
+            try:
+                j.record_instance(_rec("0.1"))
+                filler = fill(disk)
+                kept = 0
+                for i in range(200):
+                    try:
+                        j.record_instance(InstanceRecord(
+                            f"2.{i}", "1.2.840.10008.5.1.4.1.1.4", "1.2.3", "1.2", "MR", "/s/" + "x" * 400, 10))
+                        kept += 1
+                    except JournalFull:
+                        pass
+                assert kept < 200  # the disk really filled
+                n_before = len(j.instances("1.2.3"))
+                assert n_before == 1 + kept  # each acknowledged write is in the journal, no other
+                filler.unlink()
+                assert j.record_instance(_rec("3.1")).new
+                j.probe_write()
+                assert len(j.instances("1.2.3")) == n_before + 1
+            finally:
+                j.close()
