@@ -36,7 +36,10 @@ BUNDLED_CONF = Path(__file__).resolve().parent.parent / "conf"
 #: model id -> "module:function" returning a list of phantom Datasets (one series) for the demo.
 DEMO_SAMPLES: dict[str, str] = {
     "lge_qa": "train.phantoms.lge:demo_series",
+    "synovitis_sgs": "train.phantoms.joint_us:demo_series_sgs",
+    "synovitis_dgs": "train.phantoms.joint_us:demo_series_dgs",
     "synovitis_spd": "train.phantoms.joint_us:demo_series",
+    "synovitis_dpd": "train.phantoms.joint_us:demo_series_dpd",
     "gout_mtp1": "train.phantoms.mtp1:demo_series",
     "breast_elastography": "train.phantoms.breast:demo_series",
     "hand_joints": "train.phantoms.hand:demo_series",

@@ -171,3 +171,26 @@ class TestDicomWriter:
     def test_phantom_uids_are_reproducible(self) -> None:
         """Derived UIDs depend only on their parts."""
         assert dw.phantom_uid("a", "1") == dw.phantom_uid("a", "1") != dw.phantom_uid("a", "2")
+
+
+class TestDemoSamples:
+    def test_every_model_has_a_demo_series_that_the_bundled_routes_send_to_it(self) -> None:
+        """`sidecar demo` pushes a phantom series for all eight models, each routed to its own model."""
+        from models.registry import FACTORIES, load_predicates
+        from sidecar.demo import DEMO_SAMPLES, _sample
+        from sidecar.routing import route
+        from sidecar.settings import load_settings
+
+        assert set(DEMO_SAMPLES) == set(FACTORIES) and len(FACTORIES) == 8
+        routes = load_settings(Path(__file__).resolve().parents[2] / "conf", env={}).routes
+        predicates = load_predicates()
+        series_uids = set()
+        for model_id in sorted(FACTORIES):
+            make = _sample(model_id)
+            assert make is not None, model_id
+            series = make(seed=7)
+            assert series, model_id
+            for ds in series:
+                assert route(routes, ds, calling_ae="DEMOCONSOLE", predicates=predicates).model == model_id
+            series_uids.update(str(ds.SeriesInstanceUID) for ds in series)
+        assert len(series_uids) >= len(FACTORIES)  # no two models share a series

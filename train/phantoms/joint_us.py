@@ -324,8 +324,27 @@ def case_dataset(case: JointCase, *, doppler: bool, cine: bool, instance_number:
     return W.with_file_meta(ds)
 
 
-def demo_series(seed: int = 0) -> list[Dataset]:
-    """One static power Doppler image of an inflamed MCP joint (combined grade 3), for the demo."""
-    case = JointCase(case_id=f"demo-{seed}", patient_id="PH-RADEMO", joint="MCP2", laterality="R",
+def _demo_case(seed: int, variant: str) -> JointCase:
+    """An inflamed MCP2 joint (GS 2, PD 3: combined grade 3), one id per variant."""
+    return JointCase(case_id=f"demo-{variant}-{seed}", patient_id="PH-RADEMO", joint="MCP2", laterality="R",
                      gs=2, pd=3, combined=3, readers=(3, 3), seed=seed + 1000)
-    return [case_dataset(case, doppler=True, cine=False)]
+
+
+def demo_series(seed: int = 0) -> list[Dataset]:
+    """One static power Doppler image of an inflamed MCP joint (combined grade 3), for the demo (SPD)."""
+    return [case_dataset(_demo_case(seed, "spd"), doppler=True, cine=False)]
+
+
+def demo_series_sgs(seed: int = 0) -> list[Dataset]:
+    """One static greyscale image of the demo joint (SGS: still, no colour flow)."""
+    return [case_dataset(_demo_case(seed, "sgs"), doppler=False, cine=False)]
+
+
+def demo_series_dgs(seed: int = 0) -> list[Dataset]:
+    """A greyscale cine of the demo joint (DGS: multi-frame, no colour flow)."""
+    return [case_dataset(_demo_case(seed, "dgs"), doppler=False, cine=True)]
+
+
+def demo_series_dpd(seed: int = 0) -> list[Dataset]:
+    """A power Doppler cine of the demo joint (DPD: multi-frame with a colour-flow region)."""
+    return [case_dataset(_demo_case(seed, "dpd"), doppler=True, cine=True)]
