@@ -34,3 +34,16 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/pip install -q --disable-pip-version-check torch==2.13.0 -e ".[$extras]"
   touch "$stamp"
 fi
+# The real-Triton tests (tests/integration/test_triton.py, the Triton part of test_backends.py) start
+# a Triton server through nvidia-pytriton, which runs under Debian's own python3.11 in its own venv
+# (its bundled server links against that interpreter). --test creates it, so CI runs those tests.
+if [ "$TEST_EXTRAS" = 1 ] && ! .venv-triton/bin/python -c "import pytriton" 2>/dev/null; then
+  TRITON_PY=/usr/bin/python3.11
+  if [ ! -x "$TRITON_PY" ] || ! "$TRITON_PY" -c "import ensurepip" 2>/dev/null; then
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3.11 python3.11-venv >/dev/null
+  fi
+  [ -x .venv-triton/bin/python ] || "$TRITON_PY" -m venv .venv-triton
+  .venv-triton/bin/pip install -q --disable-pip-version-check nvidia-pytriton==0.7.0 onnxruntime
+fi
