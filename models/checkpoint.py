@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from models.base import ModelCard
+from models.base import GENERIC_VOCABULARY, ModelCard, ReportVocabulary
 
 UNTRAINED_VERSION = "0+untrained"
 STATE_AND_METADATA: tuple[str, ...] = ("state_dict", "metadata")
@@ -89,13 +89,14 @@ def apply_torch_threads(options: Mapping[str, Any]) -> None:
 def card_from_metadata(
     metadata: Mapping[str, Any], *, id: str, name: str, manufacturer: str, intended_use: str,
     labels: tuple[str, ...], reference: str = "", published: Mapping[str, float] | None = None,
+    vocabulary: ReportVocabulary = GENERIC_VOCABULARY,
 ) -> ModelCard:
     """The model card: fixed facts from the wrapper, version and clinical-use flag from the checkpoint."""
     return ModelCard(
         id=id, version=str(metadata.get("version", UNTRAINED_VERSION)), name=name, manufacturer=manufacturer,
         intended_use=intended_use, labels=labels,
         not_for_clinical_use=bool(metadata.get("not_for_clinical_use", True)),
-        reference=reference, published=dict(published or {}))
+        reference=reference, published=dict(published or {}), vocabulary=vocabulary)
 
 
 __all__ = [

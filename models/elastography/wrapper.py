@@ -29,6 +29,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from pydicom import Dataset
 
+from models.elastography.concepts import VOCABULARY
 from models.checkpoint import apply_torch_threads, card_from_metadata, load_checkpoint, untrained_metadata
 from models.elastography import transforms as T
 from models.elastography.net import DEFAULT_CHANNELS, N_TSUKUBA, ElastographyGenerator
@@ -140,7 +141,7 @@ class ElastographyModel:
         self.alpha = float(alpha)
         self.card = card_from_metadata(
             metadata, id=MODEL_ID, name=NAME, manufacturer=MANUFACTURER, intended_use=INTENDED_USE,
-            labels=LABELS, reference=REFERENCE, published=PUBLISHED)
+            labels=LABELS, reference=REFERENCE, published=PUBLISHED, vocabulary=VOCABULARY)
 
     def prepare(self, datasets: Sequence[Dataset]) -> ElastographyBatch:
         """B-mode images -> one batch; elastography or Doppler images are left out (counted)."""

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from pydicom import Dataset
 
+from models.gout_mtp1.concepts import VOCABULARY
 from models.checkpoint import apply_torch_threads, card_from_metadata, load_checkpoint, untrained_metadata
 from models.findings import Classification, Findings, ImageRef
 from models.gout_mtp1.net import GoutNet
@@ -72,7 +73,7 @@ class GoutModel:
         self.config = GoutTransform(size=int(metadata.get("input_size", 128)))
         self.card = card_from_metadata(
             metadata, id=MODEL_ID, name=NAME, manufacturer=MANUFACTURER, intended_use=INTENDED_USE,
-            labels=LABELS, reference=REFERENCE, published=PUBLISHED)
+            labels=LABELS, reference=REFERENCE, published=PUBLISHED, vocabulary=VOCABULARY)
 
     def prepare(self, datasets: Sequence[Dataset]) -> GoutBatch:
         if not datasets:

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from pydicom import Dataset
 
+from models.hand_joints.concepts import VOCABULARY
 from models.checkpoint import (
     apply_torch_threads, card_from_metadata, float_state, read_checkpoint, untrained_metadata,
 )
@@ -172,7 +173,7 @@ class HandJointsModel:
         self.crop = int(metadata.get("crop", T.CROP))
         self.card = card_from_metadata(
             metadata, id=MODEL_ID, name=NAME, manufacturer=MANUFACTURER, intended_use=INTENDED_USE,
-            labels=LABELS, reference=REFERENCE, published=PUBLISHED)
+            labels=LABELS, reference=REFERENCE, published=PUBLISHED, vocabulary=VOCABULARY)
 
     # -- the analysis one radiograph gets (training's evaluation calls this too) -------------
 

@@ -26,6 +26,7 @@ import torch
 from pydicom import Dataset
 
 from models import checkpoint
+from models.lge_qa.concepts import VOCABULARY
 from models.backends import TensorBackend, TensorSignature
 from models.backends.inprocess import InProcessTorch
 from models.checkpoint import card_from_metadata
@@ -106,7 +107,7 @@ class LgeQaModel:
         )
         self.card = card_from_metadata(
             metadata, id=MODEL_ID, name=NAME, manufacturer=MANUFACTURER, intended_use=INTENDED_USE,
-            labels=LABELS, reference=REFERENCE, published=PUBLISHED,
+            labels=LABELS, reference=REFERENCE, published=PUBLISHED, vocabulary=VOCABULARY,
         )
 
     def prepare(self, datasets: Sequence[Dataset]) -> LgeQaBatch:

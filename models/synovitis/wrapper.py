@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from pydicom import Dataset
 
+from models.synovitis.concepts import VOCABULARY
 from models.checkpoint import apply_torch_threads, card_from_metadata, load_checkpoint, untrained_metadata
 from models.findings import Classification, Findings, ImageRef
 from models.synovitis.net import SynovitisNet
@@ -89,7 +90,7 @@ class SynovitisModel:
         self.card = card_from_metadata(
             metadata, id=model_id(variant), name=f"RA synovitis grade, {self.spec.name} ({self.spec.code}, ResNet)",
             manufacturer=MANUFACTURER, intended_use=intended_use(variant), labels=LABELS,
-            reference=REFERENCE, published=PUBLISHED[variant])
+            reference=REFERENCE, published=PUBLISHED[variant], vocabulary=VOCABULARY)
 
     def prepare(self, datasets: Sequence[Dataset]) -> SynovitisBatch:
         """Each instance (still or cine) -> one input of this variant."""

@@ -279,22 +279,18 @@ class Worker:
     def _write(self, job: Job, ds: Dataset) -> Path:
         return self.store.save(job.series_uid, ds)
 
-    @staticmethod
     def _alert_lines(
-        job: Job, findings: Findings, source: Dataset
+        self, job: Job, findings: Findings, source: Dataset
     ) -> list[tuple[int, str, float, int | None, tuple[str, ...]]]:
-        """(index, label, probability, instance number, text lines) for each alert; no patient data."""
+        """(index, label, probability, instance number, text lines) for each alert; the wording is
+        the model card's (models/base.py), and carries no patient data."""
         out = []
         inst_no = _int_or_none(source.get("InstanceNumber"))
+        card = self.models[job.model_id].card
         for index, c in enumerate(findings.alerts):
             p = float(c.probabilities[c.label])
-            lines = (
-                "AI QA ALERT - NOT FOR CLINICAL USE" if findings.not_for_clinical_use else "AI QA ALERT",
-                f"Model: {job.model_id} {job.model_version}",
-                f"Series {source.get('SeriesNumber', '?')}  image {inst_no if inst_no is not None else '?'}",
-                f"Result: {c.label.replace('_', ' ')} (p = {p:.2f})",
-                "Consider repeating this slice.",
-            )
+            lines = card.alert_lines(c.label, p, series_number=source.get("SeriesNumber"), instance_number=inst_no,
+                                     not_for_clinical_use=findings.not_for_clinical_use)
             out.append((index, c.label, p, inst_no, lines))
         return out
 
