@@ -33,6 +33,8 @@ from sidecar.ingest.reconcile import reconcile_spool, retention_sweep
 from sidecar.egress.sender import Sender
 from sidecar.ingest.spool import Spool
 from sidecar.egress.transport import StoreTransport
+from sidecar.pipeline.budgets import DecodeBudget
+from sidecar.pipeline.failures import RetryPolicy
 from sidecar.pipeline.worker import Worker
 from sidecar.routing import validate_routes
 from sidecar.routing.rules import Route
@@ -120,7 +122,11 @@ class Sidecar:
             alert_destinations=alert_destinations, fanout=AlertFanout(channels),
             on_results_queued=self.sender.notify, poll_s=svc.worker.poll_s,
             torch_threads=svc.worker.torch_threads, max_batch=svc.worker.max_batch, observer=self.feed,
+            retry=RetryPolicy(svc.worker.max_attempts, svc.worker.retry_initial_s, svc.worker.retry_max_s),
+            budget=DecodeBudget(svc.worker.max_decoded_instance_bytes, svc.worker.max_decoded_job_bytes),
+            clock=self.seams.clock,
         )
+        self.journal.renew_only(self.worker.held_jobs)
         self.timers = self.seams.timers or SchedulerTimers(self.scheduler, self.seams.clock)
         if self.journal.shared:  # another node may have received instances since a timer was armed
             self.timers = QuietGuard(self.timers, self.journal, {r.name: r.quiet_s for r in settings.routes})

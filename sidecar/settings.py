@@ -118,6 +118,11 @@ class Worker(_Strict):
     torch_threads: int = Field(default=2, ge=1)
     max_batch: int = Field(default=16, ge=1)
     poll_s: float = Field(default=0.2, gt=0)
+    max_attempts: int = Field(default=4, ge=1)  # claims of one job before it is quarantined
+    retry_initial_s: float = Field(default=2.0, gt=0)  # backoff after a transient failure, doubling
+    retry_max_s: float = Field(default=120.0, gt=0)
+    max_decoded_instance_bytes: int = Field(default=1 << 30, gt=0)  # checked from the header, before decode
+    max_decoded_job_bytes: int = Field(default=4 << 30, gt=0)
 
 
 class LogAlertChannel(_Strict):

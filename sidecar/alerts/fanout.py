@@ -10,7 +10,9 @@ Alerts carry no patient names or IDs. A failing channel is logged and never bloc
 
 from __future__ import annotations
 
+import itertools
 import json
+import queue
 import threading
 import urllib.request
 from collections.abc import Callable, Sequence
@@ -85,15 +87,60 @@ class DashboardChannel:
 
 
 class AlertFanout:
-    """Sends an alert to every non-DICOM channel on a background thread; never raises."""
+    """Sends each alert to every non-DICOM channel from that channel's own thread; never raises.
+
+    Each channel has a priority queue: a streaming slice's alert (`instance_uid` set) goes
+    before any series alert still waiting, so a slow webhook busy with series results never
+    delays the technologist. A channel's thread that died is started again on the next publish
+    (counted in `restarts`); `flush()` waits, without polling, until every queued alert is sent.
+    """
 
     def __init__(self, channels: Sequence[AlertChannel]) -> None:
         self.channels = list(channels)
+        self._queues: list[queue.PriorityQueue[tuple[int, int, Alert]]] = [queue.PriorityQueue() for _ in self.channels]
+        self._threads: list[threading.Thread | None] = [None] * len(self.channels)
+        self._seq = itertools.count()
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._pending = 0
+        self.restarts = 0
 
     def publish(self, alert: Alert) -> None:
-        for channel in self.channels:
-            threading.Thread(target=self._send, args=(channel, alert), daemon=True,
-                             name="alert-send").start()
+        priority = 0 if alert.instance_uid else 1
+        with self._lock:
+            seq = next(self._seq)
+            self._pending += len(self.channels)
+            for index, q in enumerate(self._queues):
+                q.put((priority, seq, alert))
+                thread = self._threads[index]
+                if thread is None or not thread.is_alive():
+                    if thread is not None:
+                        self.restarts += 1
+                        log.error("alert_channel_thread_restarted", channel=type(self.channels[index]).__name__)
+                    thread = threading.Thread(target=self._run, args=(index,), daemon=True,
+                                              name=f"alert-{type(self.channels[index]).__name__}")
+                    self._threads[index] = thread
+                    thread.start()
+
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """Wait until every published alert went to every channel; False on timeout."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._pending == 0, timeout_s)
+
+    def alive(self) -> bool:
+        """True while no channel thread that was started has died."""
+        return all(t is None or t.is_alive() for t in self._threads)
+
+    def _run(self, index: int) -> None:
+        channel, q = self.channels[index], self._queues[index]
+        while True:
+            _, _, alert = q.get()
+            try:
+                self._send(channel, alert)
+            finally:
+                with self._idle:
+                    self._pending -= 1
+                    self._idle.notify_all()
 
     @staticmethod
     def _send(channel: AlertChannel, alert: Alert) -> None:

@@ -27,6 +27,7 @@ import structlog
 from sidecar.errors import JournalError
 from sidecar.journal.postgres import PREFIXES as _PG_PREFIXES
 from sidecar.journal.queries import JournalQueries
+from sidecar.journal.retries import JobRetries
 from sidecar.journal.records import Event, InstanceRecord, Job, OutboxItem, Recorded
 from sidecar.journal.schema import Dialect
 from sidecar.journal.sqlite import SqliteBackend
@@ -41,6 +42,7 @@ OUTBOX_CHANNEL = "sidecar_outbox"  # NOTIFY: results were queued or a dead lette
 DEFAULT_LEASE_S = 30.0
 
 _JOB_COLS = ", ".join(Job.__dataclass_fields__)
+_DUE = "(not_before IS NULL OR not_before <= ?)"  # a retried job waits out its backoff
 _OUTBOX_COLS = ", ".join(OutboxItem.__dataclass_fields__)
 
 
@@ -77,7 +79,7 @@ def open_backend(url: str, synchronous: str = "NORMAL") -> Backend:
     return SqliteBackend(url, synchronous)
 
 
-class Journal(JournalQueries):
+class Journal(JournalQueries, JobRetries):
     """The journal, chosen by URL. Thread-safe; several sidecars may share a PostgreSQL one.
 
     `node` names this sidecar in claims (default host:PID; the service passes host:port so a
@@ -104,6 +106,12 @@ class Journal(JournalQueries):
         self._closing = threading.Event()
         self._observers: list[EventObserver] = []
         self._skip = self._backend.dialect.skip_locked
+        self._held_jobs: Callable[[], Sequence[int]] | None = None
+
+    def renew_only(self, held_jobs: Callable[[], Sequence[int]]) -> None:
+        """Renew job leases only for the ids `held_jobs()` names (the jobs a live worker lane holds),
+        so a lane that died does not keep its job "running" for ever."""
+        self._held_jobs = held_jobs
 
     @property
     def shared(self) -> bool:
@@ -279,14 +287,15 @@ class Journal(JournalQueries):
         `streaming_only` takes only per-instance jobs (the worker's streaming lane). Jobs whose
         owner's lease ran out are put back in the queue first (`reclaimed` event).
         """
+        now = self._clock()
         if not self._query(
-            "SELECT 1 FROM jobs WHERE state = 'queued' OR (state = 'running' AND lease_until < ?) LIMIT 1",
-            (self._clock(),),
+            f"SELECT 1 FROM jobs WHERE (state = 'queued' AND {_DUE}) OR (state = 'running' AND lease_until < ?)"
+            " LIMIT 1", (now, now),
         ):
             return None  # the common idle poll stays a read
         only = " AND instance_uid != ''" if streaming_only else ""
         jobs = self._claim(
-            f"SELECT id FROM jobs WHERE state = 'queued'{only} ORDER BY priority, id LIMIT 1", ()
+            f"SELECT id FROM jobs WHERE state = 'queued' AND {_DUE}{only} ORDER BY priority, id LIMIT 1", (now,)
         )
         return jobs[0] if jobs else None
 
@@ -298,9 +307,9 @@ class Journal(JournalQueries):
         if not like.instance_uid or limit <= 0:
             return []
         return self._claim(
-            "SELECT id FROM jobs WHERE state = 'queued' AND instance_uid != '' AND model_id = ?"
+            f"SELECT id FROM jobs WHERE state = 'queued' AND {_DUE} AND instance_uid != '' AND model_id = ?"
             " AND model_version = ? AND route = ? ORDER BY priority, id LIMIT ?",
-            (like.model_id, like.model_version, like.route, limit),
+            (self._clock(), like.model_id, like.model_version, like.route, limit),
         )
 
     def _claim(self, pick: str, args: Sequence[object]) -> list[Job]:
@@ -483,9 +492,9 @@ class Journal(JournalQueries):
         now = self._clock()
         mine = "(owner = ? OR owner IS NULL OR lease_until < ?)"
         with self._tx() as db:
-            n = db.execute(
+            n = db.execute(  # this node's worker processes claim as NODE/wN (`sidecar.pipeline.procs`)
                 "UPDATE jobs SET state = 'queued', started_at = NULL, owner = NULL, lease_until = NULL"
-                f" WHERE state = 'running' AND {mine}", (self.node, now),
+                f" WHERE state = 'running' AND (owner LIKE ? OR {mine})", (f"{self.node}/w%", self.node, now),
             ).rowcount
             db.execute(f"UPDATE outbox SET owner = NULL, lease_until = NULL WHERE state = 'pending' AND {mine}",
                        (self.node, now))
@@ -496,6 +505,12 @@ class Journal(JournalQueries):
     def renew_leases(self) -> int:
         """Extend this node's claims by one lease (the heartbeat calls this). Returns rows renewed."""
         until = self._clock() + self.lease_s
+        if self._held_jobs is not None:
+            n = self.renew_jobs(self._held_jobs())
+            with self._tx() as db:
+                n += db.execute("UPDATE outbox SET lease_until = ? WHERE state = 'pending' AND owner = ?",
+                                (until, self.node)).rowcount
+            return int(n)
         with self._tx() as db:
             n = db.execute("UPDATE jobs SET lease_until = ? WHERE state = 'running' AND owner = ?",
                            (until, self.node)).rowcount

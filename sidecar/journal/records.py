@@ -72,6 +72,7 @@ class Job:
     state: str
     attempts: int
     reason: str | None
+    not_before: float | None = None  # a retried job is not claimed before this
 
 
 @dataclass(frozen=True)

@@ -4,14 +4,16 @@ The tables, columns, keys and indexes are the same on SQLite and PostgreSQL; onl
 types differ by dialect (`{pk}` an auto-numbered key, `{real}` a double-precision timestamp,
 `{bigint}` a reference to one). Version 2 added `owner` and `lease_until` to `jobs` and
 `outbox`: a claim names the node that holds it and until when, so a node that died loses its
-claims when the lease runs out (`Journal.claim_job`, `Journal.due_outbox`).
+claims when the lease runs out (`Journal.claim_job`, `Journal.due_outbox`). Version 3 added
+`jobs.not_before`: a job put back after a transient failure is not claimed again before it
+(`Journal.retry_job`), and the `quarantined` job state (`Journal.quarantine_job`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,7 @@ POSTGRES = Dialect(
 
 #: Columns added after version 1, for migrating an existing SQLite journal in place.
 ADDED_COLUMNS = {
-    "jobs": (("owner", "TEXT"), ("lease_until", "{real}")),
+    "jobs": (("owner", "TEXT"), ("lease_until", "{real}"), ("not_before", "{real}")),
     "outbox": (("owner", "TEXT"), ("lease_until", "{real}")),
 }
 
@@ -81,7 +83,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     revision INTEGER NOT NULL,
     route TEXT NOT NULL,
     priority INTEGER NOT NULL,                  -- lower runs first
-    state TEXT NOT NULL DEFAULT 'queued',       -- queued | running | done | failed
+    state TEXT NOT NULL DEFAULT 'queued',       -- queued | running | done | failed | quarantined
     attempts INTEGER NOT NULL DEFAULT 0,
     reason TEXT,
     created_at {real} NOT NULL,
@@ -89,6 +91,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     finished_at {real},
     owner TEXT,                                 -- the node running it (state running)
     lease_until {real},                         -- its claim lapses after this unless renewed
+    not_before {real},                          -- a retried job waits until then (backoff)
     UNIQUE (series_uid, instance_uid, model_id, model_version, revision)
 );
 CREATE INDEX IF NOT EXISTS jobs_queue ON jobs(state, priority, id);

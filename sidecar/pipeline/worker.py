@@ -9,13 +9,21 @@ job re-run after a crash produces the same objects and the outbox does not queue
 A failed job of an alert route is never a silent "no alert": besides the failed job and its
 reason, an "ai_unavailable" alert goes through the fan-out (log, webhook, dashboard), once per
 job key, saying the image was not assessed and why (e.g. every Triton endpoint down).
+
+Failures follow the taxonomy in `failures.py`: a transient one (backend, journal, disk, time)
+puts the job back with backoff, a permanent one (the input cannot be analysed) fails it, and a
+job claimed more than `RetryPolicy.max_attempts` times is quarantined instead of run again.
+Before any decode the job's instances are checked against the decoded-size budget (`budgets.py`).
+The lanes run under a `Supervisor` (`lanes.py`); `held_jobs()` names the jobs a live lane holds,
+and only their leases are renewed.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -28,14 +36,19 @@ from models.backends import BackendError
 from models.base import ClinicalModel
 from models.findings import Findings
 from sidecar.alerts.fanout import Alert, AlertFanout
-from sidecar.errors import ModelError, ResultError
+from sidecar.errors import JournalError, ModelError
 from sidecar.journal import Job, Journal
+from sidecar.pipeline.budgets import DecodeBudget, check_budget
+from sidecar.pipeline.failures import RetryPolicy, describe, is_transient
+from sidecar.pipeline.lanes import Lane, LaneStatus, Supervisor
 from sidecar.results.store import ResultStore
 from sidecar.results import build_results
 from sidecar.results.alert_image import build_alert_image
 from sidecar.routing.rules import Route
 
 log = structlog.get_logger("sidecar.worker")
+
+_DEFER_BYTES = 64 * 1024  # elements larger than this (pixel data) are read only when used
 
 
 @dataclass(frozen=True)
@@ -44,6 +57,7 @@ class JobOutcome:
     ok: bool
     n_results: int
     reason: str = ""
+    outcome: str = "done"  # done | retry | failed | quarantined
 
 
 class JobObserver(Protocol):
@@ -75,6 +89,10 @@ class Worker:
         torch_threads: int | None = None,
         max_batch: int = 16,
         observer: JobObserver | None = None,
+        retry: RetryPolicy | None = None,
+        budget: DecodeBudget | None = None,
+        clock: Callable[[], float] = time.time,
+        lanes: Sequence[str] = ("any", "streaming"),
     ) -> None:
         self.journal = journal
         self.observer = observer
@@ -87,53 +105,91 @@ class Worker:
         self.poll_s = poll_s
         self.torch_threads = torch_threads
         self.max_batch = max(1, max_batch)
-        self._wake = threading.Event()
+        self.retry = retry or RetryPolicy()
+        self.budget = budget or DecodeBudget()
+        self._clock = clock
+        self._lane_kinds = tuple(lanes)
+        self._wakes = {kind: threading.Event() for kind in self._lane_kinds}
         self._stop = threading.Event()
-        self._wake_streaming = threading.Event()
-        self._lanes: list[threading.Thread] = []
+        self._held: set[int] = set()
+        self._held_lock = threading.Lock()
+        self.supervisor = Supervisor()
 
     def notify(self) -> None:
-        self._wake.set()
-        self._wake_streaming.set()
+        for wake in self._wakes.values():
+            wake.set()
 
     def start(self) -> None:
-        """Two lanes: one takes any job (streaming first), the other only streaming jobs, so a
-        slice never waits behind a long series job (an SR over hundreds of images takes seconds)."""
+        """Lanes `any` (streaming first, then series) and `streaming` (instance jobs only), so a
+        slice never waits behind a long series job; each under the supervisor's error boundary."""
         self._stop.clear()
-        self._lanes = [
-            threading.Thread(target=self._run, args=(False, self._wake), name="worker", daemon=True),
-            threading.Thread(target=self._run, args=(True, self._wake_streaming), name="worker-streaming",
-                             daemon=True),
-        ]
-        for lane in self._lanes:
-            lane.start()
+        self.supervisor = Supervisor([
+            Lane("worker" if kind == "any" else f"worker-{kind}", self._lane_body(kind))
+            for kind in self._lane_kinds
+        ])
+        self.supervisor.start()
 
     def stop(self, timeout_s: float = 30.0) -> None:
         self._stop.set()
         self.notify()
-        for lane in self._lanes:
-            lane.join(timeout_s)
-        self._lanes = []
+        self.supervisor.stop(timeout_s)
 
-    def _run(self, streaming_only: bool, wake: threading.Event) -> None:
-        if self.torch_threads:
-            import torch
+    def lanes(self) -> list[LaneStatus]:
+        return self.supervisor.status()
 
-            torch.set_num_threads(self.torch_threads)
-        while not self._stop.is_set():
-            if self.run_once(streaming_only=streaming_only) is None:
-                wake.wait(self.poll_s)
-                wake.clear()
+    def held_jobs(self) -> list[int]:
+        """The jobs a lane of this worker is running now: the only ones whose leases are renewed."""
+        with self._held_lock:
+            return sorted(self._held)
+
+    def _lane_body(self, kind: str) -> Callable[[threading.Event], None]:
+        wake = self._wakes[kind]
+
+        def body(stop: threading.Event) -> None:
+            if self.torch_threads:
+                import torch
+
+                torch.set_num_threads(self.torch_threads)
+            while not (stop.is_set() or self._stop.is_set()):
+                if self.run_once(streaming_only=kind == "streaming") is None:
+                    wake.wait(self.poll_s)
+                    wake.clear()
+
+        return body
+
+    @contextmanager
+    def _holding(self, jobs: Sequence[Job]) -> Iterator[None]:
+        with self._held_lock:
+            self._held.update(j.id for j in jobs)
+        try:
+            yield
+        finally:
+            with self._held_lock:
+                self._held.difference_update(j.id for j in jobs)
 
     def run_once(self, streaming_only: bool = False) -> list[JobOutcome] | None:
         """Claim and run one job, or a batch of streaming jobs of one model; None when idle."""
         job = self.journal.claim_job(streaming_only=streaming_only)
         if job is None:
             return None
-        more = self.journal.claim_batch(job, self.max_batch - 1) if job.instance_uid else []
-        if more:
-            return self.run_batch([job, *more])
-        return [self.run_job(job)]
+        with self._holding([job]):
+            more = self.journal.claim_batch(job, self.max_batch - 1) if job.instance_uid else []
+            with self._holding(more):
+                given_up = [j for j in (job, *more) if j.attempts > self.retry.max_attempts]
+                out = [self._quarantine(j) for j in given_up]
+                runnable = [j for j in (job, *more) if j not in given_up]
+                if len(runnable) > 1:
+                    return out + self.run_batch(runnable)
+                return out + [self.run_job(j) for j in runnable]
+
+    def _quarantine(self, job: Job) -> JobOutcome:
+        """A job claimed once too often (its runs kept failing, or kept killing their worker)."""
+        last = job.reason or "its worker stopped while running it"
+        reason = f"quarantined after {job.attempts - 1} attempts; last: {last}"[:500]
+        log.error("job_quarantined", job_id=job.id, model=job.model_id, attempts=job.attempts - 1)
+        self.journal.quarantine_job(job.id, reason)
+        self._tell_unavailable(job, reason)
+        return JobOutcome(job.id, False, 0, reason, "quarantined")
 
     def drain(self) -> list[JobOutcome]:
         """Run jobs until none is queued (tests, replay)."""
@@ -146,10 +202,15 @@ class Worker:
 
     def run_job(self, job: Job) -> JobOutcome:
         started = time.perf_counter()
+        stage = ["load"]
         try:
             model, rule, datasets = self._load(job)
             t0 = time.perf_counter()
-            findings = model.predict(model.prepare(datasets))
+            stage[0] = "prepare"
+            batch = model.prepare(datasets)
+            stage[0] = "predict"
+            findings = model.predict(batch)
+            stage[0] = "results"
             self._observe("inferred", job.model_id, time.perf_counter() - t0)
             if job.instance_uid:  # a streaming job reports on its own instance, without a summary
                 findings = findings.for_instance(job.instance_uid)
@@ -157,7 +218,7 @@ class Worker:
                 self._publish_alerts(job, findings, datasets[0])
             n = self._finish(job, model, rule, findings, datasets)
         except Exception as exc:  # boundary: a failing job never stops the worker
-            return self._failed(job, exc)
+            return self._failed(job, exc, stage[0])
         log.info("job_done", job_id=job.id, model=job.model_id, n_results=n,
                  ms=round((time.perf_counter() - started) * 1000, 1), streaming=bool(job.instance_uid))
         self._on_results_queued()
@@ -189,31 +250,48 @@ class Worker:
                 n = self._finish(job, model, rule, mine, dss)
                 outcomes.append(JobOutcome(job.id, True, n))
             except Exception as exc:  # boundary: one slice's results failing never fails the rest
-                outcomes.append(self._failed(job, exc))
+                outcomes.append(self._failed(job, exc, "results"))
         log.info("batch_done", n_jobs=len(jobs), model=jobs[0].model_id,
                  ms=round((time.perf_counter() - started) * 1000, 1))
         self._on_results_queued()
         return outcomes
 
-    def _failed(self, job: Job, exc: Exception) -> JobOutcome:
-        reason = f"{type(exc).__name__}: {exc}"
-        log.error("job_failed", job_id=job.id, model=job.model_id, reason=reason[:300])
-        self.journal.fail_job(job.id, reason)
+    def _failed(self, job: Job, exc: Exception, stage: str = "") -> JobOutcome:
+        """Record a failed run: back to the queue with backoff when transient, failed when not."""
+        reason = describe(exc, stage)
+        transient = is_transient(exc)
+        outcome = "retry" if transient and job.attempts < self.retry.max_attempts else "failed"
+        if transient and outcome == "failed":
+            outcome, reason = "quarantined", f"quarantined after {job.attempts} attempts; last: {reason}"[:500]
+        log.error("job_failed", job_id=job.id, model=job.model_id, reason=reason[:300], outcome=outcome,
+                  attempt=job.attempts)
+        try:
+            if outcome == "retry":
+                self.journal.retry_job(job.id, reason, self._clock() + self.retry.backoff_s(job.attempts))
+            elif outcome == "quarantined":
+                self.journal.quarantine_job(job.id, reason)
+            else:
+                self.journal.fail_job(job.id, reason)
+        except JournalError as err:  # the job's lease lapses (no lane holds it) and it is run again
+            log.error("job_failure_not_recorded", job_id=job.id, error=describe(err)[:300])
+        why = f"{type(exc).__name__}: {exc}" if isinstance(exc, BackendError) else reason
+        self._tell_unavailable(job, why)
+        return JobOutcome(job.id, False, 0, reason, outcome)
+
+    def _tell_unavailable(self, job: Job, why: str) -> None:
         rule = self.routes.get(job.route)
         if rule is not None and "alert" in rule.outputs:
             try:
-                self._publish_unavailable(job, exc)
-            except Exception as err:  # boundary: the failure is already recorded and logged above
+                self._publish_unavailable(job, why)
+            except Exception as err:  # boundary: the failure is already recorded and logged
                 log.error("ai_unavailable_publish_failed", job_id=job.id, error_type=type(err).__name__)
-        return JobOutcome(job.id, False, 0, reason)
 
-    def _publish_unavailable(self, job: Job, exc: Exception) -> None:
+    def _publish_unavailable(self, job: Job, why: str) -> None:
         """Tell the alert channels that an alert route's image got no AI answer, and why.
 
-        Backend errors carry reasons this code wrote (endpoints, status, deadline); any other
-        error is named by its type only, since its message might quote file paths or tag values.
+        `why` is a reason from `failures.describe` (or a backend's own message): it names error
+        types and the sidecar's own messages, never tag values. Once per job key and revision.
         """
-        why = f"{type(exc).__name__}: {exc}" if isinstance(exc, BackendError) else type(exc).__name__
         input_uid = job.instance_uid or job.series_uid
         lines = (
             "AI QA UNAVAILABLE - THIS IMAGE WAS NOT ASSESSED",
@@ -246,7 +324,10 @@ class Worker:
             stored = self.journal.instances(job.series_uid)
         if not stored:
             raise ModelError("no stored instances for this job")
-        return model, rule, [pydicom.dcmread(s.path) for s in stored]
+        # Pixel data stays on disk (deferred) until the model asks for it, after the budget check.
+        datasets: list[Dataset] = [pydicom.dcmread(s.path, defer_size=_DEFER_BYTES) for s in stored]
+        check_budget(datasets, self.budget)
+        return model, rule, datasets
 
     def _finish(
         self, job: Job, model: ClinicalModel, rule: Route, findings: Findings, datasets: list[Dataset]

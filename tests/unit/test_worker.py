@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-import time
+import threading
+from collections.abc import Mapping
 from pathlib import Path
 
 import pydicom
+import pytest
 
+from models.backends import BackendUnavailable
 from models.findings import Classification, Findings
 from sidecar.alerts.fanout import Alert, AlertFanout
-from sidecar.journal import InstanceRecord, Journal
+from sidecar.journal import InstanceRecord, Job, Journal
+from sidecar.pipeline.budgets import DecodeBudget
+from sidecar.pipeline.failures import RetryPolicy
+from sidecar.pipeline.lanes import Lane, Supervisor
 from sidecar.pipeline.worker import Worker
 from sidecar.routing.rules import Route
 from tests.helpers.dicom_factory import make_mr_series
@@ -31,8 +37,54 @@ class AlwaysUncertain(BrightnessModel):
         return Findings(f.model_id, f.model_version, classifications=items)
 
 
-def _setup(tmp: Path, model_id: str, mode: str, outputs: list[str]) -> tuple[Journal, Route, list[pydicom.Dataset]]:
-    j = Journal(f"sqlite:///{tmp / 'j.sqlite'}")
+class FakeClock:
+    def __init__(self, t: float = 1000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class FlakyBackendModel(BrightnessModel):
+    """Its backend is down for the first `down` calls (as Triton restarting), then answers."""
+
+    def __init__(self, down: int) -> None:
+        super().__init__()
+        self.down = down
+
+    def predict(self, batch):  # type: ignore[no-untyped-def]
+        if self.down > 0:
+            self.down -= 1
+            raise BackendUnavailable("every endpoint refused the connection (test)")
+        return super().predict(batch)
+
+
+class LeakyModel(BrightnessModel):
+    """Fails with a message quoting a patient attribute, as pydicom's value errors do."""
+
+    def predict(self, batch):  # type: ignore[no-untyped-def]
+        raise ValueError("Invalid value for DA: '1901-12-31' of Phantom^Patient")
+
+
+class DoneEvents:
+    """A JobObserver that lets a test wait for finished jobs without polling."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.done = n, 0
+        self.all_done = threading.Event()
+
+    def inferred(self, model_id: str, seconds: float) -> None:
+        pass
+
+    def finished(self, job: Job, findings: Findings, instance_numbers: Mapping[str, int | None]) -> None:
+        self.done += 1
+        if self.done >= self.n:
+            self.all_done.set()
+
+
+def _setup(tmp: Path, model_id: str, mode: str, outputs: list[str],
+           clock: FakeClock | None = None) -> tuple[Journal, Route, list[pydicom.Dataset]]:
+    j = Journal(f"sqlite:///{tmp / 'j.sqlite'}", clock=clock or FakeClock())
     route = Route.model_validate({"name": "r", "model": model_id, "mode": mode, "outputs": outputs,
                                   "destinations": ["pacs"]})
     series = make_mr_series(2, seed=1)
@@ -71,7 +123,7 @@ class TestWorker:
                    tmp_path / "results")
         outcomes = w.drain()
         assert [o.ok for o in outcomes] == [False, True]
-        assert "exploded on purpose" in (j.failed_jobs()[0].reason or "")
+        assert j.failed_jobs()[0].reason == "RuntimeError in predict"  # a permanent failure, named by stage
 
     def test_version_mismatch_fails_clearly(self, tmp_path: Path) -> None:
         """A job queued for another model version is failed, not run with the wrong weights."""
@@ -98,7 +150,7 @@ class TestWorker:
         w.run_job(job)  # as if the first run's completion had been lost
         sops = [i.sop_instance_uid for i in j.outbox(uid)]
         assert len(sops) == len(set(sops)) == 2  # the SR and the alert image
-        time.sleep(0.2)
+        assert w.fanout.flush(10.0)
         assert len(channel.alerts) == 1
         alert = channel.alerts[0]
         assert "Phantom" not in " ".join(alert.lines)
@@ -163,12 +215,163 @@ class TestLanes:
                       revision=0, route="s", priority=10)
         j.enqueue_job(series_uid=uid, instance_uid=str(series[0].SOPInstanceUID), model_id="brightness",
                       model_version="1.0.0", revision=0, route="r", priority=0)
-        w = Worker(j, {"brightness": BrightnessModel()}, [route, sr_route], tmp_path / "results", poll_s=0.05)
+        done = DoneEvents(2)
+        w = Worker(j, {"brightness": BrightnessModel()}, [route, sr_route], tmp_path / "results", poll_s=0.05,
+                   observer=done)
         w.start()
         try:
-            deadline = time.monotonic() + 20
-            while j.summary()["jobs"].get("done", 0) < 2 and time.monotonic() < deadline:
-                time.sleep(0.05)
+            assert done.all_done.wait(30.0)
         finally:
             w.stop()
         assert j.summary()["jobs"] == {"done": 2}
+        assert [lane.name for lane in w.lanes()] == ["worker", "worker-streaming"]
+
+    def test_lane_error_is_counted_backed_off_and_run_again(self) -> None:
+        """An error escaping a lane's body (a journal that cannot write) is caught, counted and
+        marks the lane down until the body runs again."""
+        calls: list[int] = []
+
+        def body(stop: threading.Event) -> None:
+            calls.append(1)
+            if len(calls) == 1:
+                raise OSError(28, "No space left on device")
+
+        lane = Lane("worker", body, backoff_initial_s=0.5, backoff_max_s=4.0)
+        assert lane.run_boundary_once() is False
+        assert lane.restarts == 1 and lane.failing and "ENOSPC" in lane.last_error
+        assert lane.backoff_s() == 0.5
+        assert lane.run_boundary_once() is True and not lane.failing
+
+    @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+    def test_supervisor_restarts_a_lane_whose_thread_died(self) -> None:
+        """A lane thread killed by a BaseException is started again and counted."""
+        ran = threading.Event()
+        runs: list[int] = []
+
+        def body(stop: threading.Event) -> None:
+            runs.append(1)
+            if len(runs) == 1:
+                raise SystemExit("the lane's thread dies")
+            ran.set()
+            stop.wait()
+
+        lane = Lane("sender", body)
+        sup = Supervisor([lane], check_s=3600.0)  # checked by hand below, not by its timer
+        sup.start()
+        try:
+            lane.join(10.0)
+            assert not lane.alive and not lane.status().up
+            assert sup.check() == 1
+            assert ran.wait(10.0)
+            assert lane.status().up and lane.restarts == 1
+        finally:
+            sup.stop(10.0)
+
+    def test_only_leases_of_held_jobs_are_renewed(self, tmp_path: Path) -> None:
+        """A job no live lane holds keeps its old lease, so another claim can take it back."""
+        clock = FakeClock()
+        j, _, series = _setup(tmp_path, "brightness", "instance", ["sr"], clock)
+        uid = str(series[0].SeriesInstanceUID)
+        for ds in series:
+            j.enqueue_job(series_uid=uid, instance_uid=str(ds.SOPInstanceUID), model_id="brightness",
+                          model_version="1.0.0", revision=0, route="r", priority=0)
+        a, b = j.claim_job(), j.claim_job()
+        assert a is not None and b is not None
+        j.renew_only(lambda: [a.id])
+        clock.t += 20.0
+        j.renew_leases()
+        clock.t += 15.0  # past the 30 s lease of the job nobody holds, inside the renewed one
+        again = j.claim_job()
+        assert again is not None and again.id == b.id and again.attempts == 2
+
+
+class TestFailures:
+    def _job(self, j: Journal, series: list[pydicom.Dataset], mode: str = "series") -> int:
+        uid = str(series[0].SeriesInstanceUID)
+        inst = str(series[0].SOPInstanceUID) if mode == "instance" else ""
+        jid = j.enqueue_job(series_uid=uid, instance_uid=inst, model_id="brightness", model_version="1.0.0",
+                            revision=0, route="r", priority=0 if inst else 10)
+        assert jid is not None
+        return jid
+
+    def test_backend_outage_delays_the_result_instead_of_failing_it(self, tmp_path: Path) -> None:
+        """Backend down twice: the job is put back with growing backoff, then delivered."""
+        clock = FakeClock()
+        j, route, series = _setup(tmp_path, "brightness", "series", ["sr"], clock)
+        jid = self._job(j, series)
+        w = Worker(j, {"brightness": FlakyBackendModel(down=2)}, [route], tmp_path / "results",
+                   retry=RetryPolicy(max_attempts=4, initial_s=2.0, max_s=60.0), clock=clock)
+        [first] = w.run_once() or []
+        assert first.outcome == "retry" and "BackendUnavailable" in first.reason
+        job = j.job(jid)
+        assert job is not None and job.state == "queued" and job.not_before == clock.t + 2.0
+        assert w.run_once() is None  # not due yet
+        clock.t += 2.0
+        [second] = w.run_once() or []
+        assert second.outcome == "retry" and j.job(jid).not_before == clock.t + 4.0  # type: ignore[union-attr]
+        clock.t += 4.0
+        [third] = w.run_once() or []
+        assert third.ok and j.job(jid).state == "done"  # type: ignore[union-attr]
+        assert len(j.outbox(str(series[0].SeriesInstanceUID))) == 1
+
+    def test_transient_failures_end_in_quarantine_which_recover_leaves_alone(self, tmp_path: Path) -> None:
+        """After max_attempts transient failures the job is quarantined, stays so through
+        recover(), is listed with its reason, and runs again only when released by hand."""
+        clock = FakeClock()
+        j, route, series = _setup(tmp_path, "brightness", "series", ["sr"], clock)
+        jid = self._job(j, series)
+        model = FlakyBackendModel(down=3)
+        w = Worker(j, {"brightness": model}, [route], tmp_path / "results",
+                   retry=RetryPolicy(max_attempts=3, initial_s=1.0, max_s=1.0), clock=clock)
+        outcomes = []
+        for _ in range(3):
+            outcomes.extend(w.run_once() or [])
+            clock.t += 1.0
+        assert [o.outcome for o in outcomes] == ["retry", "retry", "quarantined"]
+        assert j.recover() == 0 and w.run_once() is None
+        [q] = j.quarantined_jobs()
+        assert q.id == jid and "quarantined after 3 attempts" in (q.reason or "")
+        assert "BackendUnavailable" in (q.reason or "")
+        assert j.release_quarantined(jid)
+        [again] = w.run_once() or []
+        assert again.ok
+
+    def test_a_job_whose_worker_keeps_dying_is_quarantined_unrun(self, tmp_path: Path) -> None:
+        """Claimed once more than max_attempts (each run ended by a crash, then recover()):
+        quarantined without calling the model again."""
+        j, route, series = _setup(tmp_path, "brightness", "series", ["sr"])
+        jid = self._job(j, series)
+        for _ in range(2):
+            assert j.claim_job() is not None
+            j.recover()  # as at start after the process died mid-job
+        model = BrightnessModel()
+        w = Worker(j, {"brightness": model}, [route], tmp_path / "results", retry=RetryPolicy(max_attempts=2))
+        [o] = w.run_once() or []
+        assert o.outcome == "quarantined" and model.calls == 0
+        assert j.job(jid).state == "quarantined"  # type: ignore[union-attr]
+
+    def test_permanent_failure_reason_quotes_no_patient_data(self, tmp_path: Path) -> None:
+        """An exception quoting tag values is stored by type and stage only."""
+        j, route, series = _setup(tmp_path, "brightness", "series", ["sr"])
+        jid = self._job(j, series)
+        [o] = Worker(j, {"brightness": LeakyModel()}, [route], tmp_path / "results").drain()
+        job = j.job(jid)
+        assert o.outcome == "failed" and job is not None and job.state == "failed"
+        assert job.reason == "ValueError in predict"
+        assert all("1901" not in e.detail and "Phantom" not in e.detail for e in j.events(job.series_uid))
+
+    @pytest.mark.parametrize("frames", [1_000_000_000, 40_000])
+    def test_decode_budget_is_checked_from_the_header_before_any_decode(self, tmp_path: Path, frames: int) -> None:
+        """A slice whose header claims a huge decoded size fails permanently, unread by the model."""
+        j, route, series = _setup(tmp_path, "brightness", "instance", ["sr"])
+        stored = j.instance(str(series[0].SOPInstanceUID))
+        assert stored is not None
+        ds = pydicom.dcmread(stored.path)
+        ds.NumberOfFrames = frames
+        ds.save_as(stored.path, enforce_file_format=True)
+        jid = self._job(j, series, "instance")
+        model = BrightnessModel()
+        budget = DecodeBudget(max_instance_bytes=64 << 20, max_job_bytes=128 << 20)
+        [o] = Worker(j, {"brightness": model}, [route], tmp_path / "results", budget=budget).drain()
+        assert o.outcome == "failed" and "BudgetExceeded" in o.reason and "MiB" in o.reason
+        assert model.calls == 0 and j.job(jid).state == "failed"  # type: ignore[union-attr]
