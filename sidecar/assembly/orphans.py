@@ -22,12 +22,15 @@ def adopt_orphans(journal: Journal, assembler: SeriesAssembler, quiet_s: Mapping
                   lease_s: float, now: float) -> int:
     """Complete the series a node stopped receiving when it died; returns how many.
 
-    A series still receiving a lease past its route's quiet time has no live owner; `complete`
-    is conditional in the journal, so when nodes race, one wins.
+    A series still receiving a lease past its route's quiet time (its short-series grace while it
+    is short of a known expected count) has no live owner; `complete` is conditional in the
+    journal, so when nodes race, one wins.
     """
     n = 0
     for series in journal.series_in_state("receiving"):
-        quiet = quiet_s.get(series.route or "")
+        quiet = assembler.completion_wait_s(series)
+        if quiet is None:
+            quiet = quiet_s.get(series.route or "")
         if quiet is not None and now - series.last_received > quiet + lease_s:
             assembler.complete(series.series_uid, "quiet time elapsed (adopted from a stopped node)")
             n += 1

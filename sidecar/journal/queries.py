@@ -51,6 +51,17 @@ class JournalQueries:
         rows = self._query(f"SELECT {_INSTANCE_COLS} FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,))
         return StoredInstance(*rows[0]) if rows else None
 
+    def slices_without_job(self) -> list[tuple[str, str]]:
+        """(series UID, SOP Instance UID) of each kept instance of an instance-mode series that has
+        no job at any revision: the slices a crash left unqueued (`SeriesAssembler.recover`)."""
+        rows = self._query(
+            "SELECT i.series_uid, i.sop_instance_uid FROM instances i JOIN series s ON s.series_uid = i.series_uid"
+            " WHERE s.mode = 'instance' AND i.deleted = 0 AND NOT EXISTS (SELECT 1 FROM jobs j"
+            " WHERE j.series_uid = i.series_uid AND j.instance_uid = i.sop_instance_uid)"
+            " ORDER BY i.received_at, i.sop_instance_uid"
+        )
+        return [(str(a), str(b)) for a, b in rows]
+
     # -- jobs and outbox ----------------------------------------------------------------------
 
     def job(self, job_id: int) -> Job | None:

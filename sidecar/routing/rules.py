@@ -108,5 +108,8 @@ class Route(_Strict):
     destinations: list[str] = []
     quiet_s: float = Field(default=10.0, gt=0)
     expected_count: int | None = Field(default=None, ge=1)
+    # A series short of its known expected count waits this long with no new instance before the
+    # quiet timer completes it anyway (None: 10 x quiet_s), so a cut-short send gets one result.
+    short_grace_s: float | None = Field(default=None, gt=0)
     complete_on_release: bool = False
     enabled: bool = True

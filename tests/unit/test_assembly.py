@@ -10,10 +10,12 @@ from pydicom import Dataset
 from sidecar.assembly.assembler import PRIORITY_INSTANCE, PRIORITY_SERIES, SeriesAssembler
 from sidecar.assembly.timers import FakeTimers
 from sidecar.dicom.headers import read_header
-from sidecar.journal import InstanceRecord, Journal
 from sidecar.handoff import AssociationReleased, InstanceReceived
+from sidecar.journal import InstanceRecord, Journal
+from sidecar.journal.sqlite import SqliteBackend
 from sidecar.routing.rules import Route
 from tests.helpers.dicom_factory import make_mr_series, make_us
+from tests.helpers.journal_fakes import FailingConnection, failing_connect
 
 
 class Harness:
@@ -168,3 +170,170 @@ class TestRouting:
         assert [j.revision for j in h.journal.jobs(uid)] == [0, 1]
         with pytest.raises(KeyError):
             h.asm.replay("9.9.9")
+
+
+class TestShortSeries:
+    """A series short of its known expected count gets one result (issue 13 case 7)."""
+
+    def test_quiet_time_alone_does_not_complete_a_short_series(self, tmp_path: Path) -> None:
+        """7 of 10 (ImagesInAcquisition): still receiving after quiet_s; the rest completes it once."""
+        h = Harness(tmp_path, [_route(quiet_s=10)])
+        series = make_mr_series(10, seed=20, images_in_acquisition=10)
+        for ds in series[:7]:
+            h.receive(ds)
+        uid = str(series[0].SeriesInstanceUID)
+        h.timers.advance(50)
+        assert h.journal.series(uid).state == "receiving"  # type: ignore[union-attr]
+        for ds in series[:7]:  # the sender resends what it sent before its crash: nothing changes
+            h.receive(ds)
+        for ds in series[7:]:
+            h.receive(ds)
+        h.timers.advance(200)
+        row = h.journal.series(uid)
+        assert row is not None and row.state == "complete" and row.revision == 0
+        assert [(j.instance_uid, j.revision) for j in h.journal.jobs(uid)] == [("", 0)]
+
+    def test_short_series_is_completed_after_the_grace(self, tmp_path: Path) -> None:
+        """Default grace 10 x quiet_s: complete after it, not before; one job."""
+        h = Harness(tmp_path, [_route(quiet_s=5)])
+        series = make_mr_series(3, seed=21, images_in_acquisition=10)
+        for ds in series:
+            h.receive(ds)
+        uid = str(series[0].SeriesInstanceUID)
+        h.timers.advance(48)
+        assert h.journal.series(uid).state == "receiving"  # type: ignore[union-attr]
+        h.timers.advance(2)
+        assert h.journal.series(uid).state == "complete"  # type: ignore[union-attr]
+        assert len(h.journal.jobs(uid)) == 1
+        assert any("short of the expected count" in e.detail for e in h.journal.events(uid))
+
+    def test_route_short_grace_s_sets_the_wait(self, tmp_path: Path) -> None:
+        """short_grace_s on the route replaces the 10 x quiet_s default."""
+        h = Harness(tmp_path, [_route(quiet_s=5, expected_count=4, short_grace_s=20)])
+        series = make_mr_series(2, seed=22)
+        for ds in series:
+            h.receive(ds)
+        uid = str(series[0].SeriesInstanceUID)
+        h.timers.advance(18)
+        assert h.journal.series(uid).state == "receiving"  # type: ignore[union-attr]
+        h.timers.advance(2)
+        assert h.journal.series(uid).state == "complete"  # type: ignore[union-attr]
+
+    def test_series_without_expected_count_keeps_the_quiet_time(self, tmp_path: Path) -> None:
+        """No expected count known: the quiet time alone completes it, as before."""
+        h = Harness(tmp_path, [_route(quiet_s=5)])
+        series = make_mr_series(2, seed=23)
+        for ds in series:
+            h.receive(ds)
+        h.timers.advance(5)
+        assert h.journal.series(str(series[0].SeriesInstanceUID)).state == "complete"  # type: ignore[union-attr]
+
+
+class TestStreamingRecovery:
+    """Every journalled slice of an instance-mode route gets exactly one job (issue 13 case 4)."""
+
+    def _two_slices_one_handled(self, tmp_path: Path) -> tuple[Harness, str]:
+        h = Harness(tmp_path, [_route(mode="instance", expected_count=2)])
+        series = make_mr_series(2, seed=30)
+        items = []
+        for ds in series:  # both acknowledged (journalled) before the assembler ran
+            path = tmp_path / f"{ds.SOPInstanceUID}.dcm"
+            ds.save_as(path, enforce_file_format=True)
+            hd = read_header(ds)
+            rec = h.journal.record_instance(InstanceRecord(
+                hd.sop_instance_uid, hd.sop_class_uid, hd.series_uid, hd.study_uid, hd.modality, str(path), 1,
+                "CONSOLE", hd.expected_count))
+            items.append(InstanceReceived(hd, str(path), rec, "CONSOLE"))
+        h.asm.on_instance(items[0])  # the assembler handled one, then the process was killed
+        h.asm.process_pending()
+        uid = str(series[0].SeriesInstanceUID)
+        assert h.journal.series(uid).state == "complete"  # type: ignore[union-attr]
+        return h, uid
+
+    def test_recover_queues_the_slice_the_crash_left_unqueued(self, tmp_path: Path) -> None:
+        """Expected count reached, one slice handled: a fresh recover() queues the other."""
+        h, uid = self._two_slices_one_handled(tmp_path)
+        assert len(h.journal.jobs(uid)) == 1
+        fresh = SeriesAssembler(h.journal, list(h.asm.routes.values()), {}, {"brightness": "1"}, h.timers)
+        fresh.recover()
+        jobs = h.journal.jobs(uid)
+        assert sorted(j.instance_uid for j in jobs) == sorted(i.sop_instance_uid for i in h.journal.instances(uid))
+        assert all(j.priority == PRIORITY_INSTANCE for j in jobs)
+
+    def test_recover_is_idempotent(self, tmp_path: Path) -> None:
+        """Recovering twice, or after the slice was handled, queues nothing more."""
+        h, uid = self._two_slices_one_handled(tmp_path)
+        for _ in range(2):
+            SeriesAssembler(h.journal, list(h.asm.routes.values()), {}, {"brightness": "1"}, h.timers).recover()
+        assert len(h.journal.jobs(uid)) == 2
+
+
+class TestPriority:
+    """A streaming slice is handled ahead of queued series-mode instances (issue 15)."""
+
+    def test_streaming_slice_is_queued_before_the_series_backlog(self, tmp_path: Path) -> None:
+        """Behind 40 queued instances of a series-mode series, the slice's job is queued first."""
+        routes = [_route(name="stream", mode="instance", match={"modality": ["MR"], "series_description_regex": "^STREAMED$"}),
+                  _route(name="bulk", mode="series")]
+        h = Harness(tmp_path, routes)
+        seen: list[int] = []
+        h.asm = SeriesAssembler(h.journal, routes, {}, {"brightness": "1"}, h.timers,
+                                on_job_queued=lambda: seen.append(h.asm.pending()))
+        bulk = make_mr_series(41, seed=40)
+        h.receive(bulk[0])  # the bulk series is routed (series mode)
+        slice_ = make_mr_series(1, seed=41)[0]
+        slice_.SeriesDescription = "STREAMED"
+        for ds in [*bulk[1:], slice_]:
+            path = tmp_path / f"{ds.SOPInstanceUID}.dcm"
+            ds.save_as(path, enforce_file_format=True)
+            hd = read_header(ds)
+            rec = h.journal.record_instance(InstanceRecord(
+                hd.sop_instance_uid, hd.sop_class_uid, hd.series_uid, hd.study_uid, hd.modality, str(path), 1,
+                "CONSOLE", hd.expected_count))
+            h.asm.on_instance(InstanceReceived(hd, str(path), rec, "CONSOLE"))
+        assert h.asm.pending() == 41
+        assert h.asm.process_pending() == 41
+        assert seen == [41]  # when its job was queued: the slice itself (in hand) and all 40 still waiting
+        assert h.journal.series(str(slice_.SeriesInstanceUID)).route == "stream"  # type: ignore[union-attr]
+
+
+class TestJournalFailures:
+    """A journal write that fails is retried, never dropped."""
+
+    def _harness(self, tmp_path: Path, routes: list[Route]) -> tuple[Harness, FailingConnection]:
+        h = Harness(tmp_path, routes)
+        url = f"sqlite:///{tmp_path / 'f.sqlite'}"
+        connect, opened = failing_connect()
+        h.journal = Journal(url, clock=h.timers.now, backend=SqliteBackend(url, connect=connect), heartbeat_s=0)
+        h.asm = SeriesAssembler(h.journal, routes, {}, {"brightness": "1"}, h.timers, on_job_queued=h._q)
+        return h, opened[0]
+
+    def test_instance_is_handled_once_the_journal_takes_writes_again(self, tmp_path: Path) -> None:
+        """Routing fails for space: the slice stays queued, and is routed and queued on the next try."""
+        h, conn = self._harness(tmp_path, [_route(mode="instance")])
+        ds = make_mr_series(1, seed=50)[0]
+        path = tmp_path / f"{ds.SOPInstanceUID}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        hd = read_header(ds)
+        rec = h.journal.record_instance(InstanceRecord(
+            hd.sop_instance_uid, hd.sop_class_uid, hd.series_uid, hd.study_uid, hd.modality, str(path), 1,
+            "CONSOLE", hd.expected_count))
+        conn.fail_next["COMMIT"] = 3
+        h.asm.on_instance(InstanceReceived(hd, str(path), rec, "CONSOLE"))
+        for _ in range(3):
+            assert h.asm.process_pending() == 0 and h.asm.pending() == 1
+        assert h.asm.process_pending() == 1
+        assert len(h.journal.jobs(hd.series_uid)) == 1
+
+    def test_quiet_timer_that_cannot_complete_is_rearmed(self, tmp_path: Path) -> None:
+        """mark_complete fails at quiet time: the series completes at the next try."""
+        h, conn = self._harness(tmp_path, [_route(quiet_s=5)])
+        ds = make_mr_series(1, seed=51)[0]
+        h.receive(ds)
+        conn.fail_next["COMMIT"] = 1
+        h.timers.advance(5)
+        uid = str(ds.SeriesInstanceUID)
+        assert h.journal.series(uid).state == "receiving"  # type: ignore[union-attr]
+        h.timers.advance(1.0)
+        assert h.journal.series(uid).state == "complete"  # type: ignore[union-attr]
+        assert len(h.journal.jobs(uid)) == 1
