@@ -1,4 +1,4 @@
-"""Command line: serve, route explain, status, replay, demo. Argument parsing only; no logic."""
+"""Command line: serve, route explain, status, quarantine, replay, demo. Argument parsing only; no logic."""
 
 from __future__ import annotations
 
@@ -34,6 +34,11 @@ def _parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="journal summary: series, jobs, outbox, dead letters")
     with_config(st)
 
+    qu = sub.add_parser("quarantine", help="list quarantined jobs (given up after repeated failures), or release some")
+    with_config(qu)
+    qu.add_argument("--release", type=int, nargs="+", default=[], metavar="JOB_ID",
+                    help="queue these quarantined (or failed) jobs again, attempts from zero")
+
     rep = sub.add_parser("replay", help="re-run a stored series; the new results supersede the old")
     with_config(rep)
     rep.add_argument("series_uid", help="Series Instance UID of a series in the journal")
@@ -55,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
             return commands.route_explain(args.config, args.paths)
         if args.command == "status":
             return commands.status(args.config)
+        if args.command == "quarantine":
+            return commands.quarantine(args.config, args.release)
         if args.command == "replay":
             return commands.replay(args.config, args.series_uid, run=args.run)
         if args.command == "demo":

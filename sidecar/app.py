@@ -8,6 +8,7 @@ listener last, so nothing is acknowledged before everything behind it runs. Stop
 
 from __future__ import annotations
 
+import shutil
 import signal
 import threading
 import time
@@ -35,6 +36,7 @@ from sidecar.ingest.spool import Spool
 from sidecar.egress.transport import StoreTransport
 from sidecar.pipeline.budgets import DecodeBudget
 from sidecar.pipeline.failures import RetryPolicy
+from sidecar.pipeline.lanes import LaneStatus
 from sidecar.pipeline.worker import Worker
 from sidecar.routing import validate_routes
 from sidecar.routing.rules import Route
@@ -91,7 +93,7 @@ class Sidecar:
         self.seams = seams or Seams()
         svc = settings.service
         self.journal = Journal(svc.journal, clock=self.seams.clock, node=svc.node, lease_s=svc.journal_lease_s)
-        self.metrics = Metrics(self.journal, [d.name for d in svc.destinations])
+        self.metrics = Metrics(self.journal, [d.name for d in svc.destinations], parts=lambda: self.parts())
         self.hub = EventHub()
         self.feed = LiveFeed(self.hub, self.metrics)
         self.journal.observe(self.feed.journal_event)
@@ -117,14 +119,16 @@ class Sidecar:
             elif isinstance(ch, DicomAlertChannel):
                 alert_destinations.append(ch.destination)
         channels.append(DashboardChannel(self.feed.alert))
+        self.fanout = AlertFanout(channels)
+        self._restarts: dict[str, int] = {}
         self.worker = Worker(
             self.journal, self.models, settings.routes, svc.results_dir,
-            alert_destinations=alert_destinations, fanout=AlertFanout(channels),
+            alert_destinations=alert_destinations, fanout=self.fanout,
             on_results_queued=self.sender.notify, poll_s=svc.worker.poll_s,
             torch_threads=svc.worker.torch_threads, max_batch=svc.worker.max_batch, observer=self.feed,
             retry=RetryPolicy(svc.worker.max_attempts, svc.worker.retry_initial_s, svc.worker.retry_max_s),
             budget=DecodeBudget(svc.worker.max_decoded_instance_bytes, svc.worker.max_decoded_job_bytes),
-            clock=self.seams.clock,
+            clock=self.seams.clock, min_free_bytes=svc.limits.min_free_disk_bytes,
         )
         self.journal.renew_only(self.worker.held_jobs)
         self.timers = self.seams.timers or SchedulerTimers(self.scheduler, self.seams.clock)
@@ -179,6 +183,7 @@ class Sidecar:
         self.scheduler.start()
         self.scheduler.add_job(self._retention_sweep, "interval", seconds=60, id="retention",
                                replace_existing=True)
+        self.scheduler.add_job(self._check_parts, "interval", seconds=1, id="parts", replace_existing=True)
         if self.journal.shared:
             self.scheduler.add_job(self._adopt_orphans, "interval", id="orphans", replace_existing=True,
                                    seconds=max(1.0, self.settings.service.journal_lease_s / 2))
@@ -230,14 +235,63 @@ class Sidecar:
             self.journal.probe_write()
             return Check(True, "writable")
 
+        def lanes() -> Check:
+            down = [p for p in self.parts() if not p.up]
+            if down:
+                return Check(False, "; ".join(
+                    f"{p.name} down (restarts {p.restarts}{': ' + p.last_error if p.last_error else ''})"
+                    for p in down)[:300])
+            return Check(True, f"{len(self.parts())} up")
+
+        def disk() -> Check:
+            free, need = self.data_disk_free(), self.settings.service.limits.min_free_disk_bytes
+            if free < need:
+                return Check(False, f"data disk {free // 2**20} MiB free, under its {need // 2**20} MiB watermark")
+            return Check(True, f"{free // 2**20} MiB free")
+
         def destinations() -> Check:
             failed = {name: why for name, why in self.sender.echo_all().items() if why is not None}
             if failed:
                 return Check(False, "; ".join(f"{n}: {w}" for n, w in sorted(failed.items()))[:300])
             return Check(True, f"{len(self.sender.destinations)} answered")
 
-        return Readiness({"listener": listener, "models": models, "journal": journal,
-                          "destinations": CachedCheck(destinations)})
+        return Readiness({"listener": listener, "models": models, "journal": journal, "lanes": lanes,
+                          "disk": disk, "destinations": CachedCheck(destinations)})
+
+    def data_disk_free(self) -> int:
+        """Free bytes on the data disk (spool, results, SQLite journal)."""
+        folder = self.settings.service.data_dir
+        folder.mkdir(parents=True, exist_ok=True)
+        return int(shutil.disk_usage(folder).free)
+
+    def parts(self) -> list[LaneStatus]:
+        """Every supervised long-lived part: worker lanes, sender, assembler, alert fan-out."""
+        out = list(self.worker.lanes())
+        if self._started:
+            senders = [t for t in getattr(self.sender, "_threads", [])]
+            out.append(LaneStatus("sender", all(t.is_alive() for t in senders), self._restarts.get("sender", 0)))
+            out.append(LaneStatus("assembler", self._assembler_alive(), self._restarts.get("assembler", 0)))
+            out.append(LaneStatus("alert-fanout", self.fanout.alive(), self.fanout.restarts))
+        return out
+
+    def _assembler_alive(self) -> bool:
+        thread = getattr(self.assembler, "_thread", None)
+        return thread is not None and thread.is_alive()
+
+    def _check_parts(self) -> None:
+        """Every second: start again a sender or assembler whose thread died (counted)."""
+        if not self._started:
+            return
+        if not self._assembler_alive():
+            self._restarts["assembler"] = self._restarts.get("assembler", 0) + 1
+            log.error("part_restarted", part="assembler", restarts=self._restarts["assembler"])
+            self.assembler.start()
+        senders = list(getattr(self.sender, "_threads", []))
+        if senders and not all(t.is_alive() for t in senders):
+            self._restarts["sender"] = self._restarts.get("sender", 0) + 1
+            log.error("part_restarted", part="sender", restarts=self._restarts["sender"])
+            self.sender.stop(1.0)
+            self.sender.start()
 
     def _retention_sweep(self) -> int:
         cutoff = self.seams.clock() - self.settings.service.sender.retention_s

@@ -79,8 +79,37 @@ def status(config_dir: Path) -> int:
     print(f"failed jobs: {len(failed)}")
     for job in failed[:20]:
         print(f"  job {job.id} {job.model_id}: {job.reason}")
+    quarantined = journal.quarantined_jobs()
+    print(f"quarantined jobs: {len(quarantined)} (sidecar quarantine release JOB_ID runs one again)")
+    for job in quarantined[:20]:
+        print(f"  job {job.id} {job.model_id} ({job.attempts} attempts): {job.reason}")
     journal.close()
     return 0
+
+
+def quarantine(config_dir: Path, release: Sequence[int] = ()) -> int:
+    """List quarantined jobs, or release the given ones (queued again, attempts from zero)."""
+    settings = load_settings(config_dir)
+    journal = Journal(settings.service.journal)
+    try:
+        if not release:
+            jobs = journal.quarantined_jobs()
+            print(f"quarantined jobs: {len(jobs)}")
+            for job in jobs:
+                kind = "instance" if job.instance_uid else "series"
+                print(f"  job {job.id} {job.model_id} {job.model_version} {kind} route={job.route}"
+                      f" attempts={job.attempts}: {job.reason}")
+            return 0
+        bad = 0
+        for job_id in release:
+            if journal.release_quarantined(job_id):
+                print(f"job {job_id} queued again; a running sidecar picks it up")
+            else:
+                print(f"job {job_id} is not quarantined or failed", file=sys.stderr)
+                bad += 1
+        return 1 if bad else 0
+    finally:
+        journal.close()
 
 
 def replay(config_dir: Path, series_uid: str, *, run: bool = False) -> int:

@@ -93,12 +93,13 @@ class Worker:
         budget: DecodeBudget | None = None,
         clock: Callable[[], float] = time.time,
         lanes: Sequence[str] = ("any", "streaming"),
+        min_free_bytes: int = 0,
     ) -> None:
         self.journal = journal
         self.observer = observer
         self.models = dict(models)
         self.routes = {r.name: r for r in routes}
-        self.store = ResultStore(results_dir)
+        self.store = ResultStore(results_dir, min_free_bytes)  # result writes keep the spool's watermark
         self.alert_destinations = list(alert_destinations)
         self.fanout = fanout or AlertFanout([])
         self._on_results_queued = on_results_queued

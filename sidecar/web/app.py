@@ -164,6 +164,13 @@ def create_app(ctx: WebContext) -> Starlette:
         ctx.on_requeue(item.destination)
         return JSONResponse({"requeued": _outbox(item)})
 
+    def quarantined(request: Request) -> Response:
+        """Jobs given up on (failed for good, or quarantined after repeated failures), with reasons."""
+        jobs = [*ctx.journal.quarantined_jobs(), *ctx.journal.failed_jobs()][-MAX_LIMIT:]
+        return JSONResponse({"jobs": [
+            {"id": j.id, "model_id": j.model_id, "state": j.state, "attempts": j.attempts, "reason": j.reason or "",
+             "kind": "instance" if j.instance_uid else "series"} for j in jobs]})
+
     def models(request: Request) -> Response:
         return JSONResponse({
             "models": [_card(c) for _, c in sorted(ctx.models.items())],
@@ -210,6 +217,7 @@ def create_app(ctx: WebContext) -> Starlette:
         Route("/api/series/{series_uid}/timeline", timeline),
         Route("/api/outbox", outbox),
         Route("/api/dead-letters/{item_id:int}/retry", retry, methods=["POST"]),
+        Route("/api/jobs/given-up", quarantined),
         Route("/api/models", models),
         Route("/api/events", events),
         Mount("/static", app=StaticFiles(directory=STATIC), name="static"),

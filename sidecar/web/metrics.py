@@ -13,15 +13,16 @@ outbox_pending{destination}, outbox_failures_total{destination}, dead_letters{de
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from sidecar.alerts.fanout import Alert
 from sidecar.errors import JournalError
 from sidecar.journal import Event, Journal
+from sidecar.pipeline.lanes import LaneStatus
 
 #: forward passes run from ~10 ms (one slice) to seconds (a whole series on CPU)
 INFERENCE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -56,6 +57,11 @@ class JournalCollector(Collector):
         for priority in sorted({*PRIORITIES, *queued}):
             jobs.add_metric([str(priority)], queued.get(priority, 0))
         yield jobs
+        states = GaugeMetricFamily("sidecar_jobs", "Inference jobs by state (quarantined: given up, replay by hand)",
+                                   labels=["state"])
+        for state in sorted({"queued", "running", "done", "failed", "quarantined", *summary["jobs"]}):
+            states.add_metric([state], summary["jobs"].get(state, 0))
+        yield states
         by_state: dict[str, dict[str, int]] = {"pending": {}, "dead": {}}
         for key, n in summary["outbox"].items():
             destination, _, state = key.rpartition("/")
@@ -73,12 +79,33 @@ class JournalCollector(Collector):
         yield dead
 
 
+class PartsCollector(Collector):
+    """Per supervised part (worker lanes and processes, sender, assembler, alert fan-out): up, restarts."""
+
+    def __init__(self, parts: Callable[[], Sequence[LaneStatus]]) -> None:
+        self.parts = parts
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("sidecar_part_up", "1 while a supervised part runs, 0 while down", labels=["part"])
+        restarts = CounterMetricFamily("sidecar_part_restarts", "Times a supervised part was restarted",
+                                       labels=["part"])
+        for part in self.parts():
+            up.add_metric([part.name], 1.0 if part.up else 0.0)
+            restarts.add_metric([part.name], part.restarts)
+        yield up
+        yield restarts
+
+
 class Metrics:
     """The sidecar's collectors; implements the listener's `StoreObserver` and the hooks below."""
 
     def __init__(
         self, journal: Journal | None = None, destinations: Sequence[str] = (),
         registry: CollectorRegistry | None = None, *, process: bool = True,
+        parts: Callable[[], Sequence[LaneStatus]] | None = None,
     ) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
@@ -102,6 +129,8 @@ class Metrics:
             ProcessCollector(namespace="sidecar", registry=r)  # sidecar_process_resident_memory_bytes, ...
         if journal is not None:
             r.register(JournalCollector(journal, destinations))
+        if parts is not None:
+            r.register(PartsCollector(parts))
 
     # -- hooks -----------------------------------------------------------------------------
 

@@ -8,10 +8,18 @@ and when the second starts later every result reaches it exactly once.
 
 from __future__ import annotations
 
+import json
+import shutil
 import sqlite3
+import subprocess
+import threading
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -19,9 +27,11 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage
 
-from sidecar.app import Sidecar
+from sidecar.app import Seams, Sidecar
 from tests.helpers.dcmtk import StoreSCP
 from tests.helpers.dicom_factory import make_mr_series
+from tests.helpers.models import BrightnessModel
+from tests.helpers.processes import wait_for
 from tests.helpers.ports import free_port
 from tests.helpers.sidecar import running_sidecar, write_config
 
@@ -106,3 +116,85 @@ def test_down_destination_queues_backs_off_and_catches_up_without_delaying_the_o
             assert caught_up < BACKOFF_MAX_S + 5.0
     print(f"\noutage: A received {N_SERIES} SRs in {a_done:.1f} s; B down {DOWN_S:.0f} s with attempts {attempts}, "
           f"caught up {caught_up:.1f} s after it started")
+
+
+class GatedModel(BrightnessModel):
+    """Waits in predict until the test opens the gate, so the disk can fill while a job runs."""
+
+    gate = threading.Event()
+    started = threading.Event()
+
+    def predict(self, batch):  # type: ignore[no-untyped-def]
+        GatedModel.started.set()
+        assert GatedModel.gate.wait(60.0)
+        return super().predict(batch)
+
+
+def _gated(weights: Path | None = None, options: dict[str, Any] | None = None) -> GatedModel:
+    return GatedModel()
+
+
+def _ready(app: Sidecar) -> tuple[int, dict[str, Any]]:
+    assert app.web is not None
+    try:
+        with urllib.request.urlopen(app.web.url + "/readyz", timeout=10) as rsp:  # noqa: S310 (loopback)
+            return rsp.status, json.loads(rsp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 24 MiB tmpfs as the data disk (needs root to mount; skipped otherwise), unmounted after."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mnt)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode(errors='replace')[:200]}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_full_data_disk_makes_readyz_not_ready_and_work_resumes_once_freed(
+    tmp_path: Path, small_disk: Path
+) -> None:
+    """The data disk fills while a job runs: its result write is refused by the watermark, the job
+    is put back (transient), /readyz names the disk; once space is freed the SR goes out unaided."""
+    GatedModel.gate.clear()
+    GatedModel.started.clear()
+    out = tmp_path / "pacs"
+    cfg = write_config(
+        tmp_path / "cfg", data_dir=str(small_disk / "var"),
+        limits={"min_free_disk_bytes": 8 << 20},
+        worker={"poll_s": 0.05, "torch_threads": 1, "retry_initial_s": 0.3, "retry_max_s": 1.0,
+                "max_attempts": 50},
+        destinations=[{"kind": "folder", "name": "pacs", "path": str(out)}],
+        routes=[{"name": "gated-mr", "model": "gated", "mode": "series", "match": {"modality": ["MR"]},
+                 "outputs": ["sr"], "destinations": ["pacs"], "quiet_s": 1.0}],
+        models={"gated": {}},
+        web={"enabled": True, "port": 0},
+    )
+    with running_sidecar(cfg, Seams(factories={"gated": _gated})) as app:
+        uid = _send_series(app, seed=77)
+        assert GatedModel.started.wait(30.0), "the job never started"
+        filler = small_disk / "filler"
+        free = shutil.disk_usage(small_disk).free
+        with filler.open("wb") as f:  # leave ~2 MiB: under the 8 MiB watermark, room for the journal
+            f.write(b"\0" * max(0, free - (2 << 20)))
+        status, body = _ready(app)
+        assert status == 503 and not body["checks"]["disk"]["ok"]
+        assert "watermark" in body["checks"]["disk"]["detail"]
+        GatedModel.gate.set()
+        wait_for(lambda: any(e.kind == "retry_scheduled" for e in app.journal.events(uid)), 30.0,
+                 "the job put back after its result write was refused")
+        [job] = app.journal.jobs(uid)
+        assert job.state in ("queued", "running") and "SpoolFull" in (job.reason or "")
+        assert not list(out.glob("**/*.dcm")) if out.exists() else True
+        assert _ready(app)[0] == 503
+        filler.unlink()
+        wait_for(lambda: app.journal.jobs(uid)[0].state == "done", 60.0, "the job done after space returned")
+        wait_for(lambda: app.journal.series_delivered(uid), 30.0, "the SR delivered")
+        wait_for(lambda: _ready(app)[0] == 200, 30.0, "/readyz ready again")
+        assert len(app.journal.outbox(uid)) == 1

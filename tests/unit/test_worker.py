@@ -375,3 +375,29 @@ class TestFailures:
         [o] = Worker(j, {"brightness": model}, [route], tmp_path / "results", budget=budget).drain()
         assert o.outcome == "failed" and "BudgetExceeded" in o.reason and "MiB" in o.reason
         assert model.calls == 0 and j.job(jid).state == "failed"  # type: ignore[union-attr]
+
+
+class TestQuarantineCommand:
+    def test_lists_and_releases_quarantined_jobs(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        """`sidecar quarantine` lists a quarantined job with its reason; --release queues it again."""
+        from sidecar.__main__ import main
+        from tests.helpers.sidecar import write_config
+
+        cfg = write_config(tmp_path / "cfg")
+        j = Journal(f"sqlite:///{tmp_path / 'cfg' / 'var' / 'journal.sqlite'}")
+        ds = make_mr_series(1, seed=3)[0]
+        j.record_instance(InstanceRecord(str(ds.SOPInstanceUID), str(ds.SOPClassUID), str(ds.SeriesInstanceUID),
+                                         str(ds.StudyInstanceUID), "MR", str(tmp_path / "x.dcm"), 1))
+        jid = j.enqueue_job(series_uid=str(ds.SeriesInstanceUID), instance_uid="", model_id="brightness",
+                            model_version="1.0.0", revision=0, route="brightness-mr", priority=10)
+        assert jid is not None and j.quarantine_job(jid, "quarantined after 4 attempts; last: WorkerDied")
+        j.close()
+        assert main(["quarantine", "--config", str(cfg)]) == 0
+        assert f"job {jid} brightness" in capsys.readouterr().out
+        assert main(["status", "--config", str(cfg)]) == 0
+        assert "quarantined jobs: 1" in capsys.readouterr().out
+        assert main(["quarantine", "--config", str(cfg), "--release", str(jid)]) == 0
+        assert main(["quarantine", "--config", str(cfg), "--release", str(jid)]) == 1  # no longer quarantined
+        j = Journal(f"sqlite:///{tmp_path / 'cfg' / 'var' / 'journal.sqlite'}")
+        job = j.job(jid)
+        assert job is not None and job.state == "queued" and job.attempts == 0

@@ -190,6 +190,26 @@ async function retry(id) {
   refreshOutbox();
 }
 
+// -- health: readiness checks (lanes, journal, disk, ...) and jobs given up ------------------------
+
+async function refreshHealth() {
+  try {
+    const rsp = await fetch("/readyz", { cache: "no-store" });
+    const data = await rsp.json();
+    const ready = $("#ready");
+    const down = Object.entries(data.checks).filter(([, c]) => !c.ok).map(([k]) => k);
+    ready.textContent = data.ready ? "Ready." : `NOT READY: ${down.join(", ")}`;
+    ready.className = data.ready ? "muted" : "not-ready";
+    $("#checks tbody").replaceChildren(...Object.entries(data.checks).map(([k, c]) =>
+      el("tr", { dataset: { check: k, ok: String(c.ok) } }, el("td", {}, k), el("td", {}, c.ok ? "ok" : "DOWN"),
+         el("td", {}, c.detail))));
+    const jobs = await getJSON("/api/jobs/given-up");
+    $("#given-up tbody").replaceChildren(...jobs.jobs.map((j) =>
+      el("tr", { dataset: { job: String(j.id), state: j.state } }, el("td", {}, j.id), el("td", {}, j.model_id),
+         el("td", {}, j.state), el("td", {}, j.attempts), el("td", {}, j.reason))));
+  } catch (e) { console.warn(e); }
+}
+
 // -- models -----------------------------------------------------------------------------------
 
 async function loadModels() {
@@ -238,6 +258,7 @@ function connect() {
     refreshSeriesSoon();
     if (e.series_uid === state.selected) refreshTimelineSoon();
     if (["written", "sent", "retry", "dead", "requeued"].includes(e.kind)) refreshOutboxSoon();
+    if (["failed", "quarantined"].includes(e.kind)) refreshHealth();
   });
 }
 
@@ -246,4 +267,6 @@ $("#token").value = sessionStorage.getItem("sidecar-admin-token") || "";
 refreshSeries();
 refreshOutbox();
 loadModels();
+refreshHealth();
+setInterval(refreshHealth, 5000);
 connect();
