@@ -172,6 +172,11 @@ def _scrub_text(text: str) -> str:
     return _REGISTRY.mask(_PATIENT_GROUP_LINE.sub(rf"\1 {PHI_MASK}", text))
 
 
+def scrub_text(text: str) -> str:
+    """`text` with the registered patient identifiers and Patient-group dump lines masked."""
+    return _scrub_text(text)
+
+
 def _hash_uid(value: Any) -> Any:
     if value is None:
         return None

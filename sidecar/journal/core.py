@@ -30,6 +30,7 @@ from sidecar.journal.queries import JournalQueries
 from sidecar.journal.retries import JobRetries
 from sidecar.journal.records import Event, InstanceRecord, Job, OutboxItem, Recorded
 from sidecar.journal.schema import Dialect
+from sidecar.journal.scrub import scrub_stored
 from sidecar.journal.sqlite import SqliteBackend
 from sidecar.journal.tx import Tx
 
@@ -163,6 +164,7 @@ class Journal(JournalQueries, JobRetries):
 
     def _event(self, db: Tx, series_uid: str, kind: str, detail: str = "") -> None:
         at = self._clock()
+        detail = scrub_stored(detail)
         db.execute(
             "INSERT INTO events(series_uid, kind, at, detail) VALUES (?, ?, ?, ?)",
             (series_uid, kind, at, detail),
@@ -366,6 +368,8 @@ class Journal(JournalQueries, JobRetries):
                 db.notify(OUTBOX_CHANNEL)
 
     def fail_job(self, job_id: int, reason: str) -> None:
+        """Mark a job failed; `reason` is stored and served without patient data (`scrub_stored`)."""
+        reason = scrub_stored(reason)
         with self._tx() as db:
             row = db.execute(
                 "UPDATE jobs SET state = 'failed', finished_at = ?, reason = ?, owner = NULL, lease_until = NULL"
@@ -432,6 +436,7 @@ class Journal(JournalQueries, JobRetries):
                 self._event(db, row[0], "sent", row[1])
 
     def mark_retry(self, item_id: int, error: str, next_attempt_at: float) -> None:
+        error = scrub_stored(error)
         with self._tx() as db:
             row = self._mark(db, item_id, "attempts = attempts + 1, last_error = ?, next_attempt_at = ?",
                              (error[:1000], next_attempt_at))
@@ -439,6 +444,7 @@ class Journal(JournalQueries, JobRetries):
                 self._event(db, row[0], "retry", f"{row[1]}: {error[:300]}")
 
     def mark_dead(self, item_id: int, error: str) -> None:
+        error = scrub_stored(error)
         with self._tx() as db:
             row = self._mark(db, item_id, "state = 'dead', attempts = attempts + 1, last_error = ?", (error[:1000],))
             if row:

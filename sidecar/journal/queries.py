@@ -6,13 +6,22 @@ Plain SELECTs in SQL both backends speak; `Journal` supplies `_query`.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
 
 from sidecar.journal.records import Event, Job, OutboxItem, SeriesRow, StoredInstance
+from sidecar.journal.scrub import scrub_stored
 
 _JOB_COLS = ", ".join(Job.__dataclass_fields__)
 _OUTBOX_COLS = ", ".join(OutboxItem.__dataclass_fields__)
 _SERIES_COLS = ", ".join(SeriesRow.__dataclass_fields__)
 _INSTANCE_COLS = "sop_instance_uid, sop_class_uid, series_uid, path, size, received_at"
+
+
+def _job(row: tuple[Any, ...]) -> Job:
+    """A job row; its reason scrubbed again (rows written before reasons were scrubbed on write)."""
+    job = Job(*row)
+    return job if not job.reason else replace(job, reason=scrub_stored(job.reason))
 
 
 class JournalQueries:
@@ -66,11 +75,11 @@ class JournalQueries:
 
     def job(self, job_id: int) -> Job | None:
         rows = self._query(f"SELECT {_JOB_COLS} FROM jobs WHERE id = ?", (job_id,))
-        return Job(*rows[0]) if rows else None
+        return _job(rows[0]) if rows else None
 
     def jobs(self, series_uid: str) -> list[Job]:
         rows = self._query(f"SELECT {_JOB_COLS} FROM jobs WHERE series_uid = ? ORDER BY id", (series_uid,))
-        return [Job(*r) for r in rows]
+        return [_job(r) for r in rows]
 
     def outbox(self, series_uid: str | None = None) -> list[OutboxItem]:
         if series_uid is None:
@@ -108,7 +117,7 @@ class JournalQueries:
         rows = self._query(
             "SELECT series_uid, kind, at, detail FROM events WHERE series_uid = ? ORDER BY id", (series_uid,)
         )
-        return [Event(*r) for r in rows]
+        return [Event(s, k, at, scrub_stored(d)) for s, k, at, d in rows]
 
     def summary(self) -> dict[str, dict[str, int]]:
         """Counts for `sidecar status`: series by state, jobs by state, outbox by destination/state."""
@@ -125,7 +134,7 @@ class JournalQueries:
         return [OutboxItem(*r) for r in self._query(f"SELECT {_OUTBOX_COLS} FROM outbox WHERE state = 'dead' ORDER BY id")]
 
     def failed_jobs(self) -> list[Job]:
-        return [Job(*r) for r in self._query(f"SELECT {_JOB_COLS} FROM jobs WHERE state = 'failed' ORDER BY id")]
+        return [_job(r) for r in self._query(f"SELECT {_JOB_COLS} FROM jobs WHERE state = 'failed' ORDER BY id")]
 
     # -- dashboard and metrics ----------------------------------------------------------------
 

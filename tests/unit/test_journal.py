@@ -472,3 +472,47 @@ class TestFullDisk:
                 assert len(j.instances("1.2.3")) == n_before + 1
             finally:
                 j.close()
+
+
+LEGACY_DATE_ERROR = "ResultError: SR build failed: ValueError: Unable to convert '1901-12-31' to 'DA' object"
+
+
+class TestStoredText:
+    """What the journal stores and serves carries no patient data (issue 13 case 6)."""
+
+    def test_failed_job_reason_is_scrubbed_where_it_is_stored(self, journal: Journal) -> None:
+        """A pydicom message quoting PatientBirthDate is kept without the date, the reason still readable."""
+        journal.record_instance(_rec("1.1"))
+        jid = _job(journal)
+        assert journal.claim_job() is not None
+        journal.fail_job(jid, LEGACY_DATE_ERROR)
+        stored = journal._query("SELECT reason FROM jobs WHERE id = ?", (jid,))[0][0]
+        details = [r[0] for r in journal._query("SELECT detail FROM events WHERE series_uid = '1.2.3'")]
+        assert "1901-12-31" not in stored and not any("1901-12-31" in d for d in details)
+        assert "Unable to convert" in stored and "DA" in stored
+        assert [j.reason for j in journal.failed_jobs()] == [stored]
+
+    def test_delivery_errors_and_timeline_details_are_scrubbed(self, journal: Journal) -> None:
+        """Retry and dead-letter errors quoting a person name or a date are stored masked."""
+        journal.record_instance(_rec("1.1"))
+        jid = _job(journal)
+        assert journal.claim_job() is not None
+        journal.complete_job(jid, [("pacs", "9.1", "/r/9.1.dcm")])
+        [item] = journal.due_outbox("pacs")
+        journal.mark_retry(item.id, "peer said: bad PatientName=DOE^JOHN", 0.0)
+        journal.mark_dead(item.id, "refused: Invalid value for VR DA: '19011231'")
+        [dead] = journal.dead_letters()
+        texts = [dead.last_error or "", *(e.detail for e in journal.events("1.2.3"))]
+        assert not any("DOE" in t or "JOHN" in t or "19011231" in t for t in texts), texts
+        assert "Invalid value for VR DA" in (dead.last_error or "")
+
+    def test_rows_written_unscrubbed_are_scrubbed_when_read(self, journal: Journal) -> None:
+        """A reason stored by an older version is served without the date."""
+        journal.record_instance(_rec("1.1"))
+        jid = _job(journal)
+        with journal._tx() as db:
+            db.execute("UPDATE jobs SET state = 'failed', reason = ? WHERE id = ?", (LEGACY_DATE_ERROR, jid))
+            db.execute("INSERT INTO events(series_uid, kind, at, detail) VALUES ('1.2.3', 'failed', 1, ?)",
+                       (LEGACY_DATE_ERROR,))
+        assert "1901-12-31" not in (journal.job(jid).reason or "")  # type: ignore[union-attr]
+        assert not any("1901-12-31" in e.detail for e in journal.events("1.2.3"))

@@ -166,6 +166,17 @@ class TestTimelineAndOutbox:
         assert data["outbox"][0]["state"] == "dead" and "path" not in data["outbox"][0]
         assert data["alerts"][0]["key"] == "k1"
 
+    def test_timeline_serves_no_patient_data_from_a_failed_job(self, served: Served) -> None:
+        """A job failed with pydicom's message quoting PatientBirthDate 1901-12-31: not in the response."""
+        j = served.journal
+        job_id = j.enqueue_job(series_uid=SERIES, instance_uid="", model_id="brightness", model_version="1.0.0",
+                               revision=0, route="lge", priority=10)
+        assert job_id is not None and j.claim_job() is not None
+        j.fail_job(job_id, "ResultError: SR build failed: Unable to convert '1901-12-31' to 'DA' object")
+        status, body = _get(f"{served.url}/api/series/{SERIES}/timeline")
+        assert status == 200 and b"Unable to convert" in body
+        assert b"1901-12-31" not in body and b"19011231" not in body
+
     def test_timeline_of_unknown_or_malformed_series_is_404_or_400(self, served: Served) -> None:
         """An unknown series is 404; something that is not a UID is 400."""
         assert _get(f"{served.url}/api/series/1.2.3.999/timeline")[0] == 404
