@@ -37,6 +37,7 @@ from sidecar.egress.transport import StoreTransport
 from sidecar.pipeline.budgets import DecodeBudget
 from sidecar.pipeline.failures import RetryPolicy
 from sidecar.pipeline.lanes import LaneStatus
+from sidecar.pipeline.procs import WorkerPool
 from sidecar.pipeline.worker import Worker
 from sidecar.routing import validate_routes
 from sidecar.routing.rules import Route
@@ -121,15 +122,22 @@ class Sidecar:
         channels.append(DashboardChannel(self.feed.alert))
         self.fanout = AlertFanout(channels)
         self._restarts: dict[str, int] = {}
-        self.worker = Worker(
-            self.journal, self.models, settings.routes, svc.results_dir,
-            alert_destinations=alert_destinations, fanout=self.fanout,
-            on_results_queued=self.sender.notify, poll_s=svc.worker.poll_s,
-            torch_threads=svc.worker.torch_threads, max_batch=svc.worker.max_batch, observer=self.feed,
-            retry=RetryPolicy(svc.worker.max_attempts, svc.worker.retry_initial_s, svc.worker.retry_max_s),
-            budget=DecodeBudget(svc.worker.max_decoded_instance_bytes, svc.worker.max_decoded_job_bytes),
-            clock=self.seams.clock, min_free_bytes=svc.limits.min_free_disk_bytes,
-        )
+        self._stopping = False
+        self.worker: Worker | WorkerPool
+        if svc.worker.isolation == "process":  # inference in supervised worker processes
+            self.worker = WorkerPool(settings, self.journal, factories=self.seams.factories, fanout=self.fanout,
+                                     observer=self.feed, on_event=self.feed.journal_event,
+                                     on_results_queued=self.sender.notify)
+        else:
+            self.worker = Worker(
+                self.journal, self.models, settings.routes, svc.results_dir,
+                alert_destinations=alert_destinations, fanout=self.fanout,
+                on_results_queued=self.sender.notify, poll_s=svc.worker.poll_s,
+                torch_threads=svc.worker.torch_threads, max_batch=svc.worker.max_batch, observer=self.feed,
+                retry=RetryPolicy(svc.worker.max_attempts, svc.worker.retry_initial_s, svc.worker.retry_max_s),
+                budget=DecodeBudget(svc.worker.max_decoded_instance_bytes, svc.worker.max_decoded_job_bytes),
+                clock=self.seams.clock, min_free_bytes=svc.limits.min_free_disk_bytes,
+            )
         self.journal.renew_only(self.worker.held_jobs)
         self.timers = self.seams.timers or SchedulerTimers(self.scheduler, self.seams.clock)
         if self.journal.shared:  # another node may have received instances since a timer was armed
@@ -189,12 +197,13 @@ class Sidecar:
                                    seconds=max(1.0, self.settings.service.journal_lease_s / 2))
         self.assembler.recover()
         self.listener.start()
-        self._started = True
+        self._started, self._stopping = True, False
         log.info("sidecar_ready", port=self.port, ae_title=self.settings.service.ae_title)
 
     def stop(self) -> None:
         if not self._started:
             return
+        self._stopping = True  # from here on a stopped part is not restarted
         self.listener.stop()
         self.assembler.stop()
         self.worker.stop()
@@ -280,7 +289,7 @@ class Sidecar:
 
     def _check_parts(self) -> None:
         """Every second: start again a sender or assembler whose thread died (counted)."""
-        if not self._started:
+        if not self._started or self._stopping:
             return
         if not self._assembler_alive():
             self._restarts["assembler"] = self._restarts.get("assembler", 0) + 1

@@ -123,6 +123,11 @@ class Worker(_Strict):
     retry_max_s: float = Field(default=120.0, gt=0)
     max_decoded_instance_bytes: int = Field(default=1 << 30, gt=0)  # checked from the header, before decode
     max_decoded_job_bytes: int = Field(default=4 << 30, gt=0)
+    isolation: Literal["thread", "process"] = "thread"  # process: inference in worker processes
+    processes: int = Field(default=1, ge=1)  # general worker processes, beside the streaming one
+    rss_budget_bytes: int = Field(default=2 << 30, gt=0)  # a worker process above this is replaced
+    job_timeout_s: float = Field(default=300.0, gt=0)  # a job running longer: its process is replaced
+    stop_grace_s: float = Field(default=10.0, gt=0)  # worker processes still alive after it are killed
 
 
 class LogAlertChannel(_Strict):

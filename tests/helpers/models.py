@@ -7,6 +7,7 @@ alerts can be exercised. It is deterministic and fast.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,7 @@ class BrightnessModel:
         if version != CARD.version:
             self.card = ModelCard(**{**CARD.__dict__, "version": version})
         self.calls = 0
+        self.delay_s = 0.0
 
     def prepare(self, datasets: Sequence[Dataset]) -> _Batch:
         means, refs = [], []
@@ -57,6 +59,8 @@ class BrightnessModel:
 
     def predict(self, batch: _Batch) -> Findings:
         self.calls += 1
+        if self.delay_s:  # option `delay_s`: a slow model, so a test can kill its worker mid-job
+            time.sleep(self.delay_s)
         p_bright = 1.0 / (1.0 + np.exp(-12.0 * (batch.means - 0.5)))
         lo, hi = self.uncertain_band
         items = tuple(
@@ -85,7 +89,9 @@ class FailingModel(BrightnessModel):
 
 def build_brightness(weights: Path | None = None, options: dict[str, Any] | None = None) -> BrightnessModel:
     opts = options or {}
-    return BrightnessModel(version=str(opts.get("version", "1.0.0")))
+    model = BrightnessModel(version=str(opts.get("version", "1.0.0")))
+    model.delay_s = float(opts.get("delay_s", 0.0))
+    return model
 
 
 def build_failing(weights: Path | None = None, options: dict[str, Any] | None = None) -> FailingModel:

@@ -8,6 +8,8 @@ so a resend of the same SOP Instance would show as a second file), counted after
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -182,3 +184,70 @@ class TestRestart:
             finally:
                 journal.close()
             third.terminate()
+
+
+def _worker_pids(sidecar_pid: int) -> set[int]:
+    """The sidecar's worker processes (multiprocessing spawn children, not its resource tracker)."""
+    pids: set[int] = set()
+    for children in Path(f"/proc/{sidecar_pid}/task").glob("*/children"):
+        for pid in children.read_text().split():
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"spawn_main" in cmdline:
+                pids.add(int(pid))
+    return pids
+
+
+class TestWorkerProcesses:
+    def test_killed_worker_process_is_replaced_and_its_job_delivered_once(
+        self, tmp_path: Path, serve: Callable[[Path], SidecarProcess],
+    ) -> None:
+        """SIGKILL to the worker processes mid-job: the service goes on, new workers start, the
+        job runs again (attempt 2) and the PACS gets exactly one SR."""
+        files = _write_series(tmp_path / "in", 3, seed=73, ImagesInAcquisition=3)
+        series_uid = str(pydicom.dcmread(files[0]).SeriesInstanceUID)
+        with StoreSCP(tmp_path / "pacs", ae_title="PACS", extra_args=UNIQUE_FILES) as pacs:
+            routes = [{"name": "brightness-mr", "model": "brightness", "mode": "series",
+                       "match": {"modality": ["MR"]}, "outputs": ["sr"], "destinations": ["pacs"], "quiet_s": 30}]
+            cfg = write_config(
+                tmp_path / "conf", routes=routes,
+                destinations=[{"kind": "dicom", "name": "pacs", "host": "127.0.0.1", "port": pacs.port,
+                               "ae_title": "PACS"}],
+                models={"brightness": {"options": {"delay_s": 3.0}}},
+                worker={"poll_s": 0.05, "torch_threads": 1, "isolation": "process", "processes": 1,
+                        "retry_initial_s": 0.2, "retry_max_s": 0.5},
+            )
+            sidecar = SidecarProcess(cfg, tmp_path / "sidecar-w.log", start_timeout_s=60.0).start()
+            try:
+                assert sidecar.proc is not None
+                wait_for(lambda: len(_worker_pids(sidecar.proc.pid)) == 2, 60, "two worker processes")  # type: ignore[union-attr]
+                before = _worker_pids(sidecar.proc.pid)
+                sent = storescu(files, sidecar.port, called_aet="SIDECAR")
+                assert sent.returncode == 0, sent.stderr
+                journal = _journal(cfg)
+                try:
+                    wait_for(lambda: [j.state for j in journal.jobs(series_uid)] == ["running"], 60,
+                             "the series job running in a worker process")
+                    for pid in before:
+                        os.kill(pid, signal.SIGKILL)
+                    wait_for(lambda: bool(_worker_pids(sidecar.proc.pid))  # type: ignore[union-attr]
+                             and not (_worker_pids(sidecar.proc.pid) & before), 60,  # type: ignore[union-attr]
+                             "replacement worker processes")
+                    pacs.wait_for_files(1, timeout=90)
+                    time.sleep(SETTLE_S)
+                    received = pacs.files()
+                    assert len(received) == 1, [p.name for p in received]
+                    assert pydicom.dcmread(received[0]).Modality == "SR"
+                    [job] = journal.jobs(series_uid)
+                    assert job.state == "done" and job.attempts == 2
+                    assert any(e.kind == "retry_scheduled" and "WorkerDied" in e.detail
+                               for e in journal.events(series_uid))
+                finally:
+                    journal.close()
+                assert "worker_process_replaced" in sidecar.log_tail() or "worker_process_replaced" in \
+                    sidecar.log.read_text()
+            finally:
+                sidecar.terminate()
+            assert sidecar.proc is None
