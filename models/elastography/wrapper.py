@@ -1,8 +1,10 @@
 """The virtual breast elastography model behind the sidecar's model seam.
 
 B-mode US image in; out: a `GeneratedImage` per image (the source frame with the generated
-strain elastogram drawn into the B-mode region, as a console draws E-mode, a colour bar
-"SOFT ... HARD" and the burned-in line "AI-GENERATED VIRTUAL ELASTOGRAPHY - NOT FOR DIAGNOSIS")
+strain elastogram drawn inside an elastography box around the lesion and the B-mode outside it,
+as vendor strain elastography shows it (`models.elastography.box`: strain relative to the box,
+box outline drawn), a colour bar "SOFT ... HARD" and the burned-in line "AI-GENERATED VIRTUAL
+ELASTOGRAPHY - NOT FOR DIAGNOSIS")
 and, when the checkpoint has the head, a "Tsukuba score" `Classification` with its five
 probabilities.
 
@@ -32,6 +34,7 @@ from pydicom import Dataset
 from models.elastography.concepts import VOCABULARY
 from models.checkpoint import apply_torch_threads, card_from_metadata, load_checkpoint, untrained_metadata
 from models.elastography import transforms as T
+from models.elastography.box import StrainBox, place_box, relative_to_box
 from models.elastography.net import DEFAULT_CHANNELS, N_TSUKUBA, ElastographyGenerator
 from models.findings import Classification, Findings, GeneratedImage, ImageRef
 
@@ -91,15 +94,31 @@ def _font(size_px: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     return ImageFont.load_default(size=max(6, size_px))
 
 
-def compose(frame_grey: npt.NDArray[np.float32], region: T.Region, emode: npt.NDArray[np.float32],
-            alpha: float = 0.65) -> npt.NDArray[np.uint8]:
-    """The source frame (grey, as RGB) with `emode` (S, S, 3 in [0, 1]) blended into the B-mode
-    region, a "SOFT ... HARD" colour bar beside it and the burned-in notice."""
+def strain_box(frame_grey: npt.NDArray[np.float32], region: T.Region,
+               strain: npt.NDArray[np.float32]) -> tuple[StrainBox, npt.NDArray[np.float32]]:
+    """(the elastography box in region pixels, the mapped strain at region size) of one image."""
+    mapped = T.resize(strain, region.rows, region.cols)
+    crop = frame_grey[region.y0 : region.y1 + 1, region.x0 : region.x1 + 1]
+    return place_box(crop, mapped), mapped
+
+
+def compose(frame_grey: npt.NDArray[np.float32], region: T.Region, strain: npt.NDArray[np.float32],
+            alpha: float = 0.65, box: StrainBox | None = None) -> npt.NDArray[np.uint8]:
+    """The source frame (grey, as RGB) with the mapped `strain` (S, S in [0, 1], 1 soft) colour-
+    mapped relative to the elastography box and blended inside that box only (B-mode outside, box
+    outline in white), a "SOFT ... HARD" colour bar beside the region and the burned-in notice.
+    `box` None: placed by `models.elastography.box.place_box`."""
     rows, cols = frame_grey.shape
+    placed, mapped = strain_box(frame_grey, region, strain)
+    box = box or placed
     base = np.repeat((np.clip(frame_grey, 0, 1) * 255.0)[..., None], 3, axis=2)
-    colour = T.resize(emode, region.rows, region.cols) * 255.0
-    sl = (slice(region.y0, region.y1 + 1), slice(region.x0, region.x1 + 1))
-    base[sl] = alpha * colour + (1.0 - alpha) * base[sl]
+    colour = T.colorize(relative_to_box(mapped, box)).astype(np.float64)
+    by_, bx_ = box.slices()
+    sl = (slice(region.y0 + by_.start, region.y0 + by_.stop), slice(region.x0 + bx_.start, region.x0 + bx_.stop))
+    base[sl] = alpha * colour[by_, bx_] + (1.0 - alpha) * base[sl]
+    y0, y1, x0, x1 = sl[0].start, sl[0].stop - 1, sl[1].start, sl[1].stop - 1
+    base[[y0, y1], x0 : x1 + 1] = 255.0  # the box outline, as consoles draw it
+    base[y0 : y1 + 1, [x0, x1]] = 255.0
     out = np.clip(np.rint(base), 0, 255).astype(np.uint8)
 
     bar_w = max(6, min(16, region.cols // 24))
@@ -180,7 +199,7 @@ class ElastographyModel:
         gen = self.generate(batch.tensor)
         images, scores = [], []
         for i, ref in enumerate(batch.refs):
-            pixels = compose(batch.frames[i], batch.regions[i], gen.emode[i], self.alpha)
+            pixels = compose(batch.frames[i], batch.regions[i], gen.strain[i], self.alpha)
             images.append(GeneratedImage(pixels=pixels, description=DESCRIPTION, source=ref, photometric="RGB"))
             if gen.tsukuba is not None:
                 p = gen.tsukuba[i] / gen.tsukuba[i].sum()
@@ -189,7 +208,8 @@ class ElastographyModel:
                                              source=ref, finding_site=FINDING_SITE,
                                              laterality=batch.lateralities[i]))
         notes = ["AI-generated virtual elastography from the B-mode image: NOT FOR DIAGNOSIS",
-                 "strain shown relative to the field (soft red, intermediate green, hard blue)"]
+                 "strain shown inside the elastography box placed by the model around the lesion "
+                 "candidate, relative to the box (soft red, intermediate green, hard blue)"]
         if gen.tsukuba is not None:
             notes.append("Tsukuba score estimated by the model's head, as if a lesion were in the field")
         if batch.skipped:

@@ -16,13 +16,20 @@ from pydicom.sequence import Sequence as DicomSequence
 from scipy import ndimage
 
 from models.elastography import transforms as T
+from models.elastography.box import StrainBox, default_box, place_box, relative_to_box
 from models.elastography.net import (
     ElastographyGenerator,
     LesionCropDiscriminator,
     WholeImageDiscriminator,
     lesion_boxes,
 )
-from models.elastography.wrapper import BURNED_IN, LABELS, ElastographyError, build
+from models.elastography.wrapper import (
+    BURNED_IN,
+    LABELS,
+    ElastographyError,
+    build,
+    strain_box,
+)
 from models.findings import Classification, GeneratedImage
 from models.registry import load_predicates
 from sidecar.dicom import codes
@@ -30,7 +37,8 @@ from sidecar.results import build_results
 from sidecar.routing import route
 from sidecar.settings import load_settings
 from tests.helpers.validate import assert_valid_dicom
-from train.phantoms.breast import KINDS, breast_case, demo_series
+from train.phantoms.breast import KINDS, breast_case, console_emode, demo_series
+from train.phantoms.breast import strain_box as phantom_box
 from train.phantoms.dicom_writer import REGION_COLOR_FLOW, UsRegion, write
 
 REPO = Path(__file__).resolve().parents[2]
@@ -104,6 +112,41 @@ class TestGenerator:
         assert x0 <= 60 / 99 * 2 - 1 and x1 >= 79 / 99 * 2 - 1
         assert y0 <= 20 / 99 * 2 - 1 and y1 >= 29 / 99 * 2 - 1
         assert boxes[1].tolist() == [-0.5, -0.5, 0.5, 0.5]
+
+
+class TestStrainBox:
+    def test_box_holds_the_phantom_lesion_with_surrounding_tissue(self) -> None:
+        """On the phantoms' own strain, the placed box holds each lesion's centre and is a part of the field."""
+        for i in range(12):
+            c = breast_case(990 + i, kind=KINDS[1 + i % 4], shape=(200, 240))
+            box = place_box(c.bmode, c.mapped)
+            ys, xs = np.nonzero(c.lesion)
+            assert box.found and box.contains(ys.mean(), xs.mean()), i
+            assert (box.y1 - box.y0 + 1) * (box.x1 - box.x0 + 1) <= 0.65 * c.lesion.size
+
+    def test_featureless_region_gets_the_central_default_box(self) -> None:
+        """No dark-and-hard candidate: the default box, centred, not marked as found."""
+        box = place_box(np.full((100, 120), 0.5), np.full((100, 120), 0.5))
+        assert box == default_box((100, 120)) and not box.found
+        assert abs((box.x0 + box.x1) / 2 - 59.5) <= 1
+
+    def test_strain_is_shown_relative_to_the_box(self) -> None:
+        """The box's median strain becomes the display's middle (green); outside values shift alike."""
+        mapped = np.full((50, 50), 0.8)
+        mapped[5:30, 5:30] = 0.3  # most of the box
+        box = StrainBox(5, 5, 34, 34)
+        out = relative_to_box(mapped, box)
+        assert np.median(out[box.slices()]) == pytest.approx(0.5)
+        assert out[40, 40] == pytest.approx(1.0)
+
+    def test_phantom_console_view_is_b_mode_outside_the_box(self) -> None:
+        """The phantom's console view: colour inside the lesion box, grey B-mode outside it."""
+        c = breast_case(5, kind="malignant", shape=(160, 200))
+        view, box = console_emode(c).astype(int), phantom_box(c)
+        coloured = (view.max(axis=2) - view.min(axis=2)) > 10
+        outside = np.ones_like(coloured)
+        outside[box.slices()] = False
+        assert not coloured[outside].any() and coloured[box.slices()].mean() > 0.9
 
 
 class TestTransforms:
@@ -201,19 +244,40 @@ class TestPhantoms:
 
 class TestWrapper:
     def test_generated_image_keeps_the_frame_and_marks_it(self, demo_model, series: list[Dataset]) -> None:  # type: ignore[no-untyped-def]
-        """One RGB image per source at the source's size, elastogram inside the region only."""
-        findings = demo_model.predict(demo_model.prepare(series))
+        """One RGB image per source at the source's size, elastogram inside the lesion box only."""
+        batch = demo_model.prepare(series)
+        findings = demo_model.predict(batch)
+        strain = demo_model.generate(batch.tensor).strain
         assert len(findings.images) == len(series)
-        for image, ds in zip(findings.images, series, strict=True):
+        for i, (image, ds) in enumerate(zip(findings.images, series, strict=True)):
             assert isinstance(image, GeneratedImage) and image.photometric == "RGB"
             assert image.pixels.shape == (ds.Rows, ds.Columns, 3)
             assert image.source.sop_instance_uid == ds.SOPInstanceUID
-            region = ds.SequenceOfUltrasoundRegions[0]
-            inside = image.pixels[region.RegionLocationMinY0 : region.RegionLocationMaxY1,
-                                  region.RegionLocationMinX0 : region.RegionLocationMinX0 + 40].astype(int)
-            assert np.abs(inside[..., 0] - inside[..., 2]).mean() > 5  # coloured, not grey
+            region = batch.regions[i]
+            box, _ = strain_box(batch.frames[i], region, strain[i])
+            px = image.pixels[region.y0 : region.y1 + 1, region.x0 : region.x1 + 1].astype(int)
+            coloured = (px.max(axis=2) - px.min(axis=2)) > 10
+            in_box = np.zeros_like(coloured)
+            in_box[box.y0 + 1 : box.y1, box.x0 + 1 : box.x1] = True  # inside the outline
+            assert coloured[in_box].mean() > 0.9
+            clear = np.zeros_like(coloured)  # the region less the colour bar and the burned-in notice
+            clear[: min(px.shape[0], ds.Rows - 24 - region.y0), : px.shape[1] - 24] = True
+            assert not coloured[~in_box & clear].any()
+            assert in_box.mean() < 0.65  # a box, not the whole field
             assert "NOT FOR DIAGNOSIS" in image.description
         assert "NOT FOR DIAGNOSIS" in BURNED_IN
+
+    def test_lesion_phantoms_get_the_box_around_their_lesion(self, demo_model) -> None:  # type: ignore[no-untyped-def]
+        """Through the generator: the placed box holds the lesion centre in >= 90 % of lesion phantoms."""
+        cases = [breast_case(880_000 + i, kind=KINDS[1 + i % 4]) for i in range(16)]
+        x = torch.from_numpy(np.stack([T.region_to_input(c.bmode, demo_model.size) for c in cases]))
+        strain = demo_model.generate(x).strain
+        hits = []
+        for c, s in zip(cases, strain, strict=True):
+            box = place_box(c.bmode, T.resize(s, *c.bmode.shape))
+            ys, xs = np.nonzero(c.lesion)
+            hits.append(box.contains(ys.mean(), xs.mean()))
+        assert np.mean(hits) >= 0.9
 
     def test_tsukuba_score_has_five_probabilities(self, demo_model, series: list[Dataset]) -> None:  # type: ignore[no-untyped-def]
         """Each image gets a Tsukuba Classification whose five probabilities sum to one."""

@@ -295,7 +295,10 @@ def write_card(sha: str, metrics_json: Path, cfg: DemoConfig, version: str, n_pa
             "of the US Region Calibration (else the non-dark bounding box), resize to "
             f"{cfg.input_size}x{cfg.input_size}, scale to [-1, 1]. Output: a Secondary Capture in a new "
             "series of the source study (same rows, columns and region calibration; the elastogram "
-            "blended into the B-mode region with a SOFT-HARD colour bar and the burned-in line "
+            "shown only inside an elastography box the model places around the lesion candidate "
+            "(darker and harder than its surroundings; central at mid-depth without one), strain "
+            "relative to the box, B-mode outside, as vendor strain elastography shows it; with a "
+            "SOFT-HARD colour bar and the burned-in line "
             "'AI-GENERATED VIRTUAL ELASTOGRAPHY - NOT FOR DIAGNOSIS') and a TID 1500 SR with the "
             "estimated Tsukuba score and its five probabilities."),
         labels=LABELS,

@@ -20,6 +20,12 @@ surroundings are stiff. Kinds: "benign" (oval, circumscribed, parallel; scores 1
 layered blue-green-red strain artefact; score 1), "shadowing" (posterior acoustic shadow; 4-5),
 and "normal" (no lesion; score 0 = not applicable).
 
+**Elastography box.** Vendor strain elastography shows the map only inside an ROI box the
+operator places around the lesion, B-mode outside, strain relative to the box: `strain_box`
+is that box for a phantom (the lesion's bounds grown as `models.elastography.box.grow_box`
+grows the model's candidate; the central default box without a lesion) and `console_emode`
+the console's view (the paired target's colour inside the box, relative to it, B-mode outside).
+
 `demo_series(seed)` writes one breast B-mode image series as DICOM US (console frame with the
 B-mode region, US Region Calibration, vendor-style headers) for `sidecar demo` and the tests.
 Everything is seeded and vectorised.
@@ -35,9 +41,16 @@ import numpy.typing as npt
 from pydicom import Dataset
 from scipy import ndimage
 
+from models.elastography.box import StrainBox, default_box, grow_box, relative_to_box
 from models.elastography.transforms import colorize
 from train.phantoms import toolkit as tk
-from train.phantoms.dicom_writer import Subject, UsRegion, phantom_uid, us_image, with_file_meta
+from train.phantoms.dicom_writer import (
+    Subject,
+    UsRegion,
+    phantom_uid,
+    us_image,
+    with_file_meta,
+)
 
 KINDS: tuple[str, ...] = ("normal", "benign", "malignant", "cyst", "shadowing")
 #: share of each kind in a cohort
@@ -285,6 +298,26 @@ def breast_case(seed: int, kind: str | None = None, shape: tuple[int, int] | Non
                       delta_cm=(px_mm / 10.0, px_mm / 10.0))
 
 
+def strain_box(case: BreastCase) -> StrainBox:
+    """The elastography box an operator would place: around the lesion, central without one."""
+    shape = (int(case.bmode.shape[0]), int(case.bmode.shape[1]))
+    if not case.lesion.any():
+        return default_box(shape)
+    ys, xs = np.nonzero(case.lesion)
+    return grow_box(float(ys.min()), float(xs.min()), float(ys.max()), float(xs.max()), shape)
+
+
+def console_emode(case: BreastCase, alpha: float = 0.65) -> npt.NDArray[np.uint8]:
+    """The console's strain elastography view of `case` (region-sized RGB): colour inside the
+    box, relative to the box's median strain, blended over the B-mode; B-mode outside."""
+    box = strain_box(case)
+    out = np.repeat((np.clip(case.bmode, 0, 1) * 255.0)[..., None], 3, axis=2)
+    sl = box.slices()
+    colour = colorize(relative_to_box(case.mapped, box)).astype(np.float64)
+    out[sl] = alpha * colour[sl] + (1.0 - alpha) * out[sl]
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
 def breast_cohort(n: int, seed: int = 0) -> list[BreastCase]:
     """`n` cases with kinds in the cohort mix; case i is `breast_case(seed * 100003 + i)`."""
     return [breast_case(seed * 100_003 + i) for i in range(n)]
@@ -347,5 +380,5 @@ def demo_series(seed: int = 0, kinds: Sequence[str] = ("malignant", "benign")) -
             for i, k in enumerate(kinds)]
 
 
-__all__ = ["KINDS", "BreastCase", "bmode_dataset", "breast_case", "breast_cohort", "console_frame",
-           "demo_series"]
+__all__ = ["KINDS", "BreastCase", "bmode_dataset", "breast_case", "breast_cohort", "console_emode",
+           "console_frame", "demo_series", "strain_box"]
