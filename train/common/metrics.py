@@ -1,8 +1,12 @@
-"""Metrics as the published studies report them; pure numpy/scipy, no torch, no sidecar.
+"""Metrics as the published studies report them; numpy, scipy and scikit-learn, no torch, no sidecar.
 
 Conventions: labels are 0/1 (binary) or 0..K-1 (multi-class, ordinal grades); a case is called
 positive when ``score >= threshold``; confidence intervals are two-sided 95% unless told; every
 resampling takes a seed. Each function names the method it follows in its docstring.
+
+Curves, average precision, the confusion matrix, calibration bins, the Brier score and Cohen's
+kappa are scikit-learn's (the same implementation train/common/loops.py uses); DeLong, ICC,
+Fleiss' kappa and the stratified bootstrap have no well-kept library equivalent and live here.
 """
 
 from __future__ import annotations
@@ -14,6 +18,21 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 from scipy import stats
+from sklearn import calibration as skcal
+from sklearn import metrics as skm
+
+# Image-to-image and detection metrics live in their own module; their names stay importable here.
+from train.common.image_metrics import (
+    Box as Box,
+    DetectionAP as DetectionAP,
+    detection_ap as detection_ap,
+    iou as iou,
+    mean_sd as mean_sd,
+    ncc as ncc,
+    ncc_summary as ncc_summary,
+    ssim as ssim,
+    voc_ap as voc_ap,
+)
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -145,38 +164,29 @@ def delong_test(y_true: npt.ArrayLike, scores_a: npt.ArrayLike, scores_b: npt.Ar
 
 
 def roc_curve(y_true: npt.ArrayLike, y_score: npt.ArrayLike) -> tuple[FloatArray, FloatArray, FloatArray]:
-    """(fpr, tpr, thresholds) at every distinct score, starting at (0, 0) with threshold +inf;
-    the same points as scikit-learn's ``roc_curve(drop_intermediate=False)``."""
+    """(fpr, tpr, thresholds) at every distinct score, starting at (0, 0) with threshold +inf:
+    scikit-learn's ``roc_curve(drop_intermediate=False)``."""
     y, s = _binary(y_true, y_score)
-    tps, fps, thr = _cumulative_counts(y, s)
-    fpr = np.concatenate([[0.0], fps / (~y).sum()])
-    tpr = np.concatenate([[0.0], tps / y.sum()])
-    return fpr, tpr, np.concatenate([[np.inf], thr])
-
-
-def _cumulative_counts(y: npt.NDArray[np.bool_], s: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
-    order = np.argsort(-s, kind="mergesort")
-    s_sorted, y_sorted = s[order], y[order]
-    last = np.r_[np.flatnonzero(np.diff(s_sorted)), y_sorted.size - 1]
-    tps = np.cumsum(y_sorted)[last].astype(np.float64)
-    fps = (last + 1) - tps
-    return tps, fps, s_sorted[last]
+    fpr, tpr, thr = skm.roc_curve(y, s, drop_intermediate=False)
+    return np.asarray(fpr, np.float64), np.asarray(tpr, np.float64), np.asarray(thr, np.float64)
 
 
 def precision_recall_curve(
     y_true: npt.ArrayLike, y_score: npt.ArrayLike
 ) -> tuple[FloatArray, FloatArray, FloatArray]:
-    """(precision, recall, thresholds) at every distinct score, highest threshold first."""
+    """(precision, recall, thresholds) at every distinct score, highest threshold first:
+    scikit-learn's ``precision_recall_curve`` without its closing (1, 0) point, reversed."""
     y, s = _binary(y_true, y_score)
-    tps, fps, thr = _cumulative_counts(y, s)
-    return tps / (tps + fps), tps / y.sum(), thr
+    precision, recall, thr = skm.precision_recall_curve(y, s)
+    return (np.asarray(precision[-2::-1], np.float64), np.asarray(recall[-2::-1], np.float64),
+            np.asarray(thr[::-1], np.float64))
 
 
 def average_precision(y_true: npt.ArrayLike, y_score: npt.ArrayLike) -> float:
     """PR AUC as average precision, sum over thresholds of (R_n - R_{n-1}) * P_n, without
-    interpolation (the definition of scikit-learn's ``average_precision_score``)."""
-    precision, recall, _ = precision_recall_curve(y_true, y_score)
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+    interpolation: scikit-learn's ``average_precision_score``."""
+    y, s = _binary(y_true, y_score)
+    return float(skm.average_precision_score(y, s))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -333,15 +343,11 @@ def bootstrap_ci(
 def confusion_matrix(
     y_true: npt.ArrayLike, y_pred: npt.ArrayLike, labels: Sequence[int] | None = None
 ) -> IntArray:
-    """Counts with true labels on rows and predictions on columns (scikit-learn's layout)."""
+    """Counts with true labels on rows and predictions on columns, in the order of ``labels``
+    (default: every label seen, sorted): scikit-learn's ``confusion_matrix``."""
     t, p = np.asarray(y_true).ravel(), np.asarray(y_pred).ravel()
     labs = list(labels) if labels is not None else sorted(set(t.tolist()) | set(p.tolist()))
-    pos = {lab: i for i, lab in enumerate(labs)}
-    cm = np.zeros((len(labs), len(labs)), dtype=np.int64)
-    for a, b in zip(t.tolist(), p.tolist(), strict=True):
-        if a in pos and b in pos:
-            cm[pos[a], pos[b]] += 1
-    return cm
+    return np.asarray(skm.confusion_matrix(t, p, labels=labs), dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -365,25 +371,29 @@ def calibration_curve(
     y_true: npt.ArrayLike, y_prob: npt.ArrayLike, n_bins: int = 10, strategy: Literal["uniform", "quantile"] = "uniform"
 ) -> CalibrationBins:
     """Bins of predicted probability (equal width on [0, 1], or equal count) with the observed
-    positive fraction in each, as scikit-learn's ``calibration_curve``; empty bins give NaN."""
-    y = np.asarray(y_true, dtype=np.float64).ravel()
+    positive fraction in each: scikit-learn's ``calibration_curve``, which reports the non-empty
+    bins only, laid out over all ``n_bins`` with their counts; empty bins give NaN."""
+    y = np.asarray(y_true, dtype=np.int64).ravel()
     p = np.asarray(y_prob, dtype=np.float64).ravel()
+    frac, mean_p = skcal.calibration_curve(y, p, n_bins=n_bins, strategy=strategy)
+    # the bin edges and assignment scikit-learn uses (searchsorted on the inner edges)
     if strategy == "quantile":
         edges = np.percentile(p, np.linspace(0, 100, n_bins + 1))
     else:
         edges = np.linspace(0.0, 1.0, n_bins + 1)
-    which = np.clip(np.searchsorted(edges[1:-1], p, side="left"), 0, n_bins - 1)
+    which = np.searchsorted(edges[1:-1], p, side="left")
     counts = np.bincount(which, minlength=n_bins).astype(np.int64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        mean_p = np.bincount(which, weights=p, minlength=n_bins) / counts
-        frac = np.bincount(which, weights=y, minlength=n_bins) / counts
-    return CalibrationBins(edges, mean_p, frac, counts)
+    fraction = np.full(n_bins, np.nan)
+    mean_predicted = np.full(n_bins, np.nan)
+    fraction[counts > 0], mean_predicted[counts > 0] = frac, mean_p
+    return CalibrationBins(edges, mean_predicted, fraction, counts)
 
 
 def brier_score(y_true: npt.ArrayLike, y_prob: npt.ArrayLike) -> float:
-    """Mean squared difference between predicted probability and outcome (Brier 1950)."""
-    y = np.asarray(y_true, dtype=np.float64).ravel()
-    return float(np.mean((np.asarray(y_prob, dtype=np.float64).ravel() - y) ** 2))
+    """Mean squared difference between predicted probability and outcome (Brier 1950):
+    scikit-learn's ``brier_score_loss`` with 1 as the positive label."""
+    y = np.asarray(y_true, dtype=np.int64).ravel()
+    return float(skm.brier_score_loss(y, np.asarray(y_prob, dtype=np.float64).ravel(), pos_label=1))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -451,21 +461,15 @@ def cohen_kappa(
     labels: Sequence[int] | None = None,
 ) -> float:
     """Cohen's kappa (1960), weighted (1968) with disagreement |i-j| (linear) or (i-j)^2
-    (quadratic) over the label positions, as scikit-learn's ``cohen_kappa_score``."""
-    cm = confusion_matrix(rater_a, rater_b, labels).astype(np.float64)
-    k = cm.shape[0]
-    expected = np.outer(cm.sum(axis=1), cm.sum(axis=0)) / cm.sum()
-    i, j = np.indices((k, k))
-    if weights is None:
-        w = (i != j).astype(np.float64)
-    elif weights == "linear":
-        w = np.abs(i - j).astype(np.float64)
-    elif weights == "quadratic":
-        w = ((i - j) ** 2).astype(np.float64)
-    else:
+    (quadratic) over the label positions: scikit-learn's ``cohen_kappa_score``. NaN where
+    chance agreement is total (one category only)."""
+    if weights not in (None, "linear", "quadratic"):
         raise ValueError(f"weights must be None, 'linear' or 'quadratic', not {weights!r}")
-    denom = float(np.sum(w * expected))
-    return float("nan") if denom == 0 else 1.0 - float(np.sum(w * cm)) / denom
+    a, b = np.asarray(rater_a).ravel(), np.asarray(rater_b).ravel()
+    labs = list(labels) if labels is not None else sorted(set(a.tolist()) | set(b.tolist()))
+    if len(labs) < 2:
+        return float("nan")
+    return float(skm.cohen_kappa_score(a, b, labels=labs, weights=weights))
 
 
 def category_counts(ratings: npt.ArrayLike, categories: Sequence[int] | None = None) -> IntArray:
@@ -487,18 +491,4 @@ def fleiss_kappa(counts: npt.ArrayLike) -> float:
     p_i = (np.sum(c**2, axis=1) - n) / (n * (n - 1))
     p_e = float(np.sum(p_j**2))
     return float("nan") if p_e == 1.0 else float((p_i.mean() - p_e) / (1.0 - p_e))
-
-
-# Image-to-image and detection metrics live in their own module; their names stay importable here.
-from train.common.image_metrics import (  # noqa: E402
-    Box,
-    DetectionAP,
-    detection_ap,
-    iou,
-    mean_sd,
-    ncc,
-    ncc_summary,
-    ssim,
-    voc_ap,
-)
 
