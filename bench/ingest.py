@@ -30,7 +30,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.common import (
-    Child, machine_note, median, start_python, start_storescp, storescu, wait_echo, wait_idle, write_slices,
+    Child,
+    machine_note,
+    median,
+    start_python,
+    start_storescp,
+    storescu,
+    wait_echo,
+    wait_idle,
+    write_slices,
 )
 from tests.helpers.ports import free_port
 from tests.helpers.sidecar import write_config
@@ -153,7 +161,7 @@ PHASE_ORDER = ("decode_dataset", "header_check", "duplicate_check", "encode_for_
 
 def profile_phases(files: list[Path], warm: Path, size: int, work: Path) -> None:
     out = work / f"phases-{size}.json"
-    child, port, spool = start_sidecar(work, f"phases-{size}", module="bench.serve_profiled",
+    child, port, _spool = start_sidecar(work, f"phases-{size}", module="bench.serve_profiled",
                                        env={"BENCH_PHASES": str(out)})
     try:
         storescu([warm], port, "SIDECAR")

@@ -35,7 +35,15 @@ from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage
 
 from bench.common import (
-    machine_note, median, percentile, start_python, start_storescp, storescu, wait_echo, wait_idle, write_slices,
+    machine_note,
+    median,
+    percentile,
+    start_python,
+    start_storescp,
+    storescu,
+    wait_echo,
+    wait_idle,
+    write_slices,
 )
 from tests.helpers.dicom_factory import fake_uid, make_mr
 from tests.helpers.ports import free_port

@@ -48,7 +48,15 @@ from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage
 
 from bench.common import (
-    REPO, machine_note, median, percentile, start_python, start_storescp, wait_echo, wait_idle, write_slices,
+    REPO,
+    machine_note,
+    median,
+    percentile,
+    start_python,
+    start_storescp,
+    wait_echo,
+    wait_idle,
+    write_slices,
 )
 from tests.helpers.dcmtk import _require
 from tests.helpers.dicom_factory import fake_uid, make_mr

@@ -232,8 +232,9 @@ def _open_backend_models(work: Path, deadline_ms: float, threads: int,
                          stack: Any) -> tuple[dict[str, Any], dict[str, str]]:
     """{backend: LgeQaModel} for each backend that can run here, and {backend: why not} for the rest."""
     from models.backends import BackendUnavailable, OnnxRuntimeConfig, TritonConfig
+    from models.checkpoint import ModelUnavailable
     from models.lge_qa.wrapper import build
-    from models.registry import ModelSpec, ModelUnavailable, build_model
+    from models.registry import ModelSpec, build_model
 
     weights = Path(__file__).resolve().parents[1] / "models" / "lge_qa" / "weights" / "demo.pt"
     options = {"threshold": 0.001, "torch_threads": threads}
@@ -358,8 +359,8 @@ def backends_part(args: argparse.Namespace) -> None:
         x = models["inprocess"].prepare(datasets[:1]).tensor.numpy()
         forward: dict[str, list[float]] = {n: [] for n in models}
         tta: dict[str, list[float]] = {n: [] for n in models}
-        failed: dict[str, int] = {n: 0 for n in models}
-        failed_fw: dict[str, int] = {n: 0 for n in models}
+        failed: dict[str, int] = dict.fromkeys(models, 0)
+        failed_fw: dict[str, int] = dict.fromkeys(models, 0)
         for r in range(args.rounds):
             for name, model in models.items():
                 times, n_failed = _forward_times(model, x, args.forward_n)

@@ -52,8 +52,8 @@ def _install_phase_timers() -> None:
     from pynetdicom import events
 
     import sidecar.ingest.listener as listener_mod
-    from sidecar.journal import Journal
     from sidecar.ingest.spool import Spool
+    from sidecar.journal import Journal
 
     os.fsync = _timed("os_fsync", os.fsync)  # spool file and folder fsyncs (SQLite's are in C)
     listener_mod.read_header = _timed("header_check", listener_mod.read_header)  # type: ignore[attr-defined]

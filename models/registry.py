@@ -26,7 +26,7 @@ from models.backends import (
     open_backend,
 )
 from models.base import ClinicalModel
-from models.checkpoint import ModelUnavailable, sha256_of, verify_weights
+from models.checkpoint import ModelUnavailable, verify_weights
 
 log = structlog.get_logger("models.registry")
 

@@ -115,7 +115,7 @@ def quarantine(config_dir: Path, release: Sequence[int] = ()) -> int:
 def replay(config_dir: Path, series_uid: str, *, run: bool = False) -> int:
     settings = load_settings(config_dir)
     configure_logging(settings.service.log_level, settings.service.log_format)
-    models, unavailable = load_models(settings, settings.routes, {})
+    models, _unavailable = load_models(settings, settings.routes, {})
     journal = Journal(settings.service.journal)
     assembler = SeriesAssembler(journal, settings.routes, load_predicates(),
                                 {m: model.card.version for m, model in models.items()}, FakeTimers())

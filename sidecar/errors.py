@@ -13,7 +13,8 @@
     ├── ModelError             a model cannot be loaded or fails on a job
     │   └── WeightsMismatch    weights file missing or SHA-256 differs
     ├── ResultError            a result object cannot be built
-    └── DeliveryError          a destination refused or could not be reached
+    ├── DeliveryError          a destination refused or could not be reached
+    └── AlertError             an alert channel (webhook) refused or could not be reached
 
 Catch broadly only at boundaries: the association handler (becomes a DIMSE status), the
 worker's job boundary (a failed job with its reason), the alert fan-out (logged).
@@ -83,3 +84,7 @@ class ResultError(SidecarError):
 
 class DeliveryError(SidecarError):
     """A destination refused a result or could not be reached."""
+
+
+class AlertError(SidecarError):
+    """An alert channel refused an alert or could not be reached (logged by the fan-out, never fatal)."""

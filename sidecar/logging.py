@@ -165,7 +165,7 @@ def _is_uid_key(key: str) -> bool:
     if key.casefold().endswith("_tag"):
         return False
     k = _normal_key(key)
-    return k.endswith("uid") or k.endswith("uids")
+    return k.endswith(("uid", "uids"))
 
 
 def _scrub_text(text: str) -> str:

@@ -19,8 +19,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from sidecar.errors import ConfigError
-from sidecar.tls import DestinationTls, ListenerTls, client_context, server_context
 from sidecar.routing.rules import Route
+from sidecar.tls import DestinationTls, ListenerTls, client_context, server_context
 
 
 class _Strict(BaseModel):

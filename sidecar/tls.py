@@ -154,4 +154,4 @@ class LazyHandshakeContext:
         return self.context.wrap_socket(sock, server_side=server_side, do_handshake_on_connect=False, **kwargs)
 
 
-__all__ = ["BCP195_CIPHERS", "DestinationTls", "ListenerTls", "LazyHandshakeContext", "client_context", "server_context"]
+__all__ = ["BCP195_CIPHERS", "DestinationTls", "LazyHandshakeContext", "ListenerTls", "client_context", "server_context"]

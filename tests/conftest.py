@@ -101,13 +101,13 @@ class _WebhookReceiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            def do_POST(self) -> None:  # http.server's name
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0") or 0))
                 receiver._keep(body, dict(self.headers))
                 self.send_response(204)
                 self.end_headers()
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (http.server's name)
+            def log_message(self, format: str, *args: Any) -> None:  # http.server's name
                 return
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)

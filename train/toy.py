@@ -25,8 +25,8 @@ from train.common.manifest import Manifest, ManifestRow, build_manifest
 from train.common.reports import write_report
 from train.common.seeding import seed_everything, torch_generator
 from train.common.splits import patient_split
-from train.common.weights import sha256_of
 from train.common.trainer import FitConfig, FitResult
+from train.common.weights import sha256_of
 from train.phantoms import dicom_writer, toolkit
 from train.tasks import (
     CardRequest,

@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 
-from models.checkpoint import ModelUnavailable, verify_weights
 from models.backends.base import (
     BackendUnavailable,
     InferenceFailed,
@@ -21,6 +20,7 @@ from models.backends.base import (
     TensorSignature,
     as_output,
 )
+from models.checkpoint import ModelUnavailable, verify_weights
 
 INSTALL_HINT = "install the optional backend with: pip install '.[onnx]'"
 

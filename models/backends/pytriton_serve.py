@@ -79,7 +79,7 @@ class PytritonServer:
         self._out: BinaryIO | int = subprocess.DEVNULL
 
     def __enter__(self) -> PytritonServer:
-        self._out = open(self.log_file, "wb") if self.log_file else subprocess.DEVNULL  # noqa: SIM115 (closed in stop)
+        self._out = open(self.log_file, "wb") if self.log_file else subprocess.DEVNULL  # closed in stop()
         self.process = subprocess.Popen(self.command, stdout=self._out, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + self.start_timeout_s
         url = f"http://127.0.0.1:{self.http_port}/v2/models/{self.model_name}/ready"
@@ -89,7 +89,7 @@ class PytritonServer:
                 raise TritonStartError(f"pytriton exited with status {self.process.returncode} before it was "
                                        f"ready{self._log_tail()}")
             try:
-                with urllib.request.urlopen(url, timeout=1.0) as rsp:  # noqa: S310 (loopback)
+                with urllib.request.urlopen(url, timeout=1.0) as rsp:  # loopback only
                     if rsp.status == 200:
                         return self
             except OSError:

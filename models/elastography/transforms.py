@@ -145,7 +145,8 @@ def tissue_region(ds: Dataset, grey: npt.NDArray[np.float32] | None = None) -> R
     if regions is not None:
         found = regions.imaging_region(regions.parse_regions(ds, (rows, cols)))
         if found is not None and found.x1 - found.x0 >= 15 and found.y1 - found.y0 >= 15:
-            to_cm = (lambda v: None if v is None else v / 10.0)
+            def to_cm(v: float | None) -> float | None:
+                return None if v is None else v / 10.0
             return Region(found.x0, found.y0, found.x1, found.y1, to_cm(found.mm_per_px_x),
                           to_cm(found.mm_per_px_y))
     else:

@@ -130,11 +130,11 @@ REFERENCE_WIDTH_MM: dict[str, float] = {
     "STT": 11.0, "CSL": 13.0, "RC": 24.0,
 }
 #: Crop side (for the grader) in bone widths at the joint.
-CROP_FACTORS: dict[str, float] = {**{name: 2.0 for name in JOINTS}, "CMC1": 1.8, "CMC3": 1.8,
+CROP_FACTORS: dict[str, float] = {**dict.fromkeys(JOINTS, 2.0), "CMC1": 1.8, "CMC3": 1.8,
                                   "CMC4": 1.8, "CMC5": 1.8, "STT": 1.6, "CSL": 1.6, "RC": 1.2}
 #: Box extent relative to the bone width: (across the axis, along the axis).
 BOX_FACTORS: dict[str, tuple[float, float]] = {
-    **{name: (1.4, 1.3) for name in JOINTS},
+    **dict.fromkeys(JOINTS, (1.4, 1.3)),
     "STT": (1.2, 1.0), "CSL": (1.1, 1.0), "RC": (1.15, 0.55),
 }
 #: Reference distance (mm) from RC to MCP3 at scale 1.0, the model's hand-size ruler.

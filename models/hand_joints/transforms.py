@@ -149,7 +149,7 @@ class Hand:
 
     def flipped(self) -> Hand:
         """The same hand mirrored the other way (for trying the other side)."""
-        side = {"L": "R", "R": "L"}.get(self.laterality or "", None)
+        side = {"L": "R", "R": "L"}.get(self.laterality or "")
         return Hand(self.pixels[:, ::-1].copy(), self.col0, not self.mirrored, side, self.spacing_mm)
 
 

@@ -94,7 +94,7 @@ def decode_frame(ds: Dataset, index: int = 0) -> np.ndarray:
     ds = _with_transfer_syntax(ds)
     try:
         raw = pixel_array(ds, index=index if total > 1 else None)
-    except Exception as exc:  # decoder errors come as many types; one clear error here  # noqa: BLE001
+    except Exception as exc:  # decoder errors come as many types; one clear error here
         raise UsDecodeError(f"cannot decode pixel data: {type(exc).__name__}: {exc}") from exc
     if total > 1 and raw.ndim == 4:  # a decoder that ignored index
         raw = raw[index]

@@ -241,7 +241,7 @@ def uniform_indices(total: int, n: int) -> list[int]:
     """`n` evenly spaced frame indices of `total` (repeats when total < n)."""
     if total <= 0 or n <= 0:
         return []
-    return [int(round(v)) for v in np.linspace(0, total - 1, n)]
+    return [round(v) for v in np.linspace(0, total - 1, n)]
 
 
 def sample_frames(ds: Dataset, n: int, mode: Sampling = "uniform",

@@ -58,6 +58,6 @@ def doppler_from_header(ds: Dataset) -> tuple[bool | None, str]:
         bits = _mode_bits(ds)
         if bits is not None:
             return bool(bits & COLOUR_MODE_BITS), f"ImageType modes {bits:04X}"
-    except Exception as exc:  # a predicate must never raise  # noqa: BLE001
+    except Exception as exc:  # a predicate must never raise
         return None, f"unreadable header ({type(exc).__name__})"
     return None, "no header cue"

@@ -36,7 +36,7 @@ def has_doppler(ds: Dataset) -> bool:
         return False
     try:
         return pixel_doppler_fraction(ds) >= 0.002
-    except Exception:  # undecodable pixels: no Doppler cue  # noqa: BLE001
+    except Exception:  # undecodable pixels: no Doppler cue
         return False
 
 
@@ -58,7 +58,7 @@ def explain_cine(ds: Dataset) -> list[Cue]:
     """(cue, passed, detail) of `is_cine`."""
     try:
         frames = str(ds.get("NumberOfFrames", "absent"))
-    except Exception:  # an unreadable value is shown as such  # noqa: BLE001
+    except Exception:  # an unreadable value is shown as such
         frames = "unreadable"
     return [("is_cine", is_cine(ds), f"NumberOfFrames {frames}")]
 

@@ -73,7 +73,7 @@ def parse_regions(ds: Dataset, shape: tuple[int, int] | None = None) -> list[Reg
     """Every readable region, bounds clipped to `shape` (rows, cols) or to Rows/Columns."""
     try:
         seq = ds.get("SequenceOfUltrasoundRegions")
-    except Exception:  # a corrupt sequence reads as none  # noqa: BLE001
+    except Exception:  # a corrupt sequence reads as none
         return []
     if not seq:
         return []

@@ -2,7 +2,7 @@
 
 An alert is raised by a streaming route's findings (`Findings.alerts`). It is recorded once per
 (series, key) in the journal, so a rerun after a crash never repeats it. Channels: `log` (a
-structured event), `webhook` (a JSON POST on a background thread), `dicom` (a rendered alert
+structured event), `webhook` (a JSON POST with httpx on a background thread), `dicom` (a rendered alert
 image that the worker queues in the outbox like any result, so it is delivered reliably), and the
 dashboard (`DashboardChannel`, always on: the live stream and the time-to-alert metric).
 Alerts carry no patient names or IDs. A failing channel is logged and never blocks the pipeline.
@@ -14,14 +14,15 @@ import itertools
 import json
 import queue
 import threading
-import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
+import httpx
 import structlog
 
 from sidecar.dicom.uids import short_uid
+from sidecar.errors import AlertError
 
 log = structlog.get_logger("sidecar.alerts")
 
@@ -53,10 +54,16 @@ class LogChannel:
 
 
 class WebhookChannel:
-    """POSTs the alert as JSON; the series UID is shortened, nothing about the patient is sent."""
+    """POSTs the alert as JSON; the series UID is shortened, nothing about the patient is sent.
 
-    def __init__(self, url: str, token: str | None = None, timeout_s: float = 5.0) -> None:
+    `transport` is httpx's seam: tests pass an `httpx.MockTransport`. A refusal or an unreachable
+    receiver raises `AlertError`, whose message names neither the URL nor the token.
+    """
+
+    def __init__(self, url: str, token: str | None = None, timeout_s: float = 5.0,
+                 transport: httpx.BaseTransport | None = None) -> None:
         self.url, self._token, self.timeout_s = url, token, timeout_s
+        self._client = httpx.Client(timeout=timeout_s, transport=transport)
 
     def body(self, alert: Alert) -> bytes:
         payload = asdict(alert)
@@ -67,12 +74,18 @@ class WebhookChannel:
         return json.dumps(payload).encode("utf-8")
 
     def send(self, alert: Alert) -> None:
-        req = urllib.request.Request(self.url, data=self.body(alert), method="POST",
-                                     headers={"Content-Type": "application/json"})
+        headers = {"Content-Type": "application/json"}
         if self._token:
-            req.add_header("Authorization", f"Bearer {self._token}")
-        with urllib.request.urlopen(req, timeout=self.timeout_s) as rsp:  # noqa: S310 (configured URL)
-            rsp.read()
+            headers["Authorization"] = f"Bearer {self._token}"
+        try:
+            rsp = self._client.post(self.url, content=self.body(alert), headers=headers)
+        except httpx.HTTPError as exc:  # connect/read/timeout: the receiver is unreachable
+            raise AlertError(f"webhook unreachable ({type(exc).__name__})") from exc
+        if rsp.is_error:
+            raise AlertError(f"webhook answered HTTP {rsp.status_code}")
+
+    def close(self) -> None:
+        self._client.close()
 
 
 class DashboardChannel:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import re
 
-
 _UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 
 

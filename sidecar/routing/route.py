@@ -70,7 +70,7 @@ class _Malformed:
         self.shown = shown
 
 
-def _raw(ds: Dataset, keyword: str) -> object | None | _Malformed:
+def _raw(ds: Dataset, keyword: str) -> object | _Malformed | None:
     """The element's value; None when absent or empty; _Malformed when it cannot be read."""
     try:
         if keyword not in ds:
@@ -83,7 +83,7 @@ def _raw(ds: Dataset, keyword: str) -> object | None | _Malformed:
     return value
 
 
-def _values(ds: Dataset, keyword: str) -> list[str] | None | _Malformed:
+def _values(ds: Dataset, keyword: str) -> list[str] | _Malformed | None:
     """All values of a (possibly multi-valued) string element, stripped; None when absent."""
     value = _raw(ds, keyword)
     if value is None or isinstance(value, _Malformed):
@@ -100,7 +100,7 @@ def _values(ds: Dataset, keyword: str) -> list[str] | None | _Malformed:
     return [v for v in out if v] or None
 
 
-def _text(ds: Dataset, keyword: str) -> str | None | _Malformed:
+def _text(ds: Dataset, keyword: str) -> str | _Malformed | None:
     """A string element as one string (multiple values joined with a backslash)."""
     vals = _values(ds, keyword)
     if vals is None or isinstance(vals, _Malformed):
@@ -162,7 +162,7 @@ class _PhiMask:
         return self._re.sub("[phi]", text) if self._re is not None else text
 
 
-def _show(value: str | None | _Malformed, mask: _PhiMask) -> str:
+def _show(value: str | _Malformed | None, mask: _PhiMask) -> str:
     if value is None:
         return MISSING
     if isinstance(value, _Malformed):
@@ -202,7 +202,7 @@ def _coded(name: str, keyword: str, wanted: list[str], ds: Dataset, mask: _PhiMa
     return ConditionResult(name, _one_of(wanted), _show(value, mask), ok)
 
 
-def _searched(pattern: str, value: str | None | _Malformed) -> bool:
+def _searched(pattern: str, value: str | _Malformed | None) -> bool:
     return isinstance(value, str) and re.search(pattern, value, re.IGNORECASE) is not None
 
 

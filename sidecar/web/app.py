@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
-from pydicom.errors import InvalidDicomError
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import SecretStr
+from pydicom.errors import InvalidDicomError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse

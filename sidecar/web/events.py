@@ -15,6 +15,7 @@ hooks). Messages carry UIDs, model labels and probabilities, never patient data.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
@@ -25,8 +26,8 @@ from typing import Any
 
 from models.findings import Findings
 from sidecar.alerts.fanout import Alert
-from sidecar.journal import Event, Job
 from sidecar.handoff import InstanceReceived
+from sidecar.journal import Event, Job
 from sidecar.web.metrics import Metrics
 
 
@@ -55,10 +56,8 @@ class Subscription:
 
     def offer(self, msg: Message | None) -> None:
         """From any thread."""
-        try:
+        with contextlib.suppress(RuntimeError):  # the client's loop is gone (server stopping)
             self.loop.call_soon_threadsafe(self._put, msg)
-        except RuntimeError:  # the client's loop is gone (server stopping)
-            pass
 
     def _put(self, msg: Message | None) -> None:
         if self.overflowed:

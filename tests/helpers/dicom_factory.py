@@ -16,10 +16,10 @@ import numpy as np
 from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
     DigitalXRayImageStorageForPresentation,
     ExplicitVRLittleEndian,
     MRImageStorage,
-    PYDICOM_IMPLEMENTATION_UID,
     UltrasoundImageStorage,
     UltrasoundMultiFrameImageStorage,
 )

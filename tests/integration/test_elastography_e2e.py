@@ -11,7 +11,7 @@ import pytest
 import yaml
 from pydicom.uid import SecondaryCaptureImageStorage
 
-from models.registry import sha256_of
+from models.checkpoint import sha256_of
 from tests.helpers.dcmtk import StoreSCP, storescu
 from tests.helpers.sidecar import running_sidecar, write_config
 from tests.helpers.validate import assert_valid_dicom

@@ -8,8 +8,8 @@ import numpy as np
 import pydicom
 import pytest
 
+from models.checkpoint import sha256_of
 from models.hand_joints import joints as J
-from models.registry import sha256_of
 from tests.helpers.dcmtk import StoreSCP, storescu
 from tests.helpers.sidecar import running_sidecar, write_config
 from tests.helpers.validate import assert_valid_dicom

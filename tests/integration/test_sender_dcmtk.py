@@ -19,12 +19,11 @@ from pynetdicom import AE, evt
 from pynetdicom.dsutils import split_dataset
 
 from sidecar.dicom.status import StoreStatus
-from sidecar.errors import DeliveryError
-from sidecar.journal import InstanceRecord, Journal
 from sidecar.egress.sender import Sender
 from sidecar.egress.transport import DicomTransport
-from sidecar.settings import DicomDestination
-from sidecar.settings import Sender as SenderSettings
+from sidecar.errors import DeliveryError
+from sidecar.journal import InstanceRecord, Journal
+from sidecar.settings import DicomDestination, Sender as SenderSettings
 from tests.helpers.dcmtk import StoreSCP
 from tests.helpers.dicom_factory import make_mr
 from tests.helpers.ports import free_port

@@ -27,10 +27,10 @@ from pynetdicom.sop_class import MRImageStorage, Verification
 
 from sidecar.app import Sidecar
 from sidecar.dicom.status import StoreStatus
-from sidecar.errors import ConfigError, DeliveryError
-from sidecar.tls import client_context
 from sidecar.egress.transport import DicomTransport
+from sidecar.errors import ConfigError, DeliveryError
 from sidecar.settings import DestinationTls, DicomDestination, load_settings
+from sidecar.tls import client_context
 from tests.helpers.dcmtk import StoreSCP, storescu
 from tests.helpers.dicom_factory import make_mr, make_mr_series
 from tests.helpers.sidecar import running_sidecar, write_config
@@ -206,7 +206,7 @@ class TestListenerTls:
         """A TCP connection that never says hello does not hold up the next TLS client (no handshake in accept)."""
         with socket.create_connection((HOST, mtls_sidecar.port), timeout=10):
             started = time.monotonic()
-            uid, status = _store_over(mtls_sidecar.port, _client_ctx(pki, pki.client_cert, pki.client_key), seed=306)
+            _uid, status = _store_over(mtls_sidecar.port, _client_ctx(pki, pki.client_cert, pki.client_key), seed=306)
             assert status == StoreStatus.SUCCESS
             assert time.monotonic() - started < 5.0
 

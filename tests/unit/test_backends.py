@@ -26,8 +26,9 @@ from models.backends import (
     TritonConfig,
 )
 from models.backends.triton import EndpointFailed, TritonBackend, TritonRequest
+from models.checkpoint import ModelUnavailable, sha256_of
 from models.lge_qa.wrapper import LgeQaModel, build
-from models.registry import ModelSpec, ModelUnavailable, build_model, sha256_of
+from models.registry import ModelSpec, build_model
 from sidecar.alerts.fanout import Alert, AlertFanout
 from sidecar.journal import InstanceRecord, Journal
 from sidecar.pipeline.worker import Worker
@@ -164,7 +165,7 @@ class TestTritonRetry:
         try:
             backend.run(_x())
             only_old = TritonBackend(TritonConfig(endpoints=("a:1",), deadline_ms=500), SIG, transport)
-            with pytest.raises(InferenceFailed, match="VERSION_MISMATCH.*0.9-old"):
+            with pytest.raises(InferenceFailed, match=r"VERSION_MISMATCH.*0\.9-old"):
                 only_old.run(_x())
             only_old.close()
         finally:
@@ -220,13 +221,13 @@ class _FakeTriton:
         pb, outer = service_pb2, self
 
         class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
-            def ModelConfig(self, request: Any, context: Any) -> Any:  # noqa: N802 (gRPC method name)
+            def ModelConfig(self, request: Any, context: Any) -> Any:
                 config = model_config_pb2.ModelConfig(name=request.name)
                 if version is not None:
                     config.parameters["model_version"].string_value = version
                 return pb.ModelConfigResponse(config=config)
 
-            def ModelInfer(self, request: Any, context: Any) -> Any:  # noqa: N802 (gRPC method name)
+            def ModelInfer(self, request: Any, context: Any) -> Any:
                 outer.requests.append(request)
                 if outer.mode == "error":
                     context.abort(grpc.StatusCode.UNAVAILABLE, "model is unloading")
@@ -371,7 +372,7 @@ class TestRegistry:
                 prop.value = "9.9.9-other"
         other = tmp_path / "other.onnx"
         onnx.save(model, str(other))
-        with pytest.raises(ModelUnavailable, match="9.9.9-other"):
+        with pytest.raises(ModelUnavailable, match=r"9\.9\.9-other"):
             build_model(ModelSpec("lge_qa", DEMO, None, {}, OnnxRuntimeConfig(model_file=other)))
 
     def test_model_without_the_seam_cannot_leave_the_process(self) -> None:
@@ -428,7 +429,7 @@ class TestSettings:
         for backend in ("triton", {"kind": "triton", "endpoints": ["gpu1"]}, {"kind": "triton", "endpoints": []}):
             (tmp_path / "models.yaml").write_text(
                 __import__("yaml").safe_dump({"models": {"lge_qa": {"backend": backend}}}), encoding="utf-8")
-            with pytest.raises(ConfigError, match="models.yaml") as err:
+            with pytest.raises(ConfigError, match=r"models\.yaml") as err:
                 load_settings(tmp_path, env={})
             assert "backend" in str(err.value)
 

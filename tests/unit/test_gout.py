@@ -9,10 +9,11 @@ import pytest
 import torch
 import yaml
 
+from models.checkpoint import sha256_of
 from models.findings import Findings
 from models.gout_mtp1.transforms import view_of
 from models.gout_mtp1.wrapper import ABNORMAL, FINDING_SITE, LABELS, GoutError, build
-from models.registry import ModelSpec, build_model, load_predicates, sha256_of
+from models.registry import ModelSpec, build_model, load_predicates
 from sidecar.routing import route
 from sidecar.settings import load_settings
 from train.common.metrics import roc_auc_delong

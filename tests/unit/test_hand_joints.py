@@ -19,8 +19,7 @@ from pydicom import Dataset
 from pydicom.data import get_testdata_file
 
 from models.base import ClinicalModel
-from models.hand_joints import joints as J
-from models.hand_joints import transforms as T
+from models.hand_joints import joints as J, transforms as T
 from models.hand_joints.wrapper import HandJointsModel, build, scheme_for
 from sidecar.results.sr import build_sr
 from tests.helpers.validate import assert_valid_dicom
@@ -68,7 +67,7 @@ class TestImageHandling:
         """The Fuji CR (MONOCHROME1) displays inverted: high stored values become dark."""
         shown = T.display_pixels(fuji_cr)
         stored = fuji_cr.pixel_array.astype(float)
-        assert shown.dtype == np.float32 and 0.0 <= shown.min() and shown.max() <= 1.0
+        assert shown.dtype == np.float32 and shown.min() >= 0.0 and shown.max() <= 1.0
         assert np.corrcoef(shown[::8, ::8].ravel(), stored[::8, ::8].ravel())[0, 1] < -0.9
 
     def test_real_cr_voi_window_is_applied(self, fuji_cr: Dataset) -> None:

@@ -158,7 +158,7 @@ class TestRouting:
         psir_like = psir_dataset(stack[0])
         psir_like.ImageComments = "TI 175"
         assert not is_lge_psir(psir_like)
-        assert dict((n, ok) for n, ok, _ in explain_cues(scout))["not_ti_scout"] is False
+        assert {n: ok for n, ok, _ in explain_cues(scout)}["not_ti_scout"] is False
 
     def test_missing_or_malformed_tags_give_false_without_raising(self) -> None:
         """An empty header, or garbage in InversionTime, is simply not LGE PSIR."""

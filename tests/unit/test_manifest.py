@@ -106,7 +106,7 @@ class TestBuildManifest:
         _study(tmp_path / "dicom")
         labels = _write_csv(tmp_path / "labels.csv", ["sop_instance_uid", "label"],
                             [["1.2.3.4", "x"]])
-        with pytest.raises(ManifestError, match="1.2.3.4"):
+        with pytest.raises(ManifestError, match=r"1\.2\.3\.4"):
             build_manifest(tmp_path / "dicom", labels, out_csv=tmp_path / "m.csv", strict=True)
 
 

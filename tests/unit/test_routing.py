@@ -7,14 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from models.registry import load_predicates
 from pydantic import ValidationError
 from pydicom import Dataset
 from pydicom.dataelem import RawDataElement
 from pydicom.tag import Tag
 from pydicom.uid import MRImageStorage, UltrasoundImageStorage, UltrasoundMultiFrameImageStorage
 
+from models.registry import load_predicates
 from sidecar.routing import (
     Match,
     Predicate,

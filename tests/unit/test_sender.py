@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,11 +11,10 @@ import pytest
 from structlog.testing import capture_logs
 
 from sidecar.dicom.status import StoreStatus
-from sidecar.journal import InstanceRecord, Journal, OutboxItem
 from sidecar.egress.sender import Sender
 from sidecar.egress.transport import FakeTransport, FolderTransport, SendOutcome, classify_store_status
-from sidecar.settings import DicomDestination, FolderDestination
-from sidecar.settings import Sender as SenderSettings
+from sidecar.journal import InstanceRecord, Journal, OutboxItem
+from sidecar.settings import DicomDestination, FolderDestination, Sender as SenderSettings
 
 SERIES = "1.2.826.0.1.3680043.8.498.1"
 
@@ -148,7 +148,7 @@ class TestBackoff:
             clock.advance_to(item.next_attempt_at - 0.001)
             assert sender.deliver_due("pacs") == 0, "not due yet: no new association"
             clock.advance_to(item.next_attempt_at)
-        assert all(b > a * 1.5 for a, b in zip(delays, delays[1:], strict=False))
+        assert all(b > a * 1.5 for a, b in itertools.pairwise(delays))
         pacs.come_up()
         assert sender.deliver_due("pacs") == 1
         (item,) = items_for(journal, "pacs")

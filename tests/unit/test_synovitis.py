@@ -9,8 +9,9 @@ import pytest
 import torch
 import yaml
 
+from models.checkpoint import sha256_of
 from models.findings import Findings
-from models.registry import ModelSpec, build_model, load_predicates, sha256_of
+from models.registry import ModelSpec, build_model, load_predicates
 from models.synovitis.transforms import VARIANTS, joint_site, to_input
 from models.synovitis.wrapper import LABELS, SynovitisError, build
 from sidecar.routing import route

@@ -70,7 +70,7 @@ class TestVendorFiles:
         else:
             assert (layout.y1 - layout.y0 + 1) * (layout.x1 - layout.x0 + 1) <= ds.Rows * ds.Columns
         assert fc.grey.shape == fc.doppler.shape == (128, 128)
-        assert 0.0 <= fc.grey.min() and fc.grey.max() <= 1.0 and fc.grey.max() > 0.1
+        assert fc.grey.min() >= 0.0 and fc.grey.max() <= 1.0 and fc.grey.max() > 0.1
 
     @pytest.mark.parametrize("name", sorted(VENDOR_FILES))
     def test_doppler_channel_found_only_where_there_is_colour_flow(self, name: str) -> None:

@@ -15,8 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.data import CacheDataset
-from monai.data import Dataset as MonaiDataset
+from monai.data import CacheDataset, Dataset as MonaiDataset
 from monai.transforms import Compose, Transform
 from torch.utils.data import Dataset, WeightedRandomSampler
 

@@ -171,7 +171,7 @@ class Manifest:
         """A copy with one split name per row (e.g. from a patient-level splitter)."""
         if len(splits) != len(self.rows):
             raise ManifestError(f"{len(splits)} split names for {len(self.rows)} rows")
-        return Manifest(tuple(replace(r, split=s) for r, s in zip(self.rows, splits)), self.root)
+        return Manifest(tuple(replace(r, split=s) for r, s in zip(self.rows, splits, strict=True)), self.root)
 
     @classmethod
     def read(cls, path: str | os.PathLike[str]) -> Manifest:

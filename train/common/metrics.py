@@ -18,8 +18,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 from scipy import stats
-from sklearn import calibration as skcal
-from sklearn import metrics as skm
+from sklearn import calibration as skcal, metrics as skm
 
 # Image-to-image and detection metrics live in their own module; their names stay importable here.
 from train.common.image_metrics import (

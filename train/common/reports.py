@@ -140,7 +140,7 @@ def _finish(
     payload = _clean(payload)
     (out / "metrics.json").write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
     (out / "report.md").write_text("\n".join(md) + "\n")
-    return Report(out, payload, tuple([*files, out / "metrics.json", out / "report.md"]))
+    return Report(out, payload, (*files, out / "metrics.json", out / "report.md"))
 
 
 def _header(title: str, facts: Sequence[str]) -> list[str]:

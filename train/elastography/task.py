@@ -252,7 +252,7 @@ def evaluate_arrays(weights: Path, data: Arrays, out_dir: Path, seed: int = 0,
                                             f"{np.median(finite):.3f}, range {finite.min():.3f}–{finite.max():.3f}"),
         "ncc_emode_mean_sd": f"{np.nanmean(nccs_rgb):.3f} ± {np.nanstd(nccs_rgb, ddof=1):.3f}",
         "published_ncc": "0.70 ± 0.08, median 0.70, range 0.50–0.86 (seed study)",
-        "n_images": int(len(v)),
+        "n_images": len(v),
         "weights": str(weights),
         "version": model.card.version,
     }

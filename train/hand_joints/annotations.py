@@ -47,8 +47,7 @@ import pydicom
 from pydicom import Dataset
 from pydicom.errors import InvalidDicomError
 
-from models.hand_joints import joints as J
-from models.hand_joints import transforms as T
+from models.hand_joints import joints as J, transforms as T
 from train.common.manifest import Manifest, ManifestError, ManifestRow
 
 KEY_COLUMNS: tuple[str, ...] = ("sop_instance_uid", "path")

@@ -44,14 +44,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
-from torch.utils.data import Dataset as TorchDataset
+from torch.utils.data import DataLoader, Dataset as TorchDataset
 
-from models.hand_joints import joints as J
-from models.hand_joints import transforms as T
+from models.hand_joints import joints as J, transforms as T
 from models.hand_joints.net import DetectorConfig, JointGrader, build_detector, count_parameters
 from models.hand_joints.wrapper import (
-    spatial_softmax,
     INTENDED_USE,
     MANUFACTURER,
     NAME,
@@ -59,14 +56,15 @@ from models.hand_joints.wrapper import (
     REFERENCE,
     HandJointsModel,
     build,
+    spatial_softmax,
 )
 from train.common import metrics as M
-from train.hand_joints.annotations import AnnotatedImage, from_phantom, read_annotated_manifest, split_of
 from train.common.loops import gaussian_heatmaps
 from train.common.seeding import seed_everything, torch_generator
 from train.common.splits import split_indices
 from train.common.trainer import FitConfig, FitResult, Runtime, Trainer, make_scheduler
 from train.common.weights import save_serving_checkpoint, serving_state, sha256_of
+from train.hand_joints.annotations import AnnotatedImage, from_phantom, read_annotated_manifest, split_of
 from train.phantoms.hand import HandImage, hand_cohort
 from train.tasks import CardRequest, DemoWeightsRequest, EvaluateRequest, FitRequest, TaskSpec, register_task
 
@@ -197,7 +195,7 @@ def _detector_loss(net: torch.nn.Module, batch: dict[str, torch.Tensor], rt: Run
     per-keypoint distance of the soft-argmax (for validation)."""
     x, kp = rt.to_device(batch["image"]), rt.to_device(batch["keypoints"])
     prob = spatial_softmax(net(x).float())
-    n, k, h, w = prob.shape
+    _n, _k, h, w = prob.shape
     xs = torch.arange(w, device=x.device, dtype=torch.float32)
     ys = torch.arange(h, device=x.device, dtype=torch.float32)
     ex = (prob.sum(2) * xs).sum(2)
@@ -442,14 +440,14 @@ def evaluate_model(model: HandJointsModel, images: Sequence[AnnotatedImage], out
                                                  float(M.cohen_kappa(y, p.argmax(1), weights="quadratic")))
         details[f"{tag}.confusion_grade"] = M.confusion_matrix(y, p.argmax(1), labels=list(range(5))).tolist()
         details[f"{tag}.confusion_class"] = M.confusion_matrix(y3, p3.argmax(1), labels=[0, 1, 2]).tolist()
-        details[f"{tag}.n_joints"] = int(len(y))
+        details[f"{tag}.n_joints"] = len(y)
         write_report(out_dir / tag, task="multiclass", y_true=y3, probabilities=p3,
                      class_names=list(J.THREE_CLASSES), title=f"{disease}: healthy / mild / severe per joint",
                      published={f"pr_auc.{k}": v for k, v in PUBLISHED.items() if k.startswith(tag)},
                      n_boot=100, seed=seed)
     details["latency_ms_mean"] = 1000 * float(np.mean(latencies))
     details["hands_unmatched"] = unmatched
-    payload = {"task": "hand_joints", "n_cases": int(len(images)), "source": source, "summary": summary, "details": details,
+    payload = {"task": "hand_joints", "n_cases": len(images), "source": source, "summary": summary, "details": details,
                "published": {k: {"value": v, "ci_low": None, "ci_high": None, "text": f"{v:.3f}"}
                              for k, v in PUBLISHED.items()}}
     (out_dir / "metrics.json").write_text(json.dumps(_json_safe(payload), indent=2))

@@ -226,7 +226,7 @@ def compare(cfg: DemoConfig, out: Path) -> dict[str, Any]:
             if 0 < yk.sum() < len(y):
                 t = M.delong_test(yk, pa[:, k], pb[:, k])
                 rows[name] = {f"auc_{a}": t.auc_a, f"auc_{b}": t.auc_b, "diff": t.difference, "p": t.p}
-        result[f"{a}_vs_{b}"] = {"n_cases": int(len(y)), "per_grade": rows}
+        result[f"{a}_vs_{b}"] = {"n_cases": len(y), "per_grade": rows}
     out.mkdir(parents=True, exist_ok=True)
     (out / "comparison.json").write_text(json.dumps(result, indent=2))
     return result
