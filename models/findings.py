@@ -149,8 +149,8 @@ class Findings:
         bad = self.out_of_domain
         if ref is None:
             return bool(bad)  # a summary over any unassessed input is itself not assessed
-        return any(v.source is None or v.source.sop_instance_uid == ref.sop_instance_uid
-                   and (v.source.frame is None or v.source.frame == ref.frame) for v in bad)
+        return any(v.source is None or (v.source.sop_instance_uid == ref.sop_instance_uid
+                   and (v.source.frame is None or v.source.frame == ref.frame)) for v in bad)
 
     @property
     def alerts(self) -> tuple[Classification, ...]:
