@@ -37,8 +37,7 @@ from sidecar.results import build_results
 from sidecar.routing import route
 from sidecar.settings import load_settings
 from tests.helpers.validate import assert_valid_dicom
-from train.phantoms.breast import KINDS, breast_case, console_emode, demo_series
-from train.phantoms.breast import strain_box as phantom_box
+from train.phantoms.breast import KINDS, breast_case, console_emode, demo_series, strain_box as phantom_box
 from train.phantoms.dicom_writer import REGION_COLOR_FLOW, UsRegion, write
 
 REPO = Path(__file__).resolve().parents[2]
