@@ -186,6 +186,8 @@ class Sidecar:
             self.web.start()  # first: /healthz answers, /readyz says "not yet" until the listener binds
         self.sender.start()
         self.worker.start()
+        if isinstance(self.worker, WorkerPool) and not self.worker.ready.wait(self.settings.service.worker.start_timeout_s):
+            log.warning("worker_processes_not_ready", waited_s=self.settings.service.worker.start_timeout_s)
         self.journal.on_remote_work(jobs=self.worker.notify, results=self.sender.notify)
         self.assembler.start()
         self.scheduler.start()

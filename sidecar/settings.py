@@ -128,6 +128,7 @@ class Worker(_Strict):
     rss_budget_bytes: int = Field(default=2 << 30, gt=0)  # a worker process above this is replaced
     job_timeout_s: float = Field(default=300.0, gt=0)  # a job running longer: its process is replaced
     stop_grace_s: float = Field(default=10.0, gt=0)  # worker processes still alive after it are killed
+    start_timeout_s: float = Field(default=120.0, gt=0)  # the listener opens once workers are ready, or after this
 
 
 class LogAlertChannel(_Strict):

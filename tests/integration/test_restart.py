@@ -219,7 +219,7 @@ class TestWorkerProcesses:
                 worker={"poll_s": 0.05, "torch_threads": 1, "isolation": "process", "processes": 1,
                         "retry_initial_s": 0.2, "retry_max_s": 0.5},
             )
-            sidecar = SidecarProcess(cfg, tmp_path / "sidecar-w.log", start_timeout_s=60.0).start()
+            sidecar = SidecarProcess(cfg, tmp_path / "sidecar-w.log", start_timeout_s=180.0).start()
             try:
                 assert sidecar.proc is not None
                 wait_for(lambda: len(_worker_pids(sidecar.proc.pid)) == 2, 60, "two worker processes")  # type: ignore[union-attr]
