@@ -8,8 +8,10 @@ dimensions. A missing optional tag never raises.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from io import BytesIO
 
 from pydicom import Dataset
+from pydicom.encaps import parse_fragments
 from pydicom.uid import UID
 
 from sidecar.dicom.uids import is_valid_uid
@@ -122,23 +124,34 @@ def _check_pixels(ds: Dataset, frames: int, max_pixels: int) -> None:
             raise InvalidInstance(f"pixel data is {actual} bytes, header needs {expected}")
 
 
-_ITEM_TAG = b"\xfe\xff\x00\xe0"  # (FFFE,E000) Item, little endian
-_SEQUENCE_END = b"\xfe\xff\xdd\xe0"  # (FFFE,E0DD) Sequence Delimitation Item
+class _FragmentPastTheEnd(ValueError):
+    pass
+
+
+class _BoundedBuffer(BytesIO):
+    """pydicom skips over each fragment with seek(); here a skip past the end of the value is an error."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self._size = len(data)
+
+    def seek(self, offset: int, whence: int = 0, /) -> int:
+        pos = super().seek(offset, whence)
+        if pos > self._size:
+            raise _FragmentPastTheEnd
+        return pos
 
 
 def _check_fragments(value: bytes) -> None:
     """Encapsulated pixel data (PS3.5 A.4): a Basic Offset Table item, then at least one fragment
-    item, each an Item tag with a length that fits in what follows. Nothing is decoded."""
-    data, i, items = bytes(value), 0, 0
-    while i < len(data):
-        if data[i:i + 4] == _SEQUENCE_END:
-            break
-        if data[i:i + 4] != _ITEM_TAG or i + 8 > len(data):
-            raise InvalidInstance("encapsulated pixel data has an item that is not an Item tag")
-        length = int.from_bytes(data[i + 4:i + 8], "little")
-        if length == 0xFFFFFFFF or i + 8 + length > len(data):
-            raise InvalidInstance("encapsulated pixel data has a fragment longer than the data")
-        i += 8 + length
-        items += 1
-    if items < 2:
+    item, each an Item tag with a defined length that fits in the value. pydicom's
+    `parse_fragments` walks the items; nothing is decoded."""
+    try:
+        n_items, _ = parse_fragments(_BoundedBuffer(bytes(value)))
+    except _FragmentPastTheEnd:
+        raise InvalidInstance("encapsulated pixel data has a fragment longer than the data") from None
+    except ValueError as exc:  # pydicom: a tag other than Item, or an item of undefined length
+        raise InvalidInstance("encapsulated pixel data has an item that is not an Item tag "
+                              "with a defined length") from exc
+    if n_items < 2:
         raise InvalidInstance("encapsulated pixel data has no fragment")
