@@ -481,6 +481,35 @@ class Journal(JournalQueries, JobRetries):
         with self._tx() as db:
             db.execute("UPDATE instances SET deleted = 1 WHERE sop_instance_uid = ?", (sop_instance_uid,))
 
+    def prune(self, older_than: float, limit: int = 200) -> int:
+        """Forget series finished before `older_than`: their rows in every table. Returns how many.
+
+        Only a series with nothing left to do goes: complete or unrouted, every spool file already
+        removed by retention (a file still spooled would be re-recorded at start as new), no job
+        queued, running or held back (only done or failed ones), no result pending, and nothing
+        received, completed or sent since `older_than`. At most `limit` series per call, in one
+        short transaction, so a first prune of a large journal never stalls ingest.
+        """
+        with self._tx() as db:
+            uids = [str(r[0]) for r in db.execute(
+                "SELECT s.series_uid FROM series s WHERE s.last_received < ?"
+                " AND s.state IN ('complete', 'unrouted') AND COALESCE(s.completed_at, s.last_received) < ?"
+                " AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.series_uid = s.series_uid AND i.deleted = 0)"
+                " AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.series_uid = s.series_uid"
+                " AND j.state NOT IN ('done', 'failed'))"
+                " AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.series_uid = s.series_uid"
+                " AND (o.state = 'pending' OR COALESCE(o.sent_at, o.created_at) >= ?))"
+                " ORDER BY s.last_received LIMIT ?",
+                (older_than, older_than, older_than, limit),
+            ).fetchall()]
+            if not uids:
+                return 0
+            marks = ", ".join("?" * len(uids))
+            for table in ("events", "alerts", "outbox", "jobs", "instances", "series"):
+                db.execute(f"DELETE FROM {table} WHERE series_uid IN ({marks})", uids)  # table names are constants
+        _log.info("journal_pruned", n_series=len(uids))
+        return len(uids)
+
     # -- recovery, leases, replay ------------------------------------------------------------
 
     def probe_write(self) -> None:

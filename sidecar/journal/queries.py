@@ -145,7 +145,7 @@ class JournalQueries:
 
     def undelivered(self, limit: int = 500) -> list[OutboxItem]:
         """Outbox entries not yet sent (pending and dead), oldest first."""
-        rows = self._query(f"SELECT {_OUTBOX_COLS} FROM outbox WHERE state != 'sent' ORDER BY id LIMIT ?", (limit,))
+        rows = self._query(f"SELECT {_OUTBOX_COLS} FROM outbox WHERE state IN ('pending', 'dead') ORDER BY id LIMIT ?", (limit,))
         return [OutboxItem(*r) for r in rows]
 
     def alerts(self, series_uid: str) -> list[tuple[str, str, float]]:

@@ -64,6 +64,8 @@ CREATE TABLE IF NOT EXISTS series (
     last_received {real} NOT NULL,
     completed_at {real}
 );
+CREATE INDEX IF NOT EXISTS series_state ON series(state, first_received);
+CREATE INDEX IF NOT EXISTS series_recent ON series(last_received);
 CREATE TABLE IF NOT EXISTS instances (
     sop_instance_uid TEXT PRIMARY KEY,
     series_uid TEXT NOT NULL REFERENCES series(series_uid),
@@ -114,6 +116,8 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox(destination, state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS outbox_series ON outbox(series_uid);
+CREATE INDEX IF NOT EXISTS outbox_state ON outbox(state, id);
+CREATE INDEX IF NOT EXISTS outbox_job ON outbox(job_id);
 CREATE TABLE IF NOT EXISTS alerts (
     id {pk},
     series_uid TEXT NOT NULL,
@@ -132,6 +136,7 @@ CREATE TABLE IF NOT EXISTS events (
     detail TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS events_series ON events(series_uid, id);
+CREATE INDEX IF NOT EXISTS events_at ON events(at);
 """
 
 

@@ -1,5 +1,8 @@
-"""The SQLite backend: one file in WAL mode, one connection, one lock, short transactions.
+"""The SQLite backend: one file in WAL mode, one write connection, a few read connections.
 
+Reads (the dashboard, metrics, `status`, the listener's duplicate check) go through their own
+read-only connections, so a long dashboard query never holds the lock a C-STORE's journal write
+waits on; WAL lets readers and the writer work at once, each read seeing the last commit.
 Every write is one `BEGIN IMMEDIATE` transaction, so writers on the file (threads of this
 process, or another process on the same machine) are serialised and a claim needs no row locks.
 WAL with synchronous=NORMAL keeps the database consistent through any crash; a commit may be
@@ -15,6 +18,7 @@ and the same write succeeds once space returns.
 
 from __future__ import annotations
 
+import queue
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -67,6 +71,12 @@ class SqliteBackend:
             raise JournalError("synchronous must be NORMAL or FULL")
         path = sqlite_path(url)
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._path = str(path)
+        self._connect = connect
+        self._readers: queue.LifoQueue[sqlite3.Connection] = queue.LifoQueue()
+        self._opened: list[sqlite3.Connection] = []  # every read connection, to close them all
+        self._closed = False
+        self._readers_lock = threading.Lock()
         try:
             self._db = connect(str(path), check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -118,16 +128,39 @@ class SqliteBackend:
         except sqlite3.Error as exc:  # retried before the next BEGIN
             _log.error("journal_rollback_failed", error=str(exc)[:200])
 
+    def _reader(self) -> sqlite3.Connection:
+        try:
+            return self._readers.get_nowait()
+        except queue.Empty:
+            pass
+        conn = self._connect(self._path, check_same_thread=False, isolation_level=None)
+        conn.execute("PRAGMA query_only=ON")
+        conn.execute("PRAGMA busy_timeout=10000")
+        with self._readers_lock:  # not the write lock: a read never waits for a write
+            self._opened.append(conn)
+        return conn
+
     def query(self, sql: str, args: Sequence[object] = ()) -> list[tuple]:  # type: ignore[type-arg]
-        with self._lock:
-            try:
-                return self._db.execute(sql, args).fetchall()
-            except sqlite3.Error as exc:
-                raise JournalError(f"journal read failed: {exc}") from exc
+        """One SELECT on a read connection (never waits for the write lock)."""
+        if self._closed:
+            raise JournalError("journal is closed")
+        try:
+            conn = self._reader()
+        except sqlite3.Error as exc:
+            raise JournalError(f"journal read failed: {exc}") from exc
+        try:
+            return conn.execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise JournalError(f"journal read failed: {exc}") from exc
+        finally:
+            self._readers.put(conn)
 
     def listen(self, callbacks: Mapping[str, Callable[[], None]]) -> None:
         """Nothing to listen to: one process per file, and it wakes its own threads."""
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._readers_lock:
+            self._closed = True
+            for conn in self._opened:
+                conn.close()
             self._db.close()

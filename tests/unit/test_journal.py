@@ -516,3 +516,99 @@ class TestStoredText:
                        (LEGACY_DATE_ERROR,))
         assert "1901-12-31" not in (journal.job(jid).reason or "")  # type: ignore[union-attr]
         assert not any("1901-12-31" in e.detail for e in journal.events("1.2.3"))
+
+
+class TestPrune:
+    """Rows of long-finished series go after the history time; nothing still owed does."""
+
+    def _delivered(self, journal: Journal, series: str, sop: str) -> None:
+        journal.record_instance(_rec(sop, series))
+        journal.mark_complete(series, "test")
+        jid = _job(journal, series=series)
+        assert journal.claim_job() is not None
+        journal.complete_job(jid, [("pacs", f"9.{sop}", "/r.dcm")])
+        [item] = journal.due_outbox("pacs")
+        journal.mark_sent(item.id)
+        journal.add_alert(series, "k", "alert")
+
+    def test_finished_series_is_forgotten_after_the_history_time(self, journal: Journal, clock: Clock) -> None:
+        """Delivered, spool removed, older than the cutoff: every row of it is gone; a recent one stays."""
+        self._delivered(journal, "1.2.3", "1.1")
+        journal.mark_deleted("1.1")
+        clock.t += 100
+        self._delivered(journal, "1.2.4", "2.1")
+        journal.mark_deleted("2.1")
+        assert journal.prune(older_than=clock.t - 50) == 1
+        assert journal.series("1.2.3") is None and journal.jobs("1.2.3") == []
+        assert journal.events("1.2.3") == [] and journal.outbox("1.2.3") == [] and journal.alerts("1.2.3") == []
+        assert not journal.has_instance("1.1")
+        assert journal.series("1.2.4") is not None and journal.has_instance("2.1")
+        assert journal.prune(older_than=clock.t - 50) == 0
+
+    def test_series_with_work_or_spooled_files_is_kept(self, journal: Journal, clock: Clock) -> None:
+        """A file still in the spool, a pending result or a queued job keeps the series' rows."""
+        self._delivered(journal, "1.2.3", "1.1")  # spool file not yet removed by retention
+        journal.record_instance(_rec("3.1", "1.2.5"))
+        journal.mark_complete("1.2.5", "test")
+        jid = _job(journal, series="1.2.5")
+        assert journal.claim_job() is not None
+        journal.complete_job(jid, [("pacs", "9.3", "/r.dcm")])  # result still pending
+        journal.mark_deleted("3.1")
+        journal.record_instance(_rec("4.1", "1.2.6"))
+        journal.mark_complete("1.2.6", "test")
+        _job(journal, series="1.2.6")  # still queued
+        journal.mark_deleted("4.1")
+        clock.t += 10_000
+        assert journal.prune(older_than=clock.t) == 0
+        assert all(journal.series(s) is not None for s in ("1.2.3", "1.2.5", "1.2.6"))
+
+
+class TestSqliteReads:
+    """SQLite reads have their own connections and the hot filters an index."""
+
+    def test_read_answers_while_a_write_transaction_is_open(self, tmp_path: Path) -> None:
+        """A dashboard read does not wait for the write lock a C-STORE's journal write holds."""
+        j = Journal(f"sqlite:///{tmp_path / 'j.sqlite'}", heartbeat_s=0)
+        j.record_instance(_rec("1.1"))
+        inside, release, read_done = threading.Event(), threading.Event(), threading.Event()
+
+        def writer() -> None:
+            with j._backend.transaction() as tx:
+                tx.execute("UPDATE series SET last_received = last_received + 1")
+                inside.set()
+                release.wait(30)
+
+        def reader() -> None:
+            assert j.series("1.2.3") is not None and j.summary()["series"] == {"receiving": 1}
+            read_done.set()
+
+        w = threading.Thread(target=writer)
+        w.start()
+        try:
+            assert inside.wait(30)
+            r = threading.Thread(target=reader)
+            r.start()
+            assert read_done.wait(20), "the read waited for the writer's transaction"
+            r.join()
+        finally:
+            release.set()
+            w.join()
+            j.close()
+
+    @pytest.mark.parametrize(("sql", "args"), [
+        ("SELECT * FROM series WHERE state = ? ORDER BY first_received", ("receiving",)),
+        ("SELECT * FROM series ORDER BY last_received DESC LIMIT ?", (100,)),
+        ("SELECT * FROM outbox WHERE state = 'dead' ORDER BY id", ()),
+        ("SELECT * FROM outbox WHERE state IN ('pending', 'dead') ORDER BY id LIMIT ?", (500,)),
+        ("SELECT * FROM jobs WHERE series_uid = ? ORDER BY id", ("1.2.3",)),
+        ("SELECT * FROM events WHERE series_uid = ? ORDER BY id", ("1.2.3",)),
+        ("SELECT * FROM alerts WHERE series_uid = ? ORDER BY id", ("1.2.3",)),
+    ])
+    def test_hot_filter_uses_an_index(self, tmp_path: Path, sql: str, args: tuple[object, ...]) -> None:
+        """The dashboard's, status' and recovery's filters are index searches, not table scans."""
+        j = Journal(f"sqlite:///{tmp_path / 'j.sqlite'}", heartbeat_s=0)
+        try:
+            plan = " | ".join(str(r[3]) for r in j._query(f"EXPLAIN QUERY PLAN {sql}", args))
+        finally:
+            j.close()
+        assert "USING" in plan and "INDEX" in plan, plan
