@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 
 from sidecar.journal.records import Job
+from sidecar.journal.scrub import scrub_stored
 from sidecar.journal.tx import Tx
 
 _JOB_COLS = ", ".join(Job.__dataclass_fields__)
@@ -36,6 +37,7 @@ class JobRetries:
 
     def retry_job(self, job_id: int, reason: str, not_before: float) -> bool:
         """Put a running job back in the queue, not to be claimed before `not_before`; False if not running."""
+        reason = scrub_stored(reason)
         with self._tx() as db:
             row = db.execute(
                 "UPDATE jobs SET state = 'queued', started_at = NULL, owner = NULL, lease_until = NULL,"
@@ -50,6 +52,7 @@ class JobRetries:
 
     def quarantine_job(self, job_id: int, reason: str) -> bool:
         """Take a job out of circulation for good (until released by hand); False if it is done."""
+        reason = scrub_stored(reason)
         with self._tx() as db:
             row = db.execute(
                 "UPDATE jobs SET state = 'quarantined', finished_at = ?, reason = ?, owner = NULL,"
