@@ -29,6 +29,7 @@ from sidecar.assembly.timers import SchedulerTimers, Timers
 from sidecar.journal import Journal
 from sidecar.logging import register_phi
 from sidecar.handoff import InstanceReceived
+from sidecar.ingest.admission import AdmissionLimits
 from sidecar.ingest.listener import Listener, ListenerConfig
 from sidecar.ingest.reconcile import reconcile_spool, retention_sweep
 from sidecar.egress.sender import Sender
@@ -155,6 +156,11 @@ class Sidecar:
                 calling_ae_titles=tuple(svc.access.calling_ae_titles),
                 require_called_ae_title=svc.access.require_called_ae_title,
                 allowed=tuple(svc.access.allowed), tls=svc.tls,
+                admission=AdmissionLimits(
+                    deadline_s=svc.limits.request_deadline_s, per_address=svc.limits.pending_per_address,
+                    total=svc.limits.pending_total, max_request_bytes=svc.limits.max_request_bytes,
+                    backlog=svc.limits.listen_backlog),
+                idle_timeout_s=svc.limits.association_idle_s,
             ),
             self.spool, self.journal, on_instance=self._instance_received,
             on_release=self.assembler.on_release, on_phi=register_phi, observer=self.metrics,

@@ -28,10 +28,18 @@ class _Strict(BaseModel):
 
 
 class Limits(_Strict):
-    max_instance_bytes: int = Field(default=1 << 30, gt=0)
-    max_pdu_bytes: int = Field(default=0, ge=0)  # 0 = unlimited, as pynetdicom
+    """Listener limits (docs/conformance.md, "Limits" and "Admission")."""
+
+    max_instance_bytes: int = Field(default=1 << 30, gt=0)  # refused as it crosses this, while receiving
+    max_pdu_bytes: int = Field(default=1 << 20, ge=0)  # negotiated; a longer PDU aborts; 0 = unlimited
     max_associations: int = Field(default=16, ge=1)
     min_free_disk_bytes: int = Field(default=1 << 30, ge=0)  # below this: "out of resources"
+    association_idle_s: float = Field(default=60.0, gt=0)  # an association silent this long is dropped
+    request_deadline_s: float = Field(default=10.0, gt=0)  # the whole A-ASSOCIATE-RQ within this of connecting
+    pending_per_address: int = Field(default=32, ge=1)  # not-yet-associated connections from one address
+    pending_total: int = Field(default=256, ge=1)  # not-yet-associated connections from everyone
+    max_request_bytes: int = Field(default=64 * 1024, ge=1024, le=1 << 20)  # longest A-ASSOCIATE-RQ accepted
+    listen_backlog: int = Field(default=128, ge=5)
 
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -158,6 +166,8 @@ class Web(_Strict):
     enabled: bool = False
     host: str = "127.0.0.1"  # loopback by default; the dashboard has no TLS of its own
     port: int = Field(default=8080, ge=0, lt=65536)  # 0: any free port (tests)
+    # Host header values the web port answers (DNS rebinding guard); "*" in an entry as starlette allows
+    allowed_hosts: list[str] = ["127.0.0.1", "localhost", "[::1]"]
     admin_token: SecretStr | None = None  # the dashboard's retry button needs it; None: retry is off
     show_patient_names: bool = False  # a site may turn this on; the dashboard shows none by default
 

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from io import BytesIO
+from pathlib import Path
 
-from pydicom import Dataset
+from pydicom import Dataset, dcmread
+from pydicom.dataelem import RawDataElement
 from pydicom.encaps import parse_fragments
+from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID
 
 from sidecar.dicom.uids import is_valid_uid
@@ -88,6 +91,52 @@ def read_header(ds: Dataset, *, max_pixels: int = 1 << 31, dataset_bytes: int | 
     return InstanceHeader(sop_class, sop_instance, study, series, modality, frames, expected, phi)
 
 
+#: Values longer than this stay on disk when a received file is read (pixel data, large blobs).
+DEFER_BYTES = 16 * 1024
+_PIXEL_DATA = Tag(0x7FE0, 0x0010)
+
+
+def read_header_file(path: Path, *, max_pixels: int = 1 << 31) -> tuple[InstanceHeader, Dataset]:
+    """Read and check a received Part 10 file without loading its pixel data.
+
+    Every element but the pixel data is decoded (so a broken sequence is refused, not kept);
+    the pixel data's length is checked against its header and against the file's size (a
+    truncated file is refused). Nothing is re-encoded.
+    """
+    size = path.stat().st_size
+    try:
+        ds = dcmread(path, defer_size=DEFER_BYTES)
+        _decode_all(ds)
+    except Exception as exc:  # boundary: whatever pydicom raises on a broken file is "cannot understand"
+        raise InvalidInstance(f"dataset cannot be decoded: {type(exc).__name__}") from exc
+    raw = ds.get_item(_PIXEL_DATA) if _PIXEL_DATA in ds else None
+    if isinstance(raw, RawDataElement) and raw.value is None and raw.length != 0xFFFFFFFF:
+        if raw.value_tell + raw.length > size:
+            raise InvalidInstance(f"pixel data is {size - raw.value_tell} bytes, its length says {raw.length}")
+    return read_header(ds, max_pixels=max_pixels), ds
+
+
+def _decode_all(ds: Dataset) -> None:
+    """Convert every element except the (deferred) pixel data, walking into sequences."""
+    for tag in list(ds.keys()):
+        if BaseTag(tag) == _PIXEL_DATA:
+            continue
+        elem = ds[tag]
+        if elem.VR == "SQ":
+            for item in elem.value:
+                _decode_all(item)
+
+
+def _pixel_bytes(ds: Dataset) -> int:
+    """The pixel data's length, without reading a deferred value."""
+    raw = ds.get_item(_PIXEL_DATA)
+    if isinstance(raw, RawDataElement):
+        if raw.value is None:
+            return int(raw.length)
+        return len(raw.value)
+    return len(ds.PixelData)
+
+
 def _check_pixels(ds: Dataset, frames: int, max_pixels: int) -> None:
     rows, cols = _int(ds, "Rows"), _int(ds, "Columns")
     if not rows or not cols or rows < 1 or cols < 1:
@@ -117,7 +166,7 @@ def _check_pixels(ds: Dataset, frames: int, max_pixels: int) -> None:
     if ts is not None and not UID(str(ts)).is_compressed:
         expected = (n_pixels * bits + 7) // 8
         try:
-            actual = len(ds.PixelData)
+            actual = _pixel_bytes(ds)
         except Exception as exc:
             raise InvalidInstance(f"pixel data cannot be read: {type(exc).__name__}") from exc
         if actual < expected:

@@ -57,3 +57,21 @@ class ProviderRejectReason(IntEnum):
 
     TEMPORARY_CONGESTION = 0x01
     LOCAL_LIMIT_EXCEEDED = 0x02
+
+
+class AbortSource(IntEnum):
+    """A-ABORT Source (PS3.8 9.3.8)."""
+
+    SERVICE_USER = 0x00
+    SERVICE_PROVIDER = 0x02
+
+
+class AbortReason(IntEnum):
+    """A-ABORT Reason/Diag. when the source is the service provider (PS3.8 9.3.8)."""
+
+    NOT_SPECIFIED = 0x00
+    UNRECOGNIZED_PDU = 0x01
+    UNEXPECTED_PDU = 0x02
+    UNRECOGNIZED_PDU_PARAMETER = 0x04
+    UNEXPECTED_PDU_PARAMETER = 0x05
+    INVALID_PDU_PARAMETER_VALUE = 0x06

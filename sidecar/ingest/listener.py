@@ -1,15 +1,19 @@
 """The DICOM listener (SCP): C-ECHO and C-STORE, thin handlers that return named statuses.
 
-The C-STORE handler checks the few attributes the sidecar needs, writes the encoded dataset
-to the spool (durably), records it in the journal and only then answers Success. No model work
-runs on the association thread: the assembler is told through a callback that only enqueues.
+Connections wait at the admission gate (`admission.py`) until their A-ASSOCIATE-RQ is whole;
+C-STORE data sets are written to a spool temp file as they arrive (`receive.py`); the handler
+passes that file to the ingest service (`service.py`), which checks the few header tags it
+needs, fsyncs, renames, journals and only then answers Success. No model work runs on the
+association thread: the assembler is told through a callback that only enqueues.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import structlog
@@ -32,11 +36,13 @@ from pydicom.uid import (
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification
 
-from sidecar.dicom.headers import InstanceHeader, read_header
 from sidecar.dicom.status import EchoStatus, ProviderRejectReason, RejectReason, RejectResult, RejectSource, StoreStatus
 from sidecar.handoff import AssociationReleased, InstanceReceived
-from sidecar.errors import InstanceRefused, InstanceTooLarge, InvalidInstance, JournalError, SpoolFull
-from sidecar.journal import InstanceRecord, Journal, Recorded
+from sidecar.errors import SpoolFull
+from sidecar.journal import Journal
+from sidecar.ingest.admission import AdmissionLimits, AdmittingServer
+from sidecar.ingest.receive import SpoolingDimse, install
+from sidecar.ingest.service import IngestService, Outcome
 from sidecar.ingest.spool import Spool
 from sidecar.tls import LazyHandshakeContext, server_context
 from sidecar.settings import Access, AllowedPeer, ListenerTls
@@ -59,6 +65,13 @@ TRANSFER_SYNTAXES: list[str] = [
     RLELossless,
 ]
 
+#: Retired storage classes that older ultrasound and echo consoles still send (PS3.6 A.1, retired
+#: in PS3.4 2004); pynetdicom's storage list no longer carries them.
+RETIRED_STORAGE: dict[str, str] = {
+    "1.2.840.10008.5.1.4.1.1.6": "Ultrasound Image Storage (Retired)",
+    "1.2.840.10008.5.1.4.1.1.3": "Ultrasound Multi-frame Image Storage (Retired)",
+}
+
 
 @dataclass(frozen=True)
 class ListenerConfig:
@@ -67,12 +80,14 @@ class ListenerConfig:
     port: int
     max_instance_bytes: int
     max_associations: int = 16
-    max_pdu_bytes: int = 0
+    max_pdu_bytes: int = 1 << 20  # negotiated; a longer PDU aborts the association
     calling_ae_titles: tuple[str, ...] = ()
     require_called_ae_title: bool = True
     max_pixels: int = 1 << 31  # rows x columns x frames x samples above this is refused
     allowed: tuple[AllowedPeer, ...] = ()  # AE title + source networks (settings.Access)
     tls: ListenerTls | None = None
+    admission: AdmissionLimits = field(default_factory=AdmissionLimits)
+    idle_timeout_s: float = 60.0  # an association silent this long is dropped
 
     @property
     def access(self) -> Access:
@@ -112,6 +127,8 @@ class Listener:
         self._assoc_series: dict[int, set[str]] = {}
         self._lock = threading.Lock()
         self._access = config.access
+        self.service = IngestService(spool, journal, on_instance, max_instance_bytes=config.max_instance_bytes,
+                                     max_pixels=config.max_pixels, on_phi=on_phi)
         self.ae = self._build_ae()
 
     def _build_ae(self) -> AE:
@@ -123,10 +140,18 @@ class Listener:
         ae.add_supported_context(Verification, TRANSFER_SYNTAXES[:3])
         for cx in AllStoragePresentationContexts:
             ae.add_supported_context(cx.abstract_syntax, TRANSFER_SYNTAXES)
-        ae.network_timeout = 60
+        for uid in RETIRED_STORAGE:
+            ae.add_supported_context(uid, TRANSFER_SYNTAXES)
+        ae.network_timeout = self.config.idle_timeout_s  # the DUL's idle timer and each blocking read
         ae.dimse_timeout = 60
         ae.acse_timeout = 30
         return ae
+
+    def _install(self, assoc: Any) -> None:
+        """Per association: bounded PDU reads and C-STORE data sets spooled as they arrive."""
+        pdu = self.config.max_pdu_bytes
+        max_read = max(pdu, self.config.admission.max_request_bytes) + 6 if pdu else 0
+        install(assoc, self.spool, max_read_bytes=max_read, max_instance_bytes=self.config.max_instance_bytes)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -139,14 +164,20 @@ class Listener:
             (evt.EVT_ABORTED, self._handle_aborted),
             (evt.EVT_REJECTED, self._handle_rejected),
             (evt.EVT_ACCEPTED, self._handle_accepted),
+            (evt.EVT_CONN_CLOSE, self._handle_closed),
         ]
         ssl_context: Any = None
         if self.config.tls is not None:
             ssl_context = LazyHandshakeContext(server_context(self.config.tls))
-        self._server = self.ae.start_server(
-            (self.config.bind_host, self.config.port), block=False, evt_handlers=handlers,
-            ssl_context=ssl_context,
+        server = self.ae.make_server(
+            (self.config.bind_host, self.config.port), evt_handlers=handlers, ssl_context=ssl_context,
+            server_class=AdmittingServer, admission=self.config.admission,
+            network_timeout_s=self.config.idle_timeout_s, install=self._install,
         )
+        thread = threading.Thread(target=server.serve_forever, name="AcceptorServer", daemon=True)
+        thread.start()
+        self.ae._servers.append(server)  # as AE.start_server does; AssociationServer.shutdown removes it
+        self._server = server
         log.info("listener_started", ae_title=self.config.ae_title, host=self.config.bind_host,
                  port=self.port, tls=self.config.tls is not None,
                  mutual_tls=bool(self.config.tls and self.config.tls.require_client_cert))
@@ -205,6 +236,14 @@ class Listener:
             log.warning("contexts_rejected", calling_ae=_calling_ae(event),
                         contexts=[f"{uid} (result {res})" for uid, res in rejected[:8]], n=len(rejected))
 
+    def _handle_closed(self, event: evt.Event) -> None:
+        """A connection ended (released, aborted or dropped): no half-received instance stays."""
+        dimse = getattr(event.assoc, "dimse", None)
+        if isinstance(dimse, SpoolingDimse):
+            n = dimse.discard_partial()
+            if n:
+                log.info("partial_instances_discarded", n=n, calling_ae=_calling_ae(event))
+
     def _handle_aborted(self, event: evt.Event) -> None:
         with self._lock:
             self._assoc_series.pop(id(event.assoc), None)
@@ -235,65 +274,51 @@ class Listener:
         """Keep the instance durably, then say Success; anything else is a named failure."""
         calling_ae = _calling_ae(event)
         try:
-            status = self._store(event, calling_ae)
-        except InvalidInstance as exc:
-            return _failure(StoreStatus.CANNOT_UNDERSTAND, str(exc), calling_ae)
-        except InstanceRefused as exc:
-            return _failure(StoreStatus.REFUSED_NOT_AUTHORIZED, str(exc), calling_ae)
-        except (SpoolFull, InstanceTooLarge) as exc:
+            outcome = self._store(event, calling_ae)
+        except SpoolFull as exc:
             return _failure(StoreStatus.REFUSED_OUT_OF_RESOURCES, str(exc), calling_ae)
-        except JournalError as exc:
-            return _failure(StoreStatus.REFUSED_OUT_OF_RESOURCES, f"journal unavailable: {exc}", calling_ae)
         except Exception as exc:  # boundary: never crash the association thread
             log.exception("store_unexpected_error", error_type=type(exc).__name__)
             return _failure(StoreStatus.PROCESSING_FAILURE, f"internal error: {type(exc).__name__}", calling_ae)
-        return status
-
-    def _store(self, event: evt.Event, calling_ae: str) -> int:
-        raw = event.request.DataSet
-        size = raw.getbuffer().nbytes if raw is not None else 0
-        if size > self.config.max_instance_bytes:
-            raise InstanceTooLarge(
-                f"instance of {size} bytes exceeds the limit of {self.config.max_instance_bytes} bytes"
-            )
-        try:
-            ds = event.dataset
-            ds.file_meta = event.file_meta
-            for _ in ds.iterall():  # decode every element now: a broken sequence is refused, not kept
-                pass
-        except Exception as exc:
-            raise InvalidInstance(f"dataset cannot be decoded: {type(exc).__name__}") from exc
-        header = read_header(ds, max_pixels=self.config.max_pixels, dataset_bytes=size)
-        if header.sop_instance_uid != str(event.request.AffectedSOPInstanceUID):
-            raise InvalidInstance("SOPInstanceUID differs from Affected SOP Instance UID")
-        if header.sop_class_uid != str(event.request.AffectedSOPClassUID):
-            raise InvalidInstance("SOPClassUID differs from Affected SOP Class UID")
-        if self._on_phi is not None:
-            self._on_phi(*header.phi)
-        path = self.spool.path_for(header.study_uid, header.series_uid, header.sop_instance_uid)
-        if self.journal.has_instance(header.sop_instance_uid):
-            log.info("instance_duplicate", sop_instance_uid=header.sop_instance_uid)
-            return StoreStatus.SUCCESS  # stored once; a resend is acknowledged, not kept twice
-        data = event.encoded_dataset(include_meta=True)
-        self.spool.write(path, data)
-        recorded = self.journal.record_instance(
-            InstanceRecord(
-                sop_instance_uid=header.sop_instance_uid,
-                sop_class_uid=header.sop_class_uid,
-                series_uid=header.series_uid,
-                study_uid=header.study_uid,
-                modality=header.modality,
-                path=str(path),
-                size=len(data),
-                calling_ae=calling_ae,
-                expected_count=header.expected_count,
-            )
-        )
-        with self._lock:
-            self._assoc_series.setdefault(id(event.assoc), set()).add(header.series_uid)
-        if recorded.new:
-            self._on_instance(InstanceReceived(header, str(path), recorded, calling_ae))
+        if not outcome.ok:
+            return _response(outcome.status, outcome.comment)
+        if outcome.header is not None:
+            with self._lock:
+                self._assoc_series.setdefault(id(event.assoc), set()).add(outcome.header.series_uid)
         return StoreStatus.SUCCESS
+
+    def _store(self, event: evt.Event, calling_ae: str) -> Outcome:
+        dimse = event.assoc.dimse
+        path: Path | None = getattr(event.request, "_dataset_path", None)  # set by SpoolingDimse
+        spooled = dimse.take(path) if isinstance(dimse, SpoolingDimse) else None
+        if spooled is None or path is None:  # not spooled as it arrived: spool it now, same checks
+            fh, path = self.spool.incoming()
+            with fh:
+                fh.write(event.encoded_dataset(include_meta=True))
+        elif spooled.refused:
+            if spooled.name != os.devnull:
+                path.unlink(missing_ok=True)
+            if spooled.write_failed:
+                raise SpoolFull(spooled.write_failed)
+            return _refusal(StoreStatus.REFUSED_OUT_OF_RESOURCES,
+                            f"instance exceeds the limit of {self.config.max_instance_bytes} bytes", calling_ae)
+        return self.service.ingest(
+            path, calling_ae=calling_ae, context_sop_class=str(event.context.abstract_syntax),
+            affected_sop_class=str(event.request.AffectedSOPClassUID),
+            affected_sop_instance=str(event.request.AffectedSOPInstanceUID),
+        )
+
+
+def _refusal(status: StoreStatus, comment: str, calling_ae: str) -> Outcome:
+    log.warning("store_refused", status=status.name, reason=comment, calling_ae=calling_ae)
+    return Outcome(status, comment[:64])
+
+
+def _response(status: StoreStatus, comment: str) -> Dataset:
+    rsp = Dataset()
+    rsp.Status = int(status)
+    rsp.ErrorComment = comment[:64]  # LO: 64 characters
+    return rsp
 
 
 def _failure(status: StoreStatus, comment: str, calling_ae: str) -> Dataset:
@@ -332,4 +357,5 @@ def _peer(event: evt.Event) -> str:
         return ""
 
 
-__all__ = ["AssociationReleased", "InstanceReceived", "Listener", "ListenerConfig", "TRANSFER_SYNTAXES"]
+__all__ = ["AssociationReleased", "InstanceReceived", "Listener", "ListenerConfig", "RETIRED_STORAGE",
+           "TRANSFER_SYNTAXES"]

@@ -8,11 +8,20 @@ either whole or absent.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
+from typing import BinaryIO
 
 from sidecar.dicom.uids import is_valid_uid
-from sidecar.durable import free_bytes, sweep_partials, write_durably
-from sidecar.errors import InvalidInstance
+from sidecar.durable import (
+    PARTIAL_PREFIX,
+    PARTIAL_SUFFIX,
+    free_bytes,
+    sweep_partials,
+    write_durably,
+)
+from sidecar.errors import InvalidInstance, SpoolFull
 
 
 class Spool:
@@ -40,6 +49,37 @@ class Spool:
         """Write `data` to `path` durably (temp file, fsync, rename, fsync folder)."""
         write_durably(path, data, min_free_bytes=self.min_free_bytes, what="spool")
 
+    def incoming(self) -> tuple[BinaryIO, Path]:
+        """A new temporary file below the root for an instance being received (swept after a crash)."""
+        free = self.free_bytes()
+        if free < self.min_free_bytes:
+            raise SpoolFull(f"spool disk: {free // 1024} KiB free, watermark {self.min_free_bytes // 1024} KiB")
+        try:
+            fd, name = tempfile.mkstemp(dir=self.root, prefix=PARTIAL_PREFIX, suffix=PARTIAL_SUFFIX)
+        except OSError as exc:
+            raise SpoolFull(f"spool write failed: {exc.strerror or exc}") from exc
+        return os.fdopen(fd, "wb", buffering=0), Path(name)  # unbuffered: each fragment is one write
+
+    def commit(self, temp: Path, path: Path) -> None:
+        """Make a received temporary file durable at `path`: fsync, rename, fsync the folders."""
+        try:
+            if self.free_bytes() < self.min_free_bytes:
+                raise SpoolFull(f"spool disk below its watermark of {self.min_free_bytes // 1024} KiB")
+            fd = os.open(temp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            created = not path.parent.exists()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(temp, path)
+            _fsync_folder(path.parent)
+            if created:  # new study/series folders: their entries must survive a crash too
+                _fsync_folder(path.parent.parent)
+                _fsync_folder(self.root)
+        except OSError as exc:
+            raise SpoolFull(f"spool write failed: {exc.strerror or exc}") from exc
+
     def remove(self, path: Path) -> None:
         """Remove a delivered instance; empty series/study folders go too."""
         p = Path(path)
@@ -53,3 +93,11 @@ class Spool:
     def sweep_partials(self) -> int:
         """Remove temporary files left by a crash mid-write (never acknowledged). Returns count."""
         return sweep_partials(self.root)
+
+
+def _fsync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -292,12 +292,13 @@ class TestRefusedHeaders:
         _assert_refused(status, StoreStatus.CANNOT_UNDERSTAND, "SOPInstanceUID differs")
         service.assert_still_serving()
 
-    def test_sop_class_differing_from_the_context_is_cannot_understand(self, service: Service) -> None:
-        """A dataset claiming another SOP Class than the context it came on is refused."""
+    def test_sop_class_differing_from_the_context_is_refused_naming_both(self, service: Service) -> None:
+        """A dataset of another SOP Class than its presentation context's abstract syntax: A900, both named."""
         data = _crafted(14, _set("SOPClassUID", UltrasoundImageStorage))
         with service.mr_association() as assoc:
             status = _send_bytes(assoc, data, service.root)
-        _assert_refused(status, StoreStatus.CANNOT_UNDERSTAND, "SOPClassUID differs")
+        _assert_refused(status, StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS, "Ultrasound Image Storage",
+                        "MR Image Storage")
         service.assert_still_serving()
 
 
