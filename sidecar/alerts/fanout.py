@@ -118,6 +118,13 @@ class AlertFanout:
         self._pending = 0
         self.restarts = 0
 
+    def add_channel(self, channel: AlertChannel) -> None:
+        """Another channel (a test's watcher, a channel configured later); alerts from now on reach it."""
+        with self._lock:
+            self.channels.append(channel)
+            self._queues.append(queue.PriorityQueue())
+            self._threads.append(None)
+
     def publish(self, alert: Alert) -> None:
         priority = 0 if alert.instance_uid else 1
         with self._lock:

@@ -390,7 +390,8 @@ class Journal(JournalQueries, JobRetries):
     # -- outbox ---------------------------------------------------------------------------
 
     def due_outbox(self, destination: str, now: float | None = None, limit: int = 64) -> list[OutboxItem]:
-        """The pending items due for `destination` that this node may send now, oldest first.
+        """The pending items due for `destination` that this node may send now: the results of the
+        most urgent jobs first (a streaming slice's SR and alert image before series SRs), then oldest.
 
         Each returned item is leased to this node: other nodes skip it until it is marked sent,
         retried or dead, or until the lease runs out (a node that died mid-send).
@@ -404,12 +405,18 @@ class Journal(JournalQueries, JobRetries):
         with self._tx() as db:
             rows = db.execute(
                 f"UPDATE outbox SET owner = ?, lease_until = ? WHERE id IN (SELECT id FROM outbox WHERE {free}"
-                f" ORDER BY id LIMIT ?{self._skip}) RETURNING {_OUTBOX_COLS}",
+                " ORDER BY (SELECT j.priority FROM jobs j WHERE j.id = outbox.job_id), id"
+                f" LIMIT ?{self._skip}) RETURNING {_OUTBOX_COLS}",
                 (self.node, self._clock() + self.lease_s, *args, limit),
             ).fetchall()
+            items = [OutboxItem(*r) for r in rows]
+            job_ids = sorted({o.job_id for o in items})
+            marks = ", ".join("?" for _ in job_ids)
+            priority = dict(db.execute(f"SELECT id, priority FROM jobs WHERE id IN ({marks})", job_ids).fetchall()
+                            ) if job_ids else {}
         if rows:
             self._start_heartbeat()
-        return sorted((OutboxItem(*r) for r in rows), key=lambda o: o.id)
+        return sorted(items, key=lambda o: (priority.get(o.job_id, 0), o.id))
 
     def next_due_at(self, destination: str) -> float | None:
         """When the next pending item for `destination` falls due here (another node's lease counts)."""

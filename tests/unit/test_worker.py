@@ -401,3 +401,55 @@ class TestQuarantineCommand:
         j = Journal(f"sqlite:///{tmp_path / 'cfg' / 'var' / 'journal.sqlite'}")
         job = j.job(jid)
         assert job is not None and job.state == "queued" and job.attempts == 0
+
+
+class TestPriority:
+    def test_streaming_job_is_claimed_before_an_older_series_job(self, tmp_path: Path) -> None:
+        """The queue is not FIFO across priorities: the slice queued last is claimed first."""
+        j, _, series = _setup(tmp_path, "brightness", "instance", ["sr"])
+        uid = str(series[0].SeriesInstanceUID)
+        j.enqueue_job(series_uid=uid, instance_uid="", model_id="brightness", model_version="1.0.0",
+                      revision=0, route="s", priority=10)
+        slice_job = j.enqueue_job(series_uid=uid, instance_uid=str(series[0].SOPInstanceUID),
+                                  model_id="brightness", model_version="1.0.0", revision=0, route="r", priority=0)
+        claimed = j.claim_job()
+        assert claimed is not None and claimed.id == slice_job
+
+    def test_outbox_hands_out_streaming_results_before_older_series_results(self, tmp_path: Path) -> None:
+        """A slice's result queued after a series SR is sent first."""
+        j, _, series = _setup(tmp_path, "brightness", "instance", ["sr"])
+        uid = str(series[0].SeriesInstanceUID)
+        series_job = j.enqueue_job(series_uid=uid, instance_uid="", model_id="brightness", model_version="1.0.0",
+                                   revision=0, route="s", priority=10)
+        slice_job = j.enqueue_job(series_uid=uid, instance_uid=str(series[0].SOPInstanceUID),
+                                  model_id="brightness", model_version="1.0.0", revision=0, route="r", priority=0)
+        assert series_job is not None and slice_job is not None
+        for _ in range(2):
+            assert j.claim_job() is not None
+        j.complete_job(series_job, [("pacs", "1.2.3.1", "/x/series.dcm")])
+        j.complete_job(slice_job, [("pacs", "1.2.3.2", "/x/slice.dcm")])
+        assert [o.sop_instance_uid for o in j.due_outbox("pacs")] == ["1.2.3.2", "1.2.3.1"]
+
+    def test_fanout_sends_a_streaming_alert_before_series_alerts_waiting(self) -> None:
+        """A channel busy with a series alert takes the slice's alert next, ahead of older series alerts."""
+        release, busy = threading.Event(), threading.Event()
+        got: list[str] = []
+
+        class Slow:
+            def send(self, alert: Alert) -> None:
+                if not got:
+                    busy.set()
+                    assert release.wait(10.0)
+                got.append(alert.key)
+
+        def alert(key: str, instance_uid: str = "") -> Alert:
+            return Alert("1.2.3", key, "m", "label", 0.5, ("x",), instance_uid=instance_uid)
+
+        fanout = AlertFanout([Slow()])
+        fanout.publish(alert("series-1"))
+        assert busy.wait(10.0)  # the channel is sending series-1
+        fanout.publish(alert("series-2"))
+        fanout.publish(alert("slice", instance_uid="1.2.3.4"))
+        release.set()
+        assert fanout.flush(10.0)
+        assert got == ["series-1", "slice", "series-2"]
