@@ -148,8 +148,10 @@ class TritonBackend:
     name = "triton"
 
     def __init__(
-        self, config: TritonConfig, signature: TensorSignature, transport: TritonTransport | None = None
+        self, config: TritonConfig, signature: TensorSignature, transport: TritonTransport | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
+        """`loop` is the event loop the backend runs (a new one by default; tests pass one on virtual time)."""
         if not config.endpoints:
             raise BackendUnavailable("triton backend needs at least one endpoint (host:port)")
         self.config = config
@@ -162,7 +164,7 @@ class TritonBackend:
         self._next = 0  # round-robin start, touched only on the loop thread
         self._failed_at: dict[str, float] = {}
         self._checked: set[str] = set()  # endpoints whose served model version was read
-        self._loop = asyncio.new_event_loop()
+        self._loop = loop if loop is not None else asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name=f"triton-{self.model_name}",
                                          daemon=True)
         self._thread.start()

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import itertools
-import time
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -237,56 +237,94 @@ class TestStatusClassification:
         assert (out.ok, out.retryable, out.status) == (ok, retryable, status)
 
 
+# Worker-thread tests wait on events, never on the wall clock: GUARD_S only bounds a hang (a
+# broken sender fails the test after it), it is never the thing asserted.
+GUARD_S = 30.0
+
+
+class ObservedTransport(FakeTransport):
+    """FakeTransport whose sends can be awaited, and held at a gate (a peer hung mid-association)."""
+
+    def __init__(self, *, gate: threading.Event | None = None, down_for: int = 0) -> None:
+        super().__init__(down_for=down_for)
+        self.entered = threading.Event()  # a send has begun
+        self.returned = threading.Event()  # a send has come back
+        self._gate = gate
+        self._changed = threading.Condition()
+
+    def send(self, paths: Sequence[str]) -> list[SendOutcome]:
+        self.entered.set()
+        if self._gate is not None:
+            self._gate.wait(GUARD_S)
+        outcomes = super().send(paths)
+        with self._changed:
+            self.returned.set()
+            self._changed.notify_all()
+        return outcomes
+
+    def wait_delivered(self, n: int) -> bool:
+        with self._changed:
+            return self._changed.wait_for(lambda: len(self.delivered) >= n, GUARD_S)
+
+
+class PollingJournal(Journal):
+    """A journal that says when a sender worker has found its outbox empty (it then sleeps)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.found_empty = threading.Event()
+
+    def due_outbox(self, destination: str, now: float | None = None, limit: int = 64) -> list[OutboxItem]:
+        items = super().due_outbox(destination, now=now, limit=limit)
+        if not items:
+            self.found_empty.set()
+        return items
+
+
 class TestWorkers:
-    def test_notify_wakes_the_worker_before_the_poll_interval(self, live_journal: Journal, tmp_path: Path) -> None:
-        """Queued work goes out at once on notify(), not after poll_s."""
-        pacs = FakeTransport()
-        sender = make_sender(live_journal, {"pacs": pacs}, poll_s=30.0, echo_on_start=False)
+    def test_notify_wakes_the_worker_before_the_poll_interval(self, tmp_path: Path) -> None:
+        """A worker asleep on an empty outbox with an hour's poll_s delivers queued work on notify()."""
+        journal = PollingJournal(f"sqlite:///{tmp_path / 'journal.sqlite'}")
+        pacs = ObservedTransport()
+        sender = make_sender(journal, {"pacs": pacs}, poll_s=3600.0, echo_on_start=False)
         sender.start()
         try:
-            time.sleep(0.05)  # the worker is asleep on an empty outbox
-            queue_results(live_journal, tmp_path, ["pacs"], 2)
-            t0 = time.monotonic()
+            assert journal.found_empty.wait(GUARD_S)  # the worker polled once and found nothing
+            queue_results(journal, tmp_path, ["pacs"], 2)
             sender.notify("pacs")
-            assert sender.drain(5.0)
-            assert time.monotonic() - t0 < 1.0
+            assert pacs.wait_delivered(2)  # only notify() can have woken it within the guard
         finally:
             sender.stop()
-        assert len(pacs.delivered) == 2
+        assert all(it.state == "sent" for it in items_for(journal, "pacs"))
+        journal.close()
 
     def test_a_dead_destination_does_not_delay_another(self, live_journal: Journal, tmp_path: Path) -> None:
-        """One destination slow and down, the other still delivers within a fraction of a second."""
-        dead = FakeTransport(latency_s=1.0)
-        dead.go_down()
-        live = FakeTransport()
-        sender = make_sender(live_journal, {"dead": dead, "live": live}, poll_s=0.05, backoff_initial_s=0.05)
+        """One destination hung mid-send: the other delivers all its items while that send is still stuck."""
+        gate = threading.Event()
+        dead, live = ObservedTransport(gate=gate), ObservedTransport()
+        sender = make_sender(live_journal, {"dead": dead, "live": live}, poll_s=0.05, echo_on_start=False)
         sender.start()
         try:
             queue_results(live_journal, tmp_path, ["dead", "live"], 3)
-            t0 = time.monotonic()
             sender.notify()
-            while len(live.delivered) < 3 and time.monotonic() - t0 < 5.0:
-                time.sleep(0.01)
-            elapsed = time.monotonic() - t0
-            assert len(live.delivered) == 3
-            assert elapsed < 0.5, elapsed
+            assert dead.entered.wait(GUARD_S)
+            assert live.wait_delivered(3)
+            assert not dead.returned.is_set()  # delivered while the dead destination's send hung
             assert all(it.state == "pending" for it in items_for(live_journal, "dead"))
         finally:
+            gate.set()
             sender.stop(timeout_s=5.0)
-        assert dead.delivered == []
         assert all(it.state == "sent" for it in items_for(live_journal, "live"))
 
     def test_down_destination_delivers_once_it_comes_back(self, live_journal: Journal, tmp_path: Path) -> None:
         """With real threads, items retried during an outage are delivered after recovery."""
-        pacs = FakeTransport(down_for=3)
+        pacs = ObservedTransport(down_for=3)
         sender = make_sender(live_journal, {"pacs": pacs}, poll_s=0.05, backoff_initial_s=0.02, backoff_max_s=0.1,
                              echo_on_start=False)
         queue_results(live_journal, tmp_path, ["pacs"], 2)
         sender.start()
         try:
-            deadline = time.monotonic() + 5.0
-            while len(pacs.delivered) < 2 and time.monotonic() < deadline:
-                time.sleep(0.01)
+            assert pacs.wait_delivered(2)
         finally:
             sender.stop()
         assert len(pacs.delivered) == 2
@@ -304,15 +342,18 @@ class TestWorkers:
         assert {e["event"] for e in logs} == {"destination_echo_ok", "destination_echo_failed"}
 
     def test_stop_is_bounded_while_a_send_hangs(self, live_journal: Journal, tmp_path: Path) -> None:
-        """stop() returns within its timeout even when a send is stuck."""
-        slow = FakeTransport(latency_s=2.0)
-        sender = make_sender(live_journal, {"slow": slow}, echo_on_start=False)
-        queue_results(live_journal, tmp_path, ["slow"], 1)
+        """stop() returns while a send is still stuck: it does not wait for the hung association."""
+        gate = threading.Event()
+        stuck = ObservedTransport(gate=gate)
+        sender = make_sender(live_journal, {"stuck": stuck}, echo_on_start=False)
+        queue_results(live_journal, tmp_path, ["stuck"], 1)
         sender.start()
-        time.sleep(0.1)
-        t0 = time.monotonic()
-        sender.stop(timeout_s=0.3)
-        assert time.monotonic() - t0 < 1.0
+        try:
+            assert stuck.entered.wait(GUARD_S)
+            sender.stop(timeout_s=0.3)
+            assert not stuck.returned.is_set()  # stop() came back with the send still in flight
+        finally:
+            gate.set()
 
 
 class TestFolderTransport:

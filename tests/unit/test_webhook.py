@@ -73,8 +73,10 @@ class TestWebhookChannel:
     def test_failing_webhook_is_logged_by_the_fanout_without_the_url(self) -> None:
         """The fan-out's boundary logs a failing channel with its reason; nothing is raised."""
         channel = WebhookChannel(URL, transport=httpx.MockTransport(lambda r: httpx.Response(503)))
+        fanout = AlertFanout([channel])
         with capture_logs() as logs:
-            AlertFanout._send(channel, _alert())  # the body of each fan-out thread
+            fanout.publish(_alert())
+            assert fanout.flush(timeout_s=30.0)
         failed = [e for e in logs if e["event"] == "alert_channel_failed"]
         assert failed == [{"event": "alert_channel_failed", "log_level": "error", "channel": "WebhookChannel",
                            "error": "webhook answered HTTP 503"}]
