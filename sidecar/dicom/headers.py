@@ -110,9 +110,9 @@ def read_header_file(path: Path, *, max_pixels: int = 1 << 31) -> tuple[Instance
     except Exception as exc:  # boundary: whatever pydicom raises on a broken file is "cannot understand"
         raise InvalidInstance(f"dataset cannot be decoded: {type(exc).__name__}") from exc
     raw = ds.get_item(_PIXEL_DATA) if _PIXEL_DATA in ds else None
-    if isinstance(raw, RawDataElement) and raw.value is None and raw.length != 0xFFFFFFFF:
-        if raw.value_tell + raw.length > size:
-            raise InvalidInstance(f"pixel data is {size - raw.value_tell} bytes, its length says {raw.length}")
+    if (isinstance(raw, RawDataElement) and raw.value is None and raw.length != 0xFFFFFFFF
+            and raw.value_tell + raw.length > size):
+        raise InvalidInstance(f"pixel data is {size - raw.value_tell} bytes, its length says {raw.length}")
     return read_header(ds, max_pixels=max_pixels), ds
 
 
