@@ -36,7 +36,8 @@ import structlog
 from sidecar.assembly.timers import Timers
 from sidecar.errors import JournalError
 from sidecar.handoff import AssociationReleased, InstanceReceived
-from sidecar.journal import Journal, SeriesRow
+from sidecar.journal import SeriesRow
+from sidecar.journal.ports import AssemblyJournal
 from sidecar.routing import Predicate, route
 from sidecar.routing.rules import Route
 
@@ -56,7 +57,7 @@ class SeriesAssembler:
 
     def __init__(
         self,
-        journal: Journal,
+        journal: AssemblyJournal,
         routes: Sequence[Route],
         predicates: Mapping[str, Predicate],
         model_versions: Mapping[str, str],

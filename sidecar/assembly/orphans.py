@@ -13,12 +13,12 @@ import structlog
 
 from sidecar.assembly.assembler import SeriesAssembler
 from sidecar.assembly.timers import Timers
-from sidecar.journal import Journal
+from sidecar.journal.ports import InstanceLog
 
 log = structlog.get_logger("sidecar.assembly.orphans")
 
 
-def adopt_orphans(journal: Journal, assembler: SeriesAssembler, quiet_s: Mapping[str, float],
+def adopt_orphans(journal: InstanceLog, assembler: SeriesAssembler, quiet_s: Mapping[str, float],
                   lease_s: float, now: float) -> int:
     """Complete the series a node stopped receiving when it died; returns how many.
 
@@ -43,7 +43,7 @@ class QuietGuard:
     """Timers for a shared journal: a quiet timer that fires while the series is still receiving
     (another node recorded an instance since it was armed) re-arms for the rest of the quiet time."""
 
-    def __init__(self, inner: Timers, journal: Journal, quiet_s: Mapping[str, float]) -> None:
+    def __init__(self, inner: Timers, journal: InstanceLog, quiet_s: Mapping[str, float]) -> None:
         self._inner = inner
         self._journal = journal
         self._quiet_s = dict(quiet_s)

@@ -2,7 +2,8 @@
 
 `sqlite:///PATH` (the default: one file in WAL mode beside the spool, one sidecar) or
 `postgresql://USER@HOST:PORT/DB` (`pip install .[postgres]`; several sidecars on several hosts
-share it). One interface (`Journal`), one schema (`schema.py`), one test suite run on both.
+share it). One interface (`Journal`), one schema (`schema.py`), one test suite run on both. Consumers
+name the part they use (`ports.py`: InstanceLog, JobQueue, ResultOutbox, AlertLedger, Timeline).
 
 Tables: instances, series, jobs, outbox, alerts, events (a per-series timeline). The listener
 records an instance here after its file is durable in the spool and before it answers Success,
@@ -28,6 +29,7 @@ from sidecar.journal.core import (
     Journal,
     default_node,
 )
+from sidecar.journal.ports import AlertLedger, AssemblyJournal, InstanceLog, JobQueue, ResultOutbox, Timeline
 from sidecar.journal.records import Event, InstanceRecord, Job, OutboxItem, Recorded, SeriesRow, StoredInstance
 from sidecar.journal.schema import SCHEMA_VERSION
 from sidecar.journal.sqlite import sqlite_path
@@ -39,6 +41,7 @@ def open_journal(url: str, **kwargs: object) -> Journal:
 
 
 __all__ = [
+    "AlertLedger", "AssemblyJournal", "InstanceLog", "JobQueue", "ResultOutbox", "Timeline",
     "DEFAULT_LEASE_S", "JOBS_CHANNEL", "OUTBOX_CHANNEL", "SCHEMA_VERSION", "Event", "EventObserver",
     "InstanceRecord", "Job", "Journal", "OutboxItem", "Recorded", "SeriesRow", "StoredInstance",
     "default_node", "open_journal", "sqlite_path",

@@ -1,4 +1,7 @@
-"""Journal fakes: a SQLite connection that fails on cue, and a full disk for the journal.
+"""Journal fakes: a journal whose calls fail on cue, a SQLite connection that fails on cue, a full disk.
+
+`FailingJournal` is the failing fake at the journal seam: any method of any of the journal's
+Protocols (`sidecar.journal.ports`) can be made to fail.
 
 `FailingConnection` is a real `sqlite3.Connection` (passed as `factory=`) whose `execute` raises
 the error SQLite gives for a full disk on the statements a test names, without doing them, so
@@ -16,6 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from sidecar.errors import JournalFull
+from sidecar.journal import Journal
+from sidecar.journal.ports import PORTS
 
 FULL = "database or disk is full"
 
@@ -82,3 +89,54 @@ def fill(disk: Path) -> Path:
     finally:
         os.close(fd)
     return filler
+
+
+def port_methods() -> dict[str, str]:
+    """Each method of the journal's Protocols and the Protocol it belongs to (first one named)."""
+    out: dict[str, str] = {}
+    for port in PORTS:
+        for name in getattr(port, "__protocol_attrs__", None) or [
+            n for n in vars(port) if not n.startswith("_") and callable(vars(port)[n])
+        ]:
+            out.setdefault(name, port.__name__)
+    return out
+
+
+class FailingJournal(Journal):
+    """A real journal any of whose Protocol methods fails on cue: the failing fake for every port.
+
+    `fail("enqueue_job", times=2)` makes the next two calls of that method raise (`JournalFull`
+    by default, or the `error` given) without touching the database; other calls go through.
+    Being a `Journal`, it is an `InstanceLog`, a `JobQueue`, a `ResultOutbox`, an `AlertLedger`
+    and a `Timeline` at once, so it goes wherever any of them, or the whole journal, is taken.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._cues: dict[str, list[BaseException]] = {}
+        self.calls: list[str] = []  # Protocol methods called, in order (failed ones included)
+
+    def fail(self, method: str, times: int = 1, error: BaseException | None = None) -> None:
+        if method not in port_methods():
+            raise ValueError(f"{method!r} is no method of the journal's Protocols")
+        err = error if error is not None else JournalFull(f"journal write failed: {FULL} (fake, {method})")
+        self._cues.setdefault(method, []).extend([err] * times)
+
+    def __getattribute__(self, name: str) -> Any:
+        attr = super().__getattribute__(name)
+        if name.startswith("_") or name not in _PORT_METHODS:
+            return attr
+        cues: dict[str, list[BaseException]] = super().__getattribute__("_cues")
+        calls: list[str] = super().__getattribute__("calls")
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            calls.append(name)
+            pending = cues.get(name)
+            if pending:
+                raise pending.pop(0)
+            return attr(*args, **kwargs)
+
+        return call
+
+
+_PORT_METHODS = frozenset(port_methods())

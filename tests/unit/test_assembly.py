@@ -15,7 +15,7 @@ from sidecar.journal import InstanceRecord, Journal
 from sidecar.journal.sqlite import SqliteBackend
 from sidecar.routing.rules import Route
 from tests.helpers.dicom_factory import make_mr_series, make_us
-from tests.helpers.journal_fakes import FailingConnection, failing_connect
+from tests.helpers.journal_fakes import FailingConnection, FailingJournal, failing_connect
 
 
 class Harness:
@@ -337,3 +337,20 @@ class TestJournalFailures:
         h.timers.advance(1.0)
         assert h.journal.series(uid).state == "complete"  # type: ignore[union-attr]
         assert len(h.journal.jobs(uid)) == 1
+
+    def test_failed_enqueue_keeps_the_slice_until_the_journal_takes_it(self, tmp_path: Path) -> None:
+        """FailingJournal: enqueue_job fails twice; the slice is routed once and its job queued once."""
+        routes = [_route(mode="instance")]
+        h = Harness(tmp_path, routes)
+        fake = FailingJournal(f"sqlite:///{tmp_path / 'fake.sqlite'}", clock=h.timers.now, heartbeat_s=0)
+        h.journal = fake
+        h.asm = SeriesAssembler(fake, routes, {}, {"brightness": "1"}, h.timers, on_job_queued=h._q)
+        fake.fail("enqueue_job", times=2)
+        ds = make_mr_series(1, seed=52)[0]
+        h.receive(ds)  # handled once: routed, then the enqueue failed
+        assert h.asm.pending() == 1 and h.journal.jobs(str(ds.SeriesInstanceUID)) == []
+        assert h.asm.process_pending() == 0
+        assert h.asm.process_pending() == 1 and h.queued == 1
+        assert len(h.journal.jobs(str(ds.SeriesInstanceUID))) == 1
+        assert fake.calls.count("set_route") == 1
+        fake.close()

@@ -16,9 +16,19 @@ from pathlib import Path
 import pytest
 
 from sidecar.errors import JournalError, JournalFull
-from sidecar.journal import InstanceRecord, Journal
+from sidecar.journal import (
+    AlertLedger,
+    AssemblyJournal,
+    InstanceLog,
+    InstanceRecord,
+    JobQueue,
+    Journal,
+    ResultOutbox,
+    Timeline,
+)
+from sidecar.journal.ports import PORTS
 from sidecar.journal.sqlite import SqliteBackend
-from tests.helpers.journal_fakes import failing_connect, fill, small_disk
+from tests.helpers.journal_fakes import FailingJournal, failing_connect, fill, port_methods, small_disk
 from tests.helpers.postgres import require_postgres
 
 LEASE_S = 30.0
@@ -612,3 +622,45 @@ class TestSqliteReads:
         finally:
             j.close()
         assert "USING" in plan and "INDEX" in plan, plan
+
+
+def _as_ports(j: Journal) -> tuple[InstanceLog, JobQueue, ResultOutbox, AlertLedger, Timeline, AssemblyJournal]:
+    """mypy checks here that `Journal` satisfies every Protocol its consumers take."""
+    return j, j, j, j, j, j
+
+
+class TestPorts:
+    """The journal's Protocols, and the failing fake at that seam."""
+
+    def test_journal_is_every_port(self, journal: Journal) -> None:
+        """A Journal is an InstanceLog, JobQueue, ResultOutbox, AlertLedger and Timeline."""
+        assert all(isinstance(journal, port) for port in PORTS)
+        assert len(_as_ports(journal)) == 6
+        missing = [m for m in port_methods() if not callable(getattr(journal, m, None))]
+        assert missing == []
+
+    def test_failing_journal_fails_the_named_call_then_recovers(self, tmp_path: Path) -> None:
+        """fail("record_instance") raises JournalFull once, writes nothing; the retry goes through."""
+        fake = FailingJournal(f"sqlite:///{tmp_path / 'j.sqlite'}", heartbeat_s=0)
+        try:
+            assert all(isinstance(fake, port) for port in PORTS)
+            fake.fail("record_instance")
+            fake.fail("summary", error=JournalError("journal read failed: fake"))
+            with pytest.raises(JournalFull):
+                fake.record_instance(_rec("1.1"))
+            assert not fake.has_instance("1.1")
+            with pytest.raises(JournalError):
+                fake.summary()
+            assert fake.record_instance(_rec("1.1")).new and fake.summary()["series"] == {"receiving": 1}
+            assert fake.calls[:3] == ["record_instance", "has_instance", "summary"]
+        finally:
+            fake.close()
+
+    def test_failing_journal_refuses_a_name_no_port_has(self, tmp_path: Path) -> None:
+        """A typo in the method to fail is an error, not a fake that never fails."""
+        fake = FailingJournal(f"sqlite:///{tmp_path / 'j.sqlite'}", heartbeat_s=0)
+        try:
+            with pytest.raises(ValueError, match="record_instances"):
+                fake.fail("record_instances")
+        finally:
+            fake.close()
