@@ -4,7 +4,8 @@
 # (unpinned, a CUDA build of several GB would come along). Idempotent and quiet on re-runs.
 #   scripts/install.sh          the service and the default test dependencies
 #   scripts/install.sh --test   also the optional parts the suite can exercise here: PostgreSQL and
-#                               psycopg (shared journal), ONNX Runtime and the Triton client
+#                               psycopg (shared journal), ONNX Runtime and the Triton client, and the
+#                               OHIF viewer's built app (npm @ohif/app, dist/ only) for tests/e2e/test_viewer.py
 set -euo pipefail
 TEST_EXTRAS=0; [ "${1:-}" = "--test" ] && TEST_EXTRAS=1
 cd "$(dirname "$0")/.."
@@ -12,11 +13,15 @@ need=()
 command -v storescu >/dev/null || need+=(dcmtk)
 command -v Orthanc >/dev/null || need+=(orthanc)
 command -v dciodvfy >/dev/null || need+=(dicom3tools)
-[ -x /usr/bin/chromium ] || need+=(chromium)          # the dashboard's browser test
+[ -x /usr/bin/chromium ] || need+=(chromium)          # the dashboard's and the viewer's browser tests
+# Orthanc's DICOMweb plugin: the viewer test's PACS and the STOW-RS destination's test peer
+[ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need+=(orthanc-dicomweb)
+command -v DicomSRValidator >/dev/null || need+=(pixelmed-apps)  # pixelmed's SR template validator
 command -v docker-compose >/dev/null || need+=(docker-compose)  # validates docker-compose.yml
 # Opt-in: SIDECAR_WITH_POSTGRES=1 also installs PostgreSQL and psycopg, so the journal suite and
 # tests/integration/test_shared_journal.py run on PostgreSQL too (they skip, saying why, without).
 WITH_PG=${SIDECAR_WITH_POSTGRES:-$TEST_EXTRAS}
+if [ "$TEST_EXTRAS" = 1 ] && ! command -v npm >/dev/null; then need+=(nodejs npm); fi  # fetches OHIF
 if [ "$WITH_PG" = 1 ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then need+=(postgresql); fi
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
@@ -46,4 +51,12 @@ if [ "$TEST_EXTRAS" = 1 ] && ! .venv-triton/bin/python -c "import pytriton" 2>/d
   fi
   [ -x .venv-triton/bin/python ] || "$TRITON_PY" -m venv .venv-triton
   .venv-triton/bin/pip install -q --disable-pip-version-check nvidia-pytriton==0.7.0 onnxruntime
+fi
+# The OHIF viewer (static build, the package's dist/) for the viewer test, pinned; npm only packs
+# the package (its dist/ is the whole app), nothing is built or run with node.
+OHIF_VERSION=3.12.0
+if [ "$TEST_EXTRAS" = 1 ] && [ ! -f ".ohif/$OHIF_VERSION/dist/index.html" ]; then
+  rm -rf ".ohif/$OHIF_VERSION" && mkdir -p ".ohif/$OHIF_VERSION"
+  (cd ".ohif/$OHIF_VERSION" && npm pack --silent "@ohif/app@$OHIF_VERSION" >/dev/null \
+    && tar -xzf ohif-app-$OHIF_VERSION.tgz --strip-components=1 package/dist && rm ohif-app-$OHIF_VERSION.tgz)
 fi

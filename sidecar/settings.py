@@ -110,7 +110,47 @@ class FolderDestination(_Strict):
     path: Path
 
 
-Destination = Annotated[DicomDestination | FolderDestination, Field(discriminator="kind")]
+class DicomwebDestination(_Strict):
+    """STOW-RS (PS3.18 10.5) to a DICOMweb server: results are POSTed to `{url}/studies`.
+
+    `url` is the DICOMweb root (e.g. `https://pacs.example/dicom-web`). The request carries
+    `auth_header: <value>` when a value is given, either in the file as the secret `auth` or
+    from the environment variable named by `auth_env` (read once at start-up; a missing
+    variable stops the start). `tls` verifies an https server against `ca_file` (default: the
+    system's trust store) and may present a client certificate; `server_name` is DICOM-only.
+    """
+
+    kind: Literal["dicomweb"]
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    url: str = Field(pattern=r"^https?://[^/\s]+(/[^\s]*)?$")
+    auth_header: str = Field(default="Authorization", pattern=r"^[A-Za-z0-9-]+$")
+    auth: SecretStr | None = None
+    auth_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    timeout_s: float = Field(default=30.0, gt=0)
+    max_request_bytes: int = Field(default=64 * 1024 * 1024, gt=0)  # files per POST, summed
+    tls: DestinationTls | None = None
+
+    @model_validator(mode="after")
+    def _one_auth_source(self) -> DicomwebDestination:
+        if self.auth is not None and self.auth_env is not None:
+            raise ValueError("give auth or auth_env, not both")
+        if self.tls is not None and not self.url.startswith("https://"):
+            raise ValueError("tls needs an https:// url")
+        if self.tls is not None and self.tls.server_name is not None:
+            raise ValueError("tls.server_name is for DICOM destinations; the url's host is checked")
+        return self
+
+    def with_auth_from(self, env: dict[str, str]) -> DicomwebDestination:
+        """This destination with `auth` read from `env[auth_env]` (load_settings calls it once)."""
+        if self.auth_env is None:
+            return self
+        value = env.get(self.auth_env)
+        if not value:
+            raise ValueError(f"the environment variable {self.auth_env} (a header value)")
+        return self.model_copy(update={"auth": SecretStr(value)})
+
+
+Destination = Annotated[DicomDestination | FolderDestination | DicomwebDestination, Field(discriminator="kind")]
 
 
 class Sender(_Strict):
@@ -407,12 +447,26 @@ def load_settings(config_dir: Path | str = "conf", env: dict[str, str] | None = 
                     f"a destination defined in sidecar.yaml (no {dest!r})",
                 )
     _check_tls(service, service_path)
+    service = _resolve_auth(service, service_path, env)
     for i, ch in enumerate(service.alert_channels):
         if isinstance(ch, DicomAlertChannel) and ch.destination not in {d.name for d in service.destinations}:
             raise ConfigError(
                 str(service_path), f"alert_channels.{i}.destination", f"a destination name (no {ch.destination!r})"
             )
     return Settings(config_dir=cdir, service=service, routes=routes, models=models)
+
+
+def _resolve_auth(service: ServiceSettings, path: Path, env: dict[str, str]) -> ServiceSettings:
+    """DICOMweb destinations with `auth_env` get the header value from the environment now."""
+    if not any(isinstance(d, DicomwebDestination) and d.auth_env for d in service.destinations):
+        return service
+    resolved: list[DicomDestination | FolderDestination | DicomwebDestination] = []
+    for i, dest in enumerate(service.destinations):
+        try:
+            resolved.append(dest.with_auth_from(env) if isinstance(dest, DicomwebDestination) else dest)
+        except ValueError as exc:
+            raise ConfigError(str(path), f"destinations.{i}.auth_env", str(exc)) from exc
+    return service.model_copy(update={"destinations": resolved})
 
 
 def _check_tls(service: ServiceSettings, path: Path) -> None:
@@ -424,7 +478,7 @@ def _check_tls(service: ServiceSettings, path: Path) -> None:
     if service.tls is not None:
         checks.append(("tls", lambda: server_context(service.tls)))  # type: ignore[arg-type]
     for i, dest in enumerate(service.destinations):
-        if isinstance(dest, DicomDestination) and dest.tls is not None:
+        if isinstance(dest, (DicomDestination, DicomwebDestination)) and dest.tls is not None:
             checks.append((f"destinations.{i}.tls", lambda d=dest: client_context(d.tls)))
     for key, build in checks:
         try:

@@ -27,7 +27,7 @@ import structlog
 from sidecar.errors import DeliveryError, JournalError
 from sidecar.journal import Journal, OutboxItem
 from sidecar.egress.transport import SendOutcome, StoreTransport, make_transport
-from sidecar.settings import DicomDestination, FolderDestination
+from sidecar.settings import DicomDestination, DicomwebDestination, FolderDestination
 from sidecar.settings import Sender as SenderSettings
 
 log = structlog.get_logger("sidecar.sender")
@@ -44,7 +44,7 @@ class Sender:
     def __init__(
         self,
         journal: Journal,
-        destinations: Sequence[DicomDestination | FolderDestination],
+        destinations: Sequence[DicomDestination | FolderDestination | DicomwebDestination],
         settings: SenderSettings,
         calling_ae: str,
         transports: Mapping[str, StoreTransport] | None = None,

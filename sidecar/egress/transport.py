@@ -1,7 +1,8 @@
 """The store transport seam: how the sender hands result files to one destination.
 
 `StoreTransport` is the Protocol; `DicomTransport` (C-STORE SCU, pynetdicom) and
-`FolderTransport` (atomic copy) are the real ones; `FakeTransport` is the scripted stand-in
+`FolderTransport` (atomic copy) and `DicomwebTransport` (STOW-RS, sidecar/egress/stow.py)
+are the real ones; `FakeTransport` is the scripted stand-in
 for tests. A transport never touches the journal: it answers one `SendOutcome` per file and
 the sender decides what that means (sent, retry later, dead letter).
 
@@ -40,7 +41,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from sidecar.dicom.status import EchoStatus, StoreStatus
 from sidecar.errors import DeliveryError
 from sidecar.tls import client_context
-from sidecar.settings import DicomDestination, FolderDestination
+from sidecar.settings import DicomDestination, DicomwebDestination, FolderDestination
 
 #: pynetdicom (and PS3.8) allow at most 128 presentation contexts per association request.
 MAX_CONTEXTS = 128
@@ -427,10 +428,16 @@ class FakeTransport:
             return outcomes
 
 
-def make_transport(dest: DicomDestination | FolderDestination, calling_ae: str) -> StoreTransport:
+def make_transport(
+    dest: DicomDestination | FolderDestination | DicomwebDestination, calling_ae: str
+) -> StoreTransport:
     """The real transport for a configured destination."""
     if isinstance(dest, DicomDestination):
         return DicomTransport(dest, calling_ae)
+    if isinstance(dest, DicomwebDestination):
+        from sidecar.egress.stow import DicomwebTransport  # stow.py imports this module
+
+        return DicomwebTransport(dest)
     return FolderTransport(dest)
 
 

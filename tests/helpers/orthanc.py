@@ -11,8 +11,10 @@ localhost, and the tests only ever connect to 127.0.0.1.
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
+import ssl
 import subprocess
 import tempfile
 import time
@@ -30,6 +32,10 @@ START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 HTTP_TIMEOUT_S = 30.0
 ORTHANC_BINARY = "/usr/sbin/Orthanc"
+#: Debian package `orthanc-dicomweb`: QIDO-RS, WADO-RS, STOW-RS and WADO-URI.
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+DICOMWEB_ROOT = "/dicom-web"
+WADO_ROOT = "/wado"
 
 
 class OrthancError(RuntimeError):
@@ -40,13 +46,16 @@ class Orthanc:
     """Orthanc on loopback with a generated config; a context manager.
 
     `modalities` maps a name to (AE title, port) of peers Orthanc may push to (e.g. the
-    sidecar's listener), all on 127.0.0.1.
+    sidecar's listener), all on 127.0.0.1. `dicomweb=True` loads the DICOMweb plugin under
+    `/dicom-web` (and WADO-URI under `/wado`); its `Host` is left unset, so the bulk-data URLs
+    in its answers keep the port the client asked on.
     """
 
     def __init__(
         self, modalities: dict[str, tuple[str, int]] | None = None, ae_title: str = "ORTHANC",
-        extra_config: dict[str, Any] | None = None,
+        extra_config: dict[str, Any] | None = None, *, dicomweb: bool = False,
     ) -> None:
+        self.dicomweb = dicomweb
         self.ae_title = ae_title
         self.host = HOST
         self.http_port = free_port()
@@ -90,12 +99,26 @@ class Orthanc:
             "ConcurrentJobs": 2,
             "StableAge": 2,
             "TcpNoDelay": True,
+            **self._dicomweb_config(),
             **self._extra,
+        }
+
+    def _dicomweb_config(self) -> dict[str, Any]:
+        if not self.dicomweb:
+            return {}
+        return {
+            "Plugins": [str(DICOMWEB_PLUGIN)],
+            "DicomWeb": {"Enable": True, "Root": DICOMWEB_ROOT + "/", "EnableWado": True,
+                         "WadoRoot": WADO_ROOT, "Ssl": False, "StudiesMetadata": "Full",
+                         "SeriesMetadata": "Full"},
         }
 
     def start(self) -> Orthanc:
         if not Path(ORTHANC_BINARY).exists() and shutil.which("Orthanc") is None:
             raise OrthancError("Orthanc not found: install the Debian package 'orthanc'")
+        if self.dicomweb and not DICOMWEB_PLUGIN.exists():
+            raise OrthancError(f"Orthanc's DICOMweb plugin not found at {DICOMWEB_PLUGIN}: "
+                               "install the Debian package 'orthanc-dicomweb' (scripts/install.sh)")
         binary = ORTHANC_BINARY if Path(ORTHANC_BINARY).exists() else str(shutil.which("Orthanc"))
         self._tmp = tempfile.TemporaryDirectory(prefix="orthanc-")
         self.workdir = Path(self._tmp.name)
@@ -151,7 +174,13 @@ class Orthanc:
 
     @property
     def base_url(self) -> str:
-        return f"http://{HOST}:{self.http_port}"
+        scheme = "https" if self._extra.get("SslEnabled") else "http"
+        return f"{scheme}://{HOST}:{self.http_port}"
+
+    @property
+    def dicomweb_url(self) -> str:
+        """The DICOMweb root (QIDO-RS, WADO-RS, STOW-RS) when started with `dicomweb=True`."""
+        return self.base_url + DICOMWEB_ROOT
 
     def rest(
         self, method: str, path: str, body: bytes | str | dict[str, Any] | list[Any] | None = None,
@@ -170,6 +199,7 @@ class Orthanc:
             data, headers["Content-Type"] = body.encode(), "text/plain"
         else:
             data, headers["Content-Type"] = json.dumps(body).encode(), "application/json"
+        headers.update(self._auth_header())
         req = urllib.request.Request(self.base_url + path, data=data, method=method, headers=headers)
         try:
             with _OPENER.open(req, timeout=timeout_s) as rsp:
@@ -181,6 +211,14 @@ class Orthanc:
         if "json" in ctype:
             return json.loads(raw) if raw else None
         return raw
+
+    def _auth_header(self) -> dict[str, str]:
+        """Basic auth as the first RegisteredUsers entry, when the test turned authentication on."""
+        users = self._extra.get("RegisteredUsers") or {}
+        if not self._extra.get("AuthenticationEnabled") or not users:
+            return {}
+        user, password = next(iter(users.items()))
+        return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
     def upload(self, path: Path | str) -> dict[str, Any]:
         """POST a DICOM file to /instances; Orthanc's answer (ID, ParentSeries, Status...)."""
@@ -225,7 +263,12 @@ class Orthanc:
             time.sleep(0.05)
 
 
-# No proxy: a proxy from the environment would send loopback traffic elsewhere.
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+# No proxy: a proxy from the environment would send loopback traffic elsewhere. The helper's own
+# REST calls to an https Orthanc (a test certificate) skip verification: the code under test
+# verifies, the helper only sets up and reads back.
+_UNVERIFIED = ssl.create_default_context()
+_UNVERIFIED.check_hostname = False
+_UNVERIFIED.verify_mode = ssl.CERT_NONE
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=_UNVERIFIED))
 
 __all__ = ["Orthanc", "OrthancError"]

@@ -499,8 +499,10 @@ def xray(
     top = 2**bits_stored - 1
     ds.WindowCenter = float(window_center if window_center is not None else (top + 1) / 2)
     ds.WindowWidth = float(window_width if window_width is not None else top + 1)
-    ds.VOILUTFunction = "LINEAR"
     if modality == "DX":
+        # LINEAR is the default; CR leaves VOI LUT Function (0028,1056, Type 3) out: OHIF's image
+        # library mis-renders a CR that carries it (cornerstone3D #2844).
+        ds.VOILUTFunction = "LINEAR"
         ds.PresentationIntentType = "FOR PRESENTATION"
         ds.ImageType = ["ORIGINAL", "PRIMARY"]
         ds.PixelIntensityRelationship = "LOG"
