@@ -311,8 +311,10 @@ class Sidecar:
             self.sender.start()
 
     def _retention_sweep(self) -> int:
-        cutoff = self.seams.clock() - self.settings.service.sender.retention_s
-        return retention_sweep(self.spool, self.journal, cutoff)
+        now = self.seams.clock()
+        removed = retention_sweep(self.spool, self.journal, now - self.settings.service.sender.retention_s)
+        self.journal.prune(now - self.settings.service.sender.history_s)  # rows of long-finished series
+        return removed
 
     def _adopt_orphans(self) -> int:
         return adopt_orphans(self.journal, self.assembler, {r.name: r.quiet_s for r in self.settings.routes},

@@ -160,6 +160,7 @@ class Sender(_Strict):
     echo_on_start: bool = True
     poll_s: float = Field(default=0.5, gt=0)
     retention_s: float = Field(default=86400.0, ge=0)  # keep spool files this long after delivery
+    history_s: float = Field(default=30 * 86400.0, ge=0)  # keep a finished series' journal rows this long
 
 
 class Worker(_Strict):
