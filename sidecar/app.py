@@ -172,7 +172,7 @@ class Sidecar:
                 models={m: model.card for m, model in self.models.items()}, unavailable=self.unavailable,
                 admin_token=svc.web.admin_token, show_patient_names=svc.web.show_patient_names,
                 on_requeue=self.sender.notify,
-            )), svc.web.host, svc.web.port, self.hub)
+            )), svc.web.host, svc.web.port, self.hub, allowed_hosts=svc.web.allowed_hosts)
         self._started = False
         self._stopped = threading.Event()
 

@@ -34,7 +34,8 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import AE, AllStoragePresentationContexts, evt
-from pynetdicom.sop_class import Verification
+from pynetdicom.service_class import StorageServiceClass
+from pynetdicom.sop_class import Verification, register_uid, uid_to_service_class
 
 from sidecar.dicom.status import EchoStatus, ProviderRejectReason, RejectReason, RejectResult, RejectSource, StoreStatus
 from sidecar.handoff import AssociationReleased, InstanceReceived
@@ -68,9 +69,19 @@ TRANSFER_SYNTAXES: list[str] = [
 #: Retired storage classes that older ultrasound and echo consoles still send (PS3.6 A.1, retired
 #: in PS3.4 2004); pynetdicom's storage list no longer carries them.
 RETIRED_STORAGE: dict[str, str] = {
-    "1.2.840.10008.5.1.4.1.1.6": "Ultrasound Image Storage (Retired)",
-    "1.2.840.10008.5.1.4.1.1.3": "Ultrasound Multi-frame Image Storage (Retired)",
+    "1.2.840.10008.5.1.4.1.1.6": "UltrasoundImageStorageRetired",
+    "1.2.840.10008.5.1.4.1.1.3": "UltrasoundMultiFrameImageStorageRetired",
 }
+
+
+def _register_retired() -> None:
+    """Tell pynetdicom these are Storage classes, so a C-STORE on them reaches our handler."""
+    for uid, keyword in RETIRED_STORAGE.items():
+        if uid_to_service_class(uid) is not StorageServiceClass:
+            register_uid(uid, keyword, StorageServiceClass)
+
+
+_register_retired()
 
 
 @dataclass(frozen=True)

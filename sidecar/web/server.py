@@ -16,6 +16,7 @@ import time
 
 import structlog
 import uvicorn
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp
 
 from sidecar.errors import ConfigError
@@ -25,10 +26,26 @@ log = structlog.get_logger("sidecar.web")
 
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
+_ANY_ADDRESS = {"0.0.0.0", "::", ""}
+
+
+def trusted_hosts(bind_host: str, allowed: tuple[str, ...] | list[str] = LOOPBACK_NAMES) -> list[str]:
+    """The Host header values answered: the configured names plus the address the port is bound to."""
+    names = list(allowed)
+    if bind_host not in _ANY_ADDRESS:
+        names.append(f"[{bind_host}]" if ":" in bind_host else bind_host)
+    return sorted(set(names))
 
 
 class WebServer:
-    def __init__(self, app: ASGIApp, host: str, port: int, hub: EventHub | None = None) -> None:
+    """The web side port. Requests whose Host header names another host get 400 (a page on
+    another site cannot reach the API through DNS rebinding)."""
+
+    def __init__(self, app: ASGIApp, host: str, port: int, hub: EventHub | None = None,
+                 allowed_hosts: tuple[str, ...] | list[str] = LOOPBACK_NAMES) -> None:
+        self.allowed_hosts = trusted_hosts(host, allowed_hosts)
+        app = TrustedHostMiddleware(app, allowed_hosts=self.allowed_hosts)
         self.app, self.host, self._port, self.hub = app, host, port, hub
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -87,4 +104,4 @@ class WebServer:
         log.info("web_stopped")
 
 
-__all__ = ["WebServer"]
+__all__ = ["LOOPBACK_NAMES", "WebServer", "trusted_hosts"]

@@ -7,6 +7,7 @@ calling AE and the peer address. Clients bind to 127.0.0.2 to be a different loo
 
 from __future__ import annotations
 
+import http.client
 import socket
 from collections.abc import Iterator
 
@@ -161,3 +162,47 @@ class TestAccessSettings:
         """Without an allow-list any calling AE title associates."""
         with running_sidecar(write_config(tmp_path / "conf", routes=[])) as app:
             _assert_accepted(_associate(app, "WHOEVER"))
+
+
+def _get(port: int, host_header: str) -> int:
+    """GET /healthz from 127.0.0.1 with the given Host header; the HTTP status."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.putrequest("GET", "/healthz", skip_host=True)
+        conn.putheader("Host", host_header)
+        conn.endheaders()
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+class TestWebHostHeader:
+    """The web side port answers only Host names it is configured for (DNS rebinding guard)."""
+
+    @pytest.fixture
+    def web(self, tmp_path) -> Iterator[Sidecar]:  # type: ignore[no-untyped-def]
+        cfg = write_config(tmp_path / "conf", routes=[], web={"enabled": True, "port": 0})
+        with running_sidecar(cfg) as app:
+            yield app
+
+    @pytest.mark.parametrize("name", ["127.0.0.1", "localhost", "[::1]"])
+    def test_loopback_names_are_answered(self, web: Sidecar, name: str) -> None:
+        """Loopback names (with the port, as browsers send them) get the page."""
+        assert web.web is not None
+        assert _get(web.web.port, f"{name}:{web.web.port}") == 200
+
+    @pytest.mark.parametrize("name", ["evil.example", "attacker.example:8080", "127.0.0.1.nip.io"])
+    def test_other_host_names_are_refused(self, web: Sidecar, name: str) -> None:
+        """A rebinding page's Host (another name resolving to us) gets 400."""
+        assert web.web is not None
+        assert _get(web.web.port, name) == 400
+
+    def test_configured_name_is_answered(self, tmp_path) -> None:  # type: ignore[no-untyped-def]
+        """`web.allowed_hosts` replaces the loopback names."""
+        cfg = write_config(tmp_path / "conf", routes=[],
+                           web={"enabled": True, "port": 0, "allowed_hosts": ["sidecar.hospital.example"]})
+        with running_sidecar(cfg) as app:
+            assert app.web is not None
+            assert _get(app.web.port, "sidecar.hospital.example") == 200
+            assert _get(app.web.port, "localhost") == 400
+            assert _get(app.web.port, "127.0.0.1") == 200  # the bound address itself stays answered
