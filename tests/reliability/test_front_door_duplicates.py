@@ -21,10 +21,10 @@ from pynetdicom import AE, _config
 from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage
 
+from models.us.frontend import locate
 from sidecar.app import Sidecar
 from sidecar.dicom.status import StoreStatus
 from sidecar.ingest.listener import RETIRED_STORAGE
-from models.us.frontend import locate
 from tests.helpers.dicom_factory import fake_uid, make_mr, make_us
 from tests.helpers.raw_peer import associate_rq, command_status, connect, p_data, read_pdu, store_command
 from tests.helpers.sidecar import running_sidecar, write_config
