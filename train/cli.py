@@ -1,4 +1,4 @@
-"""`python -m train <model> fit|evaluate|card|manifest|demo-weights|export [options]`.
+"""`python -m train <model> fit|evaluate|card|manifest|demo-weights|export|fit-guard [options]`.
 
 Parses the command line into the typed requests of train.tasks and hands them to the model's
 registered task. Default folders: runs/<model>/fit (checkpoints, epochs.jsonl, phantoms),
@@ -28,6 +28,7 @@ from train.tasks import (
 )
 
 RUNS = Path("runs")
+MODELS_YAML = Path("conf/models.yaml")
 
 
 def _fit_options(p: argparse.ArgumentParser) -> None:
@@ -139,7 +140,35 @@ def build_parser(tasks: dict[str, TaskSpec]) -> argparse.ArgumentParser:
                     help="queue timeout of the default priority level (default 5000)")
     ex.add_argument("--tolerance", type=float, default=1e-4,
                     help="largest accepted output difference from torch (default 1e-4)")
+    fg = sub.add_parser("fit-guard", help="fit the input-domain guard into a checkpoint (and models.yaml, card)",
+                        description="Fit the input-domain guard (models/guard.py) on in-domain inputs through "
+                                    "the model's own prepare, threshold it on held-out in-domain inputs, store "
+                                    "it in the checkpoint, and update the sha256 in models.yaml and the card.")
+    fg.add_argument("--checkpoint", type=Path,
+                    help="checkpoint to fit the guard into, in place (default: the weights models.yaml names)")
+    fg.add_argument("--models-yaml", type=Path, default=MODELS_YAML,
+                    help=f"models.yaml whose sha256 to update (default {MODELS_YAML})")
+    fg.add_argument("--manifest", type=Path,
+                    help="fit on this manifest's train split, threshold on its val split (default: phantoms)")
+    fg.add_argument("--seed", type=int, default=7001, help="phantom seed (default 7001; +1 calibrates, +2 tests)")
+    fg.add_argument("--n-fit", type=int, help="phantom inputs to fit on (default: per model)")
+    fg.add_argument("--n-calibration", type=int, help="held-out phantom inputs for the threshold")
+    fg.add_argument("--quantile", type=float, default=0.99,
+                    help="threshold quantile of held-out in-domain scores (default 0.99: ~1 %% refused)")
+    fg.add_argument("--no-foreign", action="store_true", help="skip the check on pydicom-data's foreign images")
+    fg.add_argument("--no-card", action="store_true", help="leave the model card as it is")
     return parser
+
+
+def _configured_weights(model_id: str, models_yaml: Path) -> Path:
+    """The weights path models.yaml gives `model_id` (relative to the file's folder)."""
+    import yaml
+
+    entry = (yaml.safe_load(models_yaml.read_text()) or {}).get("models", {}).get(model_id)
+    if not entry or not entry.get("weights"):
+        raise ValueError(f"{models_yaml} names no weights for {model_id!r}; pass --checkpoint")
+    path = Path(entry["weights"])
+    return path if path.is_absolute() else (models_yaml.parent / path).resolve()
 
 
 def _fit_request(spec: TaskSpec, args: argparse.Namespace) -> FitRequest:
@@ -197,6 +226,17 @@ def run(spec: TaskSpec, args: argparse.Namespace) -> str:
         where = f"; Triton model {result.triton_model_dir}" if result.triton_model_dir else ""
         return (f"{args.format} written to {result.model_file}{where}; max |torch - export| "
                 f"{result.max_abs_diff:.2e}; tensors {result.input_name} -> {result.output_name}")
+    if args.command == "fit-guard":
+        from train.common.guard import CARD_DIRS, FitGuardRequest, run_fit_guard
+
+        checkpoint = args.checkpoint or _configured_weights(spec.name, args.models_yaml)
+        guard = run_fit_guard(FitGuardRequest(
+            model_id=spec.name, checkpoint=checkpoint, models_yaml=args.models_yaml, manifest=args.manifest,
+            card_dir=None if args.no_card else CARD_DIRS.get(spec.name), seed=args.seed, n_fit=args.n_fit,
+            n_calibration=args.n_calibration, quantile=args.quantile, check_foreign=not args.no_foreign))
+        s = guard.summary()
+        return (f"domain guard stored in {checkpoint}: threshold {s['threshold']}, held-out flagged "
+                f"{s.get('calibration_flagged')} / {s.get('test_flagged')}, foreign {s.get('foreign')}")
     raise AssertionError(f"unhandled command {args.command!r}")
 
 

@@ -37,6 +37,7 @@ from models.elastography import transforms as T
 from models.elastography.box import StrainBox, place_box, relative_to_box
 from models.elastography.net import DEFAULT_CHANNELS, N_TSUKUBA, ElastographyGenerator
 from models.findings import Classification, Findings, GeneratedImage, ImageRef
+from models.guard import DomainGuard, guard_verdicts
 
 MODEL_ID = "breast_elastography"
 NAME = "Virtual elastography"
@@ -156,6 +157,7 @@ class ElastographyModel:
     def __init__(self, net: ElastographyGenerator, metadata: Mapping[str, Any], alpha: float = 0.65) -> None:
         self.net = net.eval()
         self.metadata = dict(metadata)
+        self.guard = DomainGuard.from_metadata(metadata)
         self.size = int(metadata.get("input_size", T.SIZE))
         self.alpha = float(alpha)
         self.card = card_from_metadata(
@@ -181,6 +183,10 @@ class ElastographyModel:
             raise ElastographyError("no B-mode image to prepare (elastography and Doppler images are not inputs)")
         return ElastographyBatch(torch.from_numpy(np.stack(tensors)), tuple(refs), tuple(regions),
                                  tuple(frames), tuple(lats), skipped)
+
+    def guard_inputs(self, batch: ElastographyBatch) -> tuple[list[np.ndarray], list[ImageRef]]:
+        """The prepared inputs the domain guard checks (what the network sees), with their sources."""
+        return list(batch.tensor.numpy()), list(batch.refs)
 
     def generate(self, tensor: torch.Tensor) -> Generated:
         """Run the generator (and the Tsukuba head) on (N, 1, S, S) inputs in [-1, 1]."""
@@ -216,7 +222,7 @@ class ElastographyModel:
             notes.append(f"{batch.skipped} elastography or Doppler image(s) not used as input")
         return Findings(model_id=MODEL_ID, model_version=self.card.version, classifications=tuple(scores),
                         images=tuple(images), not_for_clinical_use=self.card.not_for_clinical_use,
-                        notes=tuple(notes))
+                        notes=tuple(notes), domain=guard_verdicts(self.guard, *self.guard_inputs(batch)))
 
     def warm_up(self) -> None:
         """One forward pass on zeros, so the first image does not pay for allocation."""

@@ -23,6 +23,7 @@ from pydicom import Dataset
 from models.gout_mtp1.concepts import VOCABULARY
 from models.checkpoint import apply_torch_threads, card_from_metadata, load_checkpoint, untrained_metadata
 from models.findings import Classification, Findings, ImageRef
+from models.guard import DomainGuard, guard_verdicts
 from models.gout_mtp1.net import GoutNet
 from models.gout_mtp1.transforms import GoutTransform, to_input, view_of
 from models.us.headers import laterality
@@ -69,6 +70,7 @@ class GoutModel:
     def __init__(self, net: GoutNet, metadata: Mapping[str, Any], threshold: float) -> None:
         self.net = net.eval()
         self.metadata = dict(metadata)
+        self.guard = DomainGuard.from_metadata(metadata)
         self.threshold = float(threshold)
         self.config = GoutTransform(size=int(metadata.get("input_size", 128)))
         self.card = card_from_metadata(
@@ -82,6 +84,10 @@ class GoutModel:
         return GoutBatch(torch.from_numpy(x),
                          tuple(ImageRef(str(ds.SOPClassUID), str(ds.SOPInstanceUID)) for ds in datasets),
                          tuple(view_of(ds) for ds in datasets), tuple(laterality(ds) for ds in datasets))
+
+    def guard_inputs(self, batch: GoutBatch) -> tuple[list[np.ndarray], list[ImageRef]]:
+        """The prepared inputs the domain guard checks (what the network sees), with their sources."""
+        return list(batch.tensor.numpy()), list(batch.refs)
 
     def probabilities(self, batch: GoutBatch) -> np.ndarray:
         """P(abnormal) per image."""
@@ -103,7 +109,8 @@ class GoutModel:
         return Findings(
             model_id=MODEL_ID, model_version=self.card.version, classifications=items, summary=summary,
             not_for_clinical_use=self.card.not_for_clinical_use,
-            notes=(f"views: {views}", f"abnormal when P >= {self.threshold:.3f}; single model across views"))
+            notes=(f"views: {views}", f"abnormal when P >= {self.threshold:.3f}; single model across views"),
+            domain=guard_verdicts(self.guard, *self.guard_inputs(batch)))
 
     def warm_up(self) -> None:
         with torch.inference_mode():

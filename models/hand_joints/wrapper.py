@@ -35,6 +35,7 @@ from models.checkpoint import (
     apply_torch_threads, card_from_metadata, float_state, read_checkpoint, untrained_metadata,
 )
 from models.findings import Classification, Detection, Findings, ImageRef, Measurement
+from models.guard import DomainGuard, guard_verdicts
 from models.hand_joints import joints as J
 from models.hand_joints import transforms as T
 from models.hand_joints.net import DetectorConfig, JointGrader, build_detector
@@ -167,6 +168,7 @@ class HandJointsModel:
         self.detector = detector.eval()
         self.grader = grader.eval()
         self.metadata = dict(metadata)
+        self.guard = DomainGuard.from_metadata(metadata)
         self.scheme_option = scheme
         self.min_confidence = float(min_confidence)
         self.grid = int(metadata.get("grid", T.GRID))
@@ -221,6 +223,17 @@ class HandJointsModel:
             raise HandJointsError("no radiograph with pixel data to analyse")
         return usable
 
+    def guard_inputs(self, batch: Sequence[Dataset]) -> tuple[list[np.ndarray], list[ImageRef]]:
+        """What the domain guard checks: each hand's detector grid (the detector's own input)."""
+        inputs: list[np.ndarray] = []
+        refs: list[ImageRef] = []
+        for ds in batch:
+            ref = ImageRef(str(ds.SOPClassUID), str(ds.SOPInstanceUID))
+            for hand in T.hands_of(ds):
+                inputs.append(T.detector_grid(hand, self.grid)[0])
+                refs.append(ref)
+        return inputs, refs
+
     def predict(self, batch: Sequence[Dataset]) -> Findings:
         """One Detection per scored joint (per scheme), with its grade; sums per hand."""
         detections: list[Detection] = []
@@ -259,7 +272,7 @@ class HandJointsModel:
         return Findings(
             model_id=MODEL_ID, model_version=self.card.version, measurements=tuple(measurements),
             detections=tuple(detections), not_for_clinical_use=self.card.not_for_clinical_use,
-            notes=tuple(dict.fromkeys(notes)))
+            notes=tuple(dict.fromkeys(notes)), domain=guard_verdicts(self.guard, *self.guard_inputs(batch)))
 
     def warm_up(self) -> None:
         """One pass of each network on zeros."""

@@ -31,6 +31,7 @@ from models.backends import TensorBackend, TensorSignature
 from models.backends.inprocess import InProcessTorch
 from models.checkpoint import card_from_metadata
 from models.findings import Classification, Findings, ImageRef
+from models.guard import DomainGuard, guard_verdicts
 from models.lge_qa.labels import HIGH_CERTAINTY, LABELS, LOW_CERTAINTY
 from models.lge_qa.net import DEFAULT_SIZE, EfficientNetV2
 from models.lge_qa.transforms import TransformConfig, n_frames, slice_to_tensor
@@ -99,6 +100,7 @@ class LgeQaModel:
         self.net = net.eval()
         self.backend: TensorBackend = InProcessTorch(self.net)
         self.metadata = dict(metadata)
+        self.guard = DomainGuard.from_metadata(metadata)
         self.threshold = float(threshold)
         self.config = TransformConfig(
             spacing_mm=float(metadata.get("spacing_mm", TransformConfig.spacing_mm)),
@@ -121,6 +123,10 @@ class LgeQaModel:
         if not tensors:
             raise LgeQaError("no slices to prepare")
         return LgeQaBatch(torch.from_numpy(np.stack(tensors)), tuple(refs))
+
+    def guard_inputs(self, batch: LgeQaBatch) -> tuple[list[np.ndarray], list[ImageRef]]:
+        """The prepared inputs the domain guard checks (what the network sees), with their sources."""
+        return list(batch.tensor.numpy()), list(batch.refs)
 
     def tensor_signature(self) -> TensorSignature:
         """The forward's input (1, S, S) and output (a scalar logit) per slice, and the card version."""
@@ -173,6 +179,7 @@ class LgeQaModel:
                 f"{n_low} of {len(items)} slices low certainty (threshold {self.threshold:.3f}); "
                 "summary probability is the highest slice probability",
             ),
+            domain=guard_verdicts(self.guard, *self.guard_inputs(batch)),
         )
 
     def warm_up(self) -> None:

@@ -25,6 +25,7 @@ from pydicom import Dataset
 from models.synovitis.concepts import VOCABULARY
 from models.checkpoint import apply_torch_threads, card_from_metadata, load_checkpoint, untrained_metadata
 from models.findings import Classification, Findings, ImageRef
+from models.guard import DomainGuard, guard_verdicts
 from models.synovitis.net import SynovitisNet
 from models.synovitis.transforms import VARIANTS, SynovitisTransform, joint_site, to_input
 from models.us.headers import laterality
@@ -85,6 +86,7 @@ class SynovitisModel:
         self.variant, self.spec = variant, VARIANTS[variant]
         self.net = net.eval()
         self.metadata = dict(metadata)
+        self.guard = DomainGuard.from_metadata(metadata)
         self.config = SynovitisTransform(size=int(metadata.get("input_size", 128)),
                                          frames=int(metadata.get("frames", 8)))
         self.card = card_from_metadata(
@@ -101,6 +103,10 @@ class SynovitisModel:
         return SynovitisBatch(torch.from_numpy(np.stack(inputs)), refs,
                               tuple(joint_site(ds) for ds in datasets),
                               tuple(laterality(ds) for ds in datasets))
+
+    def guard_inputs(self, batch: SynovitisBatch) -> tuple[list[np.ndarray], list[ImageRef]]:
+        """The prepared inputs the domain guard checks (what the network sees), with their sources."""
+        return list(batch.tensor.numpy()), list(batch.refs)
 
     def probabilities(self, batch: SynovitisBatch) -> np.ndarray:
         """(N, 4) grade probabilities."""
@@ -123,7 +129,8 @@ class SynovitisModel:
             model_id=self.card.id, model_version=self.card.version, classifications=tuple(items),
             summary=summary, not_for_clinical_use=self.card.not_for_clinical_use,
             notes=(f"variant {self.spec.code} ({self.spec.name}); EULAR-OMERACT combined grade 0-3; "
-                   "series summary is the highest-graded image",))
+                   "series summary is the highest-graded image",),
+            domain=guard_verdicts(self.guard, *self.guard_inputs(batch)))
 
     def warm_up(self) -> None:
         """One forward pass on zeros of the input shape."""

@@ -215,8 +215,9 @@ class Worker:
             self._observe("inferred", job.model_id, time.perf_counter() - t0)
             if job.instance_uid:  # a streaming job reports on its own instance, without a summary
                 findings = findings.for_instance(job.instance_uid)
+            findings = _domain_policy(rule, findings)
             if "alert" in rule.outputs:  # the technologist hears first; the SR is built after
-                self._publish_alerts(job, findings, datasets[0])
+                self._publish_alerts(job, findings, datasets[0], live=rule.live)
             n = self._finish(job, model, rule, findings, datasets)
         except Exception as exc:  # boundary: a failing job never stops the worker
             return self._failed(job, exc, stage[0])
@@ -238,11 +239,12 @@ class Worker:
         except Exception as exc:  # boundary: fall back to one job at a time
             log.warning("batch_failed_running_singly", n_jobs=len(jobs), error_type=type(exc).__name__)
             return [self.run_job(job) for job in jobs]
-        per_job = [findings.for_instance(job.instance_uid) for job in jobs]
+        per_job = [_domain_policy(rule, findings.for_instance(job.instance_uid))
+                   for job, (_, rule, _) in zip(jobs, loaded, strict=True)]
         for job, (_, rule, dss), mine in zip(jobs, loaded, per_job, strict=True):
             if "alert" in rule.outputs:  # every alert of the batch goes out before any SR is built
                 try:
-                    self._publish_alerts(job, mine, dss[0])
+                    self._publish_alerts(job, mine, dss[0], live=rule.live)
                 except Exception as exc:  # boundary: the job below still runs and records its failure
                     log.error("alert_publish_failed", job_id=job.id, error_type=type(exc).__name__)
         outcomes = []
@@ -341,11 +343,11 @@ class Worker:
         queued: list[tuple[str, str, str]] = []
         for ds in objects:
             path = self._write(job, ds)
-            for dest in rule.destinations:
+            for dest in rule.destinations if rule.live else ():  # a silent trial keeps results here
                 queued.append((dest, str(ds.SOPInstanceUID), str(path)))
-        if "alert" in rule.outputs:
+        if "alert" in rule.outputs and rule.live:
             queued.extend(self._alert_images(job, findings, datasets[0], input_uid))
-        self.journal.complete_job(job.id, queued, detail=f"{len(objects)} objects")
+        self.journal.complete_job(job.id, queued, detail=f"{len(objects)} objects; {_trial_facts(job, rule, findings)}")
         numbers = {str(ds.SOPInstanceUID): _int_or_none(ds.get("InstanceNumber")) for ds in datasets}
         self._observe("finished", job, findings, numbers)
         return len(objects)
@@ -376,11 +378,17 @@ class Worker:
             out.append((index, c.label, p, inst_no, lines))
         return out
 
-    def _publish_alerts(self, job: Job, findings: Findings, source: Dataset) -> None:
-        """Log/webhook/dashboard once per alert key (recorded in the journal, so a rerun is silent)."""
+    def _publish_alerts(self, job: Job, findings: Findings, source: Dataset, *, live: bool = True) -> None:
+        """Log/webhook/dashboard once per alert key (recorded in the journal, so a rerun is silent).
+
+        A silent-trial route (`live: false`) records the would-be alert in the journal only (key and
+        text marked "trial"), for the dashboard's timeline and `sidecar trial report`."""
         input_uid = job.instance_uid or job.series_uid
         for index, label, p, inst_no, lines in self._alert_lines(job, findings, source):
             key = f"{job.model_id}:{input_uid}:{index}:{label}:r{job.revision}"
+            if not live:
+                self.journal.add_alert(job.series_uid, f"trial:{key}", " | ".join(("TRIAL, NOT SENT", *lines)), job.id)
+                continue
             if self.journal.add_alert(job.series_uid, key, " | ".join(lines), job.id):
                 self.fanout.publish(Alert(job.series_uid, key, job.model_id, label, p, lines, inst_no,
                                           instance_uid=job.instance_uid, received_at=self._received_at(job),
@@ -408,6 +416,18 @@ class Worker:
             return inst.received_at if inst is not None else None
         row = self.journal.series(job.series_uid)
         return row.last_received if row is not None else None
+
+
+def _domain_policy(rule: Route, findings: Findings) -> Findings:
+    """The route's `out_of_domain` policy: "suppress" drops results about inputs the guard refused."""
+    return findings.assessed_only() if rule.out_of_domain == "suppress" else findings
+
+
+def _trial_facts(job: Job, rule: Route, findings: Findings) -> str:
+    """Key=value facts of a finished job in its journal event, read back by `sidecar trial report`."""
+    n_inputs = len(findings.domain) or len(findings.classifications) or 1
+    return (f"job={job.id} model={job.model_id} live={int(rule.live)} alerts={len(findings.alerts)} "
+            f"ood={len(findings.out_of_domain)}/{n_inputs}")
 
 
 def _int_or_none(v: object) -> int | None:

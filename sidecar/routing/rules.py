@@ -113,3 +113,9 @@ class Route(_Strict):
     short_grace_s: float | None = Field(default=None, gt=0)
     complete_on_release: bool = False
     enabled: bool = True
+    # An input outside the model's validated domain (models/guard.py) is never an alert; "flag"
+    # writes the model's result beside the "not assessed" statement, "suppress" only the statement.
+    out_of_domain: Literal["flag", "suppress"] = "flag"
+    # Silent trial: false runs the model on real traffic and keeps results and would-be alerts in
+    # the results store, journal and dashboard, but sends nothing to the PACS or the console.
+    live: bool = True

@@ -148,6 +148,8 @@ class LiveFeed:
 
     def finished(self, job: Job, findings: Findings, instance_numbers: Mapping[str, int | None]) -> None:
         now = time.time()
+        n_out = len(findings.out_of_domain)
+        self.metrics.domain_checked(job.model_id, len(findings.domain) - n_out, n_out)
         for c in findings.classifications:
             if c.source is None:
                 continue
@@ -157,6 +159,7 @@ class LiveFeed:
                 "model": job.model_id, "label": c.label,
                 "probabilities": {k: round(float(v), 4) for k, v in c.probabilities.items()},
                 "uncertain": c.uncertain, "revision": job.revision, "at": now,
+                "out_of_domain": findings.is_out_of_domain(c.source),
             })
 
     def alert(self, alert: Alert) -> None:

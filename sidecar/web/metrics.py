@@ -123,6 +123,9 @@ class Metrics:
         self.outbox_failures = Counter(
             "sidecar_outbox_failures", "Failed delivery attempts (retried or dead), by destination",
             ["destination"], registry=r)
+        self.inputs_assessed = Counter(
+            "sidecar_inputs_checked", "Inputs the models' domain guards checked, by model and verdict "
+            "(in_domain, out_of_domain)", ["model", "verdict"], registry=r)
         for name in destinations:
             self.outbox_failures.labels(name)
         if process:
@@ -142,6 +145,13 @@ class Metrics:
 
     def inferred(self, model_id: str, seconds: float) -> None:
         self.inference_seconds.labels(model_id).observe(seconds)
+
+    def domain_checked(self, model_id: str, in_domain: int, out_of_domain: int) -> None:
+        """Counts one job's domain verdicts (an input outside the domain is "not assessed")."""
+        if in_domain:
+            self.inputs_assessed.labels(model_id, "in_domain").inc(in_domain)
+        if out_of_domain:
+            self.inputs_assessed.labels(model_id, "out_of_domain").inc(out_of_domain)
 
     def alert_raised(self, alert: Alert) -> None:
         if alert.received_at is not None and alert.raised_at:

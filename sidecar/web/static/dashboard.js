@@ -116,11 +116,14 @@ function renderSlices() {
     const p = s.probabilities[s.label];
     const other = Object.entries(s.probabilities).filter(([k]) => k !== s.label);
     const risk = s.uncertain ? 1 : (other.length ? other[0][1] : 0);
-    box.append(el("div", { class: "slice" + (s.uncertain ? " uncertain" : ""),
-                          dataset: { instanceUid: s.instance_uid, label: s.label, uncertain: String(s.uncertain) },
+    const ood = Boolean(s.out_of_domain);
+    box.append(el("div", { class: "slice" + (ood ? " out-of-domain" : (s.uncertain ? " uncertain" : "")),
+                          dataset: { instanceUid: s.instance_uid, label: s.label, uncertain: String(s.uncertain),
+                                     outOfDomain: String(ood) },
                           title: `${s.model} ${JSON.stringify(s.probabilities)}` },
       el("div", {}, `image ${s.instance_number ?? "?"}${s.frame ? " f" + s.frame : ""}`),
-      el("div", {}, `${s.label.replace(/_/g, " ")} ${p.toFixed(2)}`),
+      el("div", {}, ood ? "not assessed: outside the model's domain"
+                        : `${s.label.replace(/_/g, " ")} ${p.toFixed(2)}`),
       el("div", { class: "bar" }, el("span", { style: `width:${Math.round(100 * Math.min(1, risk))}%` }))));
   }
   if (!slices.length) box.append(el("p", { class: "muted" }, "No per-image results yet."));
