@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -64,7 +65,7 @@ def _spectrum_bands(v: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     r = np.hypot((yy - h / 2) / max(h / 2, 1), (xx - w / 2) / max(w / 2, 1))
     edges = np.linspace(0.0, 1.0, _BANDS + 1)
     total = float(power.sum()) + 1e-12
-    bands = [float(power[(r >= lo) & (r < hi)].sum()) / total for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
+    bands = [float(power[(r >= lo) & (r < hi)].sum()) / total for lo, hi in pairwise(edges)]
     return np.log(np.asarray(bands) + 1e-6)
 
 
