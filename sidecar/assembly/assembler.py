@@ -99,6 +99,11 @@ class SeriesAssembler:
             self._bulk.append(item)  # behind that association's own instances in either lane
             self._wake.notify()
 
+    @property
+    def alive(self) -> bool:
+        """True while the assembler's thread runs (the service's supervisor restarts it otherwise)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def pending(self) -> int:
         """Instances and releases queued and not yet handled."""
         with self._wake:
