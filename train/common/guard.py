@@ -325,9 +325,14 @@ def run_fit_guard(req: FitGuardRequest) -> DomainGuard:
         flagged, refused, total = foreign_flagged(fit.guard, model, foreign_datasets())
         figures["foreign"] = {"flagged": flagged, "refused": refused, "total": total}
     guard = DomainGuard(fit.guard.mean, fit.guard.precision, fit.guard.threshold, fit.guard.quantile, figures)
+    old_sha = sha256_of(req.checkpoint)
     sha = store_guard(req.checkpoint, guard)
     if req.models_yaml is not None:
         update_models_yaml(req.models_yaml, req.model_id, sha)
     if req.card_dir is not None:
         write_guard_card(req.card_dir, guard.summary())
+        for name in ("card.md", "card.yaml"):  # the card names the weights it describes by SHA-256
+            f = req.card_dir / name
+            if f.is_file():
+                f.write_text(f.read_text().replace(old_sha, sha))
     return guard
