@@ -34,6 +34,7 @@ from sidecar.ingest.listener import Listener, ListenerConfig
 from sidecar.ingest.reconcile import reconcile_spool, retention_sweep
 from sidecar.egress.sender import Sender
 from sidecar.ingest.spool import Spool
+from sidecar.ingest.stow import StowReceiver
 from sidecar.egress.transport import StoreTransport
 from sidecar.pipeline.budgets import DecodeBudget
 from sidecar.pipeline.failures import RetryPolicy
@@ -172,7 +173,9 @@ class Sidecar:
                 models={m: model.card for m, model in self.models.items()}, unavailable=self.unavailable,
                 admin_token=svc.web.admin_token, show_patient_names=svc.web.show_patient_names,
                 on_requeue=self.sender.notify,
-            )), svc.web.host, svc.web.port, self.hub, allowed_hosts=svc.web.allowed_hosts)
+            )), svc.web.host, svc.web.port, self.hub, allowed_hosts=svc.web.allowed_hosts,
+                stow=StowReceiver(self.listener.service, self.spool, svc.web.admin_token,
+                                  max_body_bytes=svc.limits.max_stow_bytes).handle)
         self._started = False
         self._stopped = threading.Event()
 

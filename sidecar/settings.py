@@ -40,6 +40,7 @@ class Limits(_Strict):
     pending_total: int = Field(default=256, ge=1)  # not-yet-associated connections from everyone
     max_request_bytes: int = Field(default=64 * 1024, ge=1024, le=1 << 20)  # longest A-ASSOCIATE-RQ accepted
     listen_backlog: int = Field(default=128, ge=5)
+    max_stow_bytes: int = Field(default=1 << 32, gt=0)  # one STOW-RS request body; over it: 413
 
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network

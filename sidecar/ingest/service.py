@@ -90,10 +90,16 @@ class IngestService:
         context_sop_class: str | None = None,
         affected_sop_class: str | None = None,
         affected_sop_instance: str | None = None,
+        expected_study_uid: str | None = None,
     ) -> Outcome:
-        """Keep `temp` (a Part 10 file below the spool root) or refuse it; `temp` is gone after."""
+        """Keep `temp` (a Part 10 file below the spool root) or refuse it; `temp` is gone after.
+
+        `context_sop_class`: the presentation context's abstract syntax (C-STORE);
+        `expected_study_uid`: the study a STOW-RS request's URL names.
+        """
         try:
-            return self._ingest(temp, calling_ae, context_sop_class, affected_sop_class, affected_sop_instance)
+            return self._ingest(temp, calling_ae, context_sop_class, affected_sop_class, affected_sop_instance,
+                                expected_study_uid)
         except InvalidInstance as exc:
             return _refused(StoreStatus.CANNOT_UNDERSTAND, str(exc), calling_ae)
         except InstanceRefused as exc:
@@ -109,7 +115,8 @@ class IngestService:
             temp.unlink(missing_ok=True)
 
     def _ingest(self, temp: Path, calling_ae: str, context_sop_class: str | None,
-                affected_sop_class: str | None, affected_sop_instance: str | None) -> Outcome:
+                affected_sop_class: str | None, affected_sop_instance: str | None,
+                expected_study_uid: str | None) -> Outcome:
         size = temp.stat().st_size
         if size > self.max_instance_bytes:
             raise InstanceTooLarge(f"instance exceeds the limit of {self.max_instance_bytes} bytes")
@@ -124,6 +131,9 @@ class IngestService:
                             f"{uid_name(context_sop_class)}", calling_ae)
         if affected_sop_class is not None and header.sop_class_uid != affected_sop_class:
             raise InvalidInstance("SOPClassUID differs from Affected SOP Class UID")
+        if expected_study_uid is not None and header.study_uid != expected_study_uid:
+            return _refused(StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                            "StudyInstanceUID is not the study the request names", calling_ae)
         if self._on_phi is not None:
             self._on_phi(*header.phi)
         path = self.spool.path_for(header.study_uid, header.series_uid, header.sop_instance_uid)

@@ -13,10 +13,15 @@ import asyncio
 import socket
 import threading
 import time
+from collections.abc import Awaitable, Callable
 
 import structlog
 import uvicorn
+from starlette.applications import Starlette
 from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Mount, Route
 from starlette.types import ASGIApp
 
 from sidecar.errors import ConfigError
@@ -43,8 +48,15 @@ class WebServer:
     another site cannot reach the API through DNS rebinding)."""
 
     def __init__(self, app: ASGIApp, host: str, port: int, hub: EventHub | None = None,
-                 allowed_hosts: tuple[str, ...] | list[str] = LOOPBACK_NAMES) -> None:
+                 allowed_hosts: tuple[str, ...] | list[str] = LOOPBACK_NAMES,
+                 stow: Callable[[Request], Awaitable[Response]] | None = None) -> None:
         self.allowed_hosts = trusted_hosts(host, allowed_hosts)
+        if stow is not None:  # STOW-RS receive (sidecar/ingest/stow.py) beside the app's own routes
+            app = Starlette(routes=[
+                Route("/dicom-web/studies", stow, methods=["POST"]),
+                Route("/dicom-web/studies/{study}", stow, methods=["POST"]),
+                Mount("/", app=app),
+            ])
         app = TrustedHostMiddleware(app, allowed_hosts=self.allowed_hosts)
         self.app, self.host, self._port, self.hub = app, host, port, hub
         self._server: uvicorn.Server | None = None
