@@ -239,14 +239,21 @@ PROBE_SCRIPT = """() => {
   const s = window.services;
   const sets = s.displaySetService.getActiveDisplaySets();
   const text = v => (v === undefined || v === null) ? '' : String(v);
+  const images = sets.filter(d => d.Modality !== 'SR').map(d => ({
+    displaySetInstanceUID: d.displaySetInstanceUID,
+    seriesInstanceUID: text(d.SeriesInstanceUID),
+    studyInstanceUID: text(d.StudyInstanceUID),
+  }));
   const sr = sets.filter(d => d.Modality === 'SR').map(d => ({
     displaySetInstanceUID: d.displaySetInstanceUID,
+    studyInstanceUID: text(d.StudyInstanceUID),
     sopInstanceUID: text(d.SOPInstanceUID),
     seriesInstanceUID: text(d.SeriesInstanceUID),
     loaded: !!d.isLoaded,
     instances: (d.instances || []).map(i => text(i.SOPInstanceUID)),
     measurements: (d.measurements || []).map(m => ({
       trackingIdentifier: text(m.TrackingIdentifier),
+      trackingUniqueIdentifier: text(m.TrackingUniqueIdentifier),
       labels: (m.labels || []).map(l => [text(l.label), text(l.value)]),
       graphicType: text(m.graphicType),
       nCoords: (m.coords || []).length,
@@ -264,14 +271,14 @@ PROBE_SCRIPT = """() => {
     const all = window.cornerstoneTools.annotation.state.getAllAnnotations();
     annotations = (Array.isArray(all) ? all : []).filter(
       a => a.metadata && a.metadata.toolName === 'DICOMSRDisplay').map(a => ({
-        trackingIdentifier: text(a.data && a.data.TrackingIdentifier),
+        trackingUniqueIdentifier: text(a.data && a.data.TrackingUniqueIdentifier),
         label: text(a.data && a.data.label),
         referencedImageId: text(a.metadata.referencedImageId),
       }));
   } catch (err) { annotations = []; }
   const errors = Array.from(document.querySelectorAll('[role=alert], .sonner-toast, [data-sonner-toast]'))
     .map(el => el.innerText).filter(t => /wrong|error|fail/i.test(t));
-  return {sr, viewports, annotations, errors};
+  return {sr, images, viewports, annotations, errors};
 }"""
 
 #: JS: put one display set into the active viewport, as a double-click on its thumbnail does.
