@@ -1,4 +1,4 @@
-"""Command line: serve, route explain, status, quarantine, replay, demo. Argument parsing only; no logic."""
+"""Command line: serve, route explain, status, trial report, quarantine, replay, demo. Argument parsing only; no logic."""
 
 from __future__ import annotations
 
@@ -39,6 +39,14 @@ def _parser() -> argparse.ArgumentParser:
     qu.add_argument("--release", type=int, nargs="+", default=[], metavar="JOB_ID",
                     help="queue these quarantined (or failed) jobs again, attempts from zero")
 
+    tr = sub.add_parser("trial", help="silent trial tools")
+    trsub = tr.add_subparsers(dest="trial_command", required=True)
+    trr = trsub.add_parser("report", help="per model of the live: false routes: volume, would-be alert rate, "
+                                          "out-of-domain rate, latency percentiles, cases to review")
+    with_config(trr)
+    trr.add_argument("--all", action="store_true", help="report every route, not only those in trial")
+    trr.add_argument("--since-s", type=float, default=None, help="only jobs created in the last this many seconds")
+
     rep = sub.add_parser("replay", help="re-run a stored series; the new results supersede the old")
     with_config(rep)
     rep.add_argument("series_uid", help="Series Instance UID of a series in the journal")
@@ -60,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
             return commands.route_explain(args.config, args.paths)
         if args.command == "status":
             return commands.status(args.config)
+        if args.command == "trial":
+            return commands.trial_report(args.config, all_routes=args.all, since_s=args.since_s)
         if args.command == "quarantine":
             return commands.quarantine(args.config, args.release)
         if args.command == "replay":

@@ -87,6 +87,26 @@ def status(config_dir: Path) -> int:
     return 0
 
 
+def trial_report(config_dir: Path, *, all_routes: bool = False, since_s: float | None = None) -> int:
+    """Print the silent-trial report (sidecar/trial.py) of the routes with `live: false`."""
+    import time
+
+    from sidecar.trial import render, summarise, trial_route_names
+
+    settings = load_settings(config_dir)
+    journal = Journal(settings.service.journal)
+    try:
+        since = time.time() - since_s if since_s else 0.0
+        routes = None if all_routes else trial_route_names(settings.routes)
+        if routes is not None and not routes:
+            print("no route is in silent trial (live: false); --all reports every route")
+            return 0
+        print(render(summarise(journal.trial_rows(since), routes)))
+    finally:
+        journal.close()
+    return 0
+
+
 def quarantine(config_dir: Path, release: Sequence[int] = ()) -> int:
     """List quarantined jobs, or release the given ones (queued again, attempts from zero)."""
     settings = load_settings(config_dir)

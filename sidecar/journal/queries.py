@@ -157,6 +157,17 @@ class JournalQueries:
             )
         ]
 
+    def trial_rows(self, since: float = 0.0) -> list[tuple[Any, ...]]:
+        """Per job created since `since`: (id, series_uid, instance_uid, model_id, route, state,
+        created_at, finished_at, its "inferred" event detail or None, alerts recorded by it), for
+        `sidecar trial report`."""
+        return self._query(
+            "SELECT j.id, j.series_uid, j.instance_uid, j.model_id, j.route, j.state, j.created_at, j.finished_at,"
+            " (SELECT e.detail FROM events e WHERE e.series_uid = j.series_uid AND e.kind = 'inferred'"
+            "  AND e.detail LIKE ('%job=' || j.id || ' %') ORDER BY e.id DESC LIMIT 1),"
+            " (SELECT COUNT(*) FROM alerts a WHERE a.job_id = j.id)"
+            " FROM jobs j WHERE j.created_at >= ? ORDER BY j.id", (since,))
+
     def queued_jobs_by_priority(self) -> dict[int, int]:
         return {int(p): int(n) for p, n in self._query(
             "SELECT priority, COUNT(*) FROM jobs WHERE state = 'queued' GROUP BY priority"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from sidecar.trial import render, summarise, trial_route_names
 from tests.helpers.dcmtk import StoreSCP, storescu
 from tests.helpers.dicom_factory import make_mr_series, write_series
 from tests.helpers.sidecar import running_sidecar, write_config
@@ -56,8 +57,14 @@ class TestSilentTrial:
                 alerts = app.journal.alerts(series_uid)
                 outbox = app.journal.outbox(series_uid)
                 kept = list((tmp_path / "conf" / "var").rglob("*.dcm"))
+                (trial,) = summarise(app.journal.trial_rows(), trial_route_names(app.settings.routes))
             assert pacs.files() == [] and console.files() == []
         assert all(j.state == "done" for j in jobs)
         assert outbox == []
         assert alerts and all(key.startswith("trial:") and text.startswith("TRIAL, NOT SENT") for key, text, _ in alerts)
         assert len(kept) > len(files)  # the spooled inputs and the SRs kept in the results store
+        assert trial.model_id == "brightness" and trial.jobs == trial.done == 3
+        assert trial.alert_jobs == len({key.split(":")[2] for key, _, _ in alerts})
+        assert len(trial.cases) == trial.alert_jobs and trial.latency_percentiles()["p50"] >= 0.0
+        report = render([trial])
+        assert "would-be alert rate" in report and series_uid not in report  # short UIDs only
