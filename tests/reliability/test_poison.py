@@ -24,7 +24,7 @@ from pydicom.uid import RLELossless
 from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
 
-from models.registry import sha256_of
+from models.checkpoint import sha256_of
 from sidecar.journal import Journal
 from sidecar.pipeline.procs import rss_bytes
 from tests.helpers.dcmtk import StoreSCP, storescu
