@@ -425,7 +425,8 @@ class Journal(JournalQueries, JobRetries):
             " THEN lease_until ELSE next_attempt_at END) FROM outbox WHERE destination = ? AND state = 'pending'",
             (self.node, destination),
         )
-        return rows[0][0]
+        due = rows[0][0]
+        return float(due) if due is not None else None
 
     def _mark(self, db: Tx, item_id: int, sql: str, args: Sequence[object]) -> tuple[str, str] | None:
         row = db.execute(

@@ -120,7 +120,8 @@ class PostgresBackend:
     def query(self, sql: str, args: Sequence[object] = ()) -> list[tuple]:  # type: ignore[type-arg]
         try:
             with self._connection() as conn:
-                return conn.execute(_pg(sql), args).fetchall()
+                rows: list[tuple[Any, ...]] = conn.execute(_pg(sql), args).fetchall()
+                return rows
         except self._pg.Error as exc:
             raise JournalError(f"journal read failed: {type(exc).__name__}: {exc}") from exc
 
@@ -145,9 +146,9 @@ class PostgresBackend:
                     wake()
                 while not self._stop.is_set():
                     for note in conn.notifies(timeout=LISTEN_TIMEOUT_S):
-                        wake = callbacks.get(note.channel)
-                        if wake is not None:
-                            wake()
+                        woken = callbacks.get(note.channel)
+                        if woken is not None:
+                            woken()
             except self._pg.Error as exc:
                 if not self._stop.is_set():
                     _log.warning("journal_listen_lost", error_type=type(exc).__name__, error=str(exc)[:200])

@@ -111,13 +111,16 @@ class SqliteBackend:
             except sqlite3.Error as exc:
                 raise write_error(exc) from exc
             try:
-                yield Tx(self._db.execute)
+                yield Tx(self._execute)
                 self._db.execute("COMMIT")
             except BaseException as exc:
                 self._rollback()
                 if isinstance(exc, sqlite3.Error):
                     raise write_error(exc) from exc
                 raise
+
+    def _execute(self, sql: str, args: Sequence[object]) -> sqlite3.Cursor:
+        return self._db.execute(sql, tuple(args))
 
     def _rollback(self) -> None:
         """Undo the open transaction, if SQLite has not already (it may, after SQLITE_FULL)."""

@@ -9,7 +9,8 @@ from sidecar.journal.records import Event
 
 
 class Cursor(Protocol):
-    rowcount: int
+    @property
+    def rowcount(self) -> int: ...
 
     def fetchone(self) -> Any: ...
 
