@@ -12,26 +12,23 @@ a writer and the same label always gets the same code.
 
 from __future__ import annotations
 
-import hashlib
 import re
-from dataclasses import dataclass
 
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from highdicom.sr import CodedConcept
 
+from models.base import PRIVATE_SCHEME
+from models.base import private_code as _model_private_code
+
 # --- Coding schemes -------------------------------------------------------------------------
 
-PRIVATE_SCHEME = "99SIDECAR"
 PRIVATE_SCHEME_NAME = "DICOM AI sidecar private concepts"
-_SH_MAX = 16  # Code Value is SH (PS3.5 §6.2)
 _LO_MAX = 64  # Code Meaning is LO
 
 
 def private_code(key: str, meaning: str) -> CodedConcept:
     """A concept of the private scheme whose code value is a hash of `key` (stable, <= 16 chars)."""
-    digest = hashlib.sha256(key.encode("utf-8")).hexdigest().upper()
-    value = ("SC" + digest)[:_SH_MAX]
-    return CodedConcept(value=value, scheme_designator=PRIVATE_SCHEME, meaning=meaning[:_LO_MAX])
+    return CodedConcept.from_code(_model_private_code(key, meaning))
 
 
 def coding_scheme_identification() -> list[CodingSchemeIdentificationItem]:
@@ -56,20 +53,25 @@ ARTIFICIAL_INTELLIGENCE = CodedConcept("123110", "DCM", "Artificial Intelligence
 # TID 1500 row 12: the report-level container for CODE and TEXT qualitative evaluations.
 QUALITATIVE_EVALUATIONS = CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
 PRESENT = CodedConcept("52101004", "SCT", "Present")
+NOT_EVALUATED = CodedConcept("373121007", "SCT", "Not Evaluated")  # an input outside the domain
+RECOMMENDATION = CodedConcept("121075", "DCM", "Recommendation")  # names the QA alert evaluation
+# TID 1600 Image Library and its TID 1601 entries
+IMAGE_LIBRARY = CodedConcept("111028", "DCM", "Image Library")
+IMAGE_LIBRARY_GROUP = CodedConcept("126200", "DCM", "Image Library Group")
+SOURCE = CodedConcept("260753009", "SCT", "Source")
 ABSENT = CodedConcept("272519000", "SCT", "Absent")
 
 LEFT = CodedConcept("7771000", "SCT", "Left")
 RIGHT = CodedConcept("24028007", "SCT", "Right")
 _LATERALITY = {"L": LEFT, "R": RIGHT}
 
-# CID 100-style procedure concepts, chosen by the source Modality.
-_IMAGING = CodedConcept("363679005", "SCT", "Imaging")
+# Procedure reported (TID 1500 row 4) from CID 100 "Quantitative Diagnostic Imaging Procedures",
+# chosen by the source Modality: CID 100 has LOINC "unspecified body region" concepts for MR and CT
+# and only the generic SNOMED CT "Imaging procedure" for ultrasound and radiography.
+_IMAGING = CodedConcept("363679005", "SCT", "Imaging procedure")
 _PROCEDURE_BY_MODALITY = {
-    "MR": CodedConcept("113091000", "SCT", "Magnetic resonance imaging"),
-    "US": CodedConcept("16310003", "SCT", "Diagnostic ultrasonography"),
-    "DX": CodedConcept("168537006", "SCT", "Plain radiography"),
-    "CR": CodedConcept("168537006", "SCT", "Plain radiography"),
-    "CT": CodedConcept("77477000", "SCT", "Computerized axial tomography"),
+    "MR": CodedConcept("25056-3", "LN", "MRI unspecified body region"),
+    "CT": CodedConcept("25045-6", "LN", "CT unspecified body region"),
 }
 
 # UCUM meanings for the units models report; unknown units keep the code as meaning.
@@ -85,6 +87,7 @@ _UCUM_MEANINGS = {
     "m/s": "m/s",
     "cm/s": "cm/s",
     "{ratio}": "ratio",
+    "{score}": "score",
 }
 
 # Anatomic sites models name, normalised (lower case, single spaces).
@@ -116,49 +119,14 @@ _STANDARD_LABELS = {
 }
 
 # --- Private concepts (no standard code exists) ---------------------------------------------
+# Each model's own concepts (its question, label codes) live in models/<name>/concepts.py.
 
-LGE_SLICE_CERTAINTY = private_code("concept/lge-slice-certainty", "LGE slice certainty")
-SYNOVITIS_GRADE = private_code("concept/eular-omeract-synovitis", "EULAR-OMERACT synovitis grade")
-GOUT_MTP1_FINDING = private_code("concept/gout-mtp1-us", "Gout MTP1 ultrasound finding")
-# Tsukuba elasticity score (Itoh et al., Radiology 2006), 1-5, estimated by the virtual
-# elastography model; no standard code exists.
-TSUKUBA_SCORE = private_code("concept/tsukuba-score", "Tsukuba elasticity score")
 # Derivation of an AI-generated image (General Image DerivationCodeSequence; CID 7203 has no
 # synthesis concept) and the purpose of its source reference (CID 7202).
 AI_GENERATED_IMAGE = private_code("derivation/ai-generated", "AI-generated image")
 SOURCE_FOR_PROCESSING = CodedConcept("121322", "DCM", "Source image for image processing operation")
-JOINT_SPACE_NARROWING_GRADE = private_code("concept/jsn-grade", "Joint space narrowing grade")
-KELLGREN_LAWRENCE_GRADE = private_code("concept/kellgren-lawrence", "Kellgren-Lawrence grade")
-# hand_joints reports SHS narrowing and KL grades side by side; the grade's value names the
-# scheme ("SHS JSN 2", "KL 3"), so the concept name covers both.
-HAND_JOINT_GRADE = private_code("concept/hand-joint-grade", "Hand joint grade (SHS narrowing or KL)")
+# The value of the "Recommendation" evaluation on a result flagged for the technologist.
 TECHNOLOGIST_ALERT = private_code("concept/technologist-alert", "AI QA alert for technologist")
-AI_CLASSIFICATION = private_code("concept/ai-classification", "AI classification")
-AI_GRADE = private_code("concept/ai-grade", "AI grade")
-
-
-@dataclass(frozen=True)
-class ModelConcepts:
-    """The concept names one model's results are reported under."""
-
-    classification: CodedConcept  # name of the per-image / per-series qualitative evaluation
-    grade: CodedConcept  # name of a detection's grade
-
-
-# Model id -> concepts. A model not listed here gets generic AI concepts (see `model_concepts`).
-MODEL_CONCEPTS: dict[str, ModelConcepts] = {
-    "lge_qa": ModelConcepts(LGE_SLICE_CERTAINTY, LGE_SLICE_CERTAINTY),
-    # RA synovitis, four variants (static/dynamic x greyscale/power Doppler), one concept.
-    "synovitis_sgs": ModelConcepts(SYNOVITIS_GRADE, SYNOVITIS_GRADE),
-    "synovitis_dgs": ModelConcepts(SYNOVITIS_GRADE, SYNOVITIS_GRADE),
-    "synovitis_spd": ModelConcepts(SYNOVITIS_GRADE, SYNOVITIS_GRADE),
-    "synovitis_dpd": ModelConcepts(SYNOVITIS_GRADE, SYNOVITIS_GRADE),
-    "gout_mtp1": ModelConcepts(GOUT_MTP1_FINDING, GOUT_MTP1_FINDING),
-    "breast_elastography": ModelConcepts(TSUKUBA_SCORE, TSUKUBA_SCORE),
-    # Hand radiographs: detections carry a grade; the scheme (SHS narrowing or KL) is named by
-    # the detection's grade labels ("SHS JSN 2", "KL 3"), under one concept for both.
-    "hand_joints": ModelConcepts(HAND_JOINT_GRADE, HAND_JOINT_GRADE),
-}
 
 # --- Fixed wording ----------------------------------------------------------------------------
 
@@ -175,26 +143,31 @@ def _normalise(text: str) -> str:
     return re.sub(r"[\s_\-]+", " ", text.strip().lower())
 
 
-def model_concepts(model_id: str) -> ModelConcepts:
-    """The concepts of `model_id`, or generic AI concepts for a model not yet listed."""
-    return MODEL_CONCEPTS.get(model_id, ModelConcepts(AI_CLASSIFICATION, AI_GRADE))
-
-
-def label_concept(model_id: str, label: str) -> CodedConcept:
+def label_concept(model_id: str, label: str, meaning: str | None = None) -> CodedConcept:
     """The coded value of a model's label: a standard concept where one fits, else private.
 
     Private codes are keyed on (model_id, label), so two models' same-named labels never share
-    a code by accident; the meaning is the label itself, so a reader sees what the model said.
+    a code by accident; the meaning is `meaning` (the label's words) or the label itself.
     """
     standard = _STANDARD_LABELS.get(_normalise(label))
     if standard is not None:
         return standard
-    return private_code(f"label/{model_id}/{label}", label)
+    return private_code(f"label/{model_id}/{label}", meaning or label)
 
 
-def probability_concept(model_id: str, label: str) -> CodedConcept:
-    """The concept name of the probability of one class (private: "Probability of <label>")."""
-    return private_code(f"probability/{model_id}/{label}", f"Probability of {label}")
+def answer_concept(model_id: str, question: CodedConcept, label: str, words: str) -> CodedConcept:
+    """The name of the NUM that says the answer: "<question>: <answer words>" (private)."""
+    return private_code(f"answer/{model_id}/{label}", f"{question.meaning}: {words}")
+
+
+def probability_concept(model_id: str, label: str, words: str | None = None) -> CodedConcept:
+    """The concept name of the probability of one class (private: "Probability of <words>")."""
+    return private_code(f"probability/{model_id}/{label}", f"Probability of {words or label}")
+
+
+def not_assessed_concept() -> CodedConcept:
+    """The NUM that says an input was not assessed, its value the guard's out-of-domain score."""
+    return private_code("concept/not-assessed-domain-score", "Not assessed (outside validated domain): score")
 
 
 def measurement_concept(model_id: str, name: str) -> CodedConcept:

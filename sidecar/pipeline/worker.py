@@ -404,7 +404,8 @@ class Worker:
             return queued
         for index, _, _, _, lines in self._alert_lines(job, findings, source):
             image = build_alert_image(list(lines), source, input_uid=f"{input_uid}#{index}", model_id=job.model_id,
-                                      model_version=job.model_version, revision=job.revision)
+                                      model_version=job.model_version, revision=job.revision,
+                                      not_for_clinical_use=findings.not_for_clinical_use)
             path = self._write(job, image)
             queued.extend((d, str(image.SOPInstanceUID), str(path)) for d in self.alert_destinations)
         return queued

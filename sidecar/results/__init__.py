@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
 from pydicom import Dataset
@@ -15,7 +16,7 @@ from sidecar.dicom.uids import short_uid
 from sidecar.errors import ResultError
 from sidecar.results.alert_image import build_alert_image
 from sidecar.results.gsps import build_gsps
-from sidecar.results.sc import build_sc
+from sidecar.results.sc import build_sc, instance_number_for
 from sidecar.results.sr import build_sr
 
 __all__ = ["build_alert_image", "build_gsps", "build_results", "build_sc", "build_sr"]
@@ -41,16 +42,11 @@ def build_results(
     """
     if findings.model_id != card.id:
         raise ResultError(f"findings of model {findings.model_id} given with card {card.id}")
-    results: list[Dataset] = []
-    if "sr" in outputs:
-        results.append(
-            build_sr(findings, sources, card, input_uid=input_uid, kind=kind, revision=revision)
-        )
-    if "gsps" in outputs and findings.detections:
-        results.append(build_gsps(findings, sources, card, input_uid=input_uid, revision=revision))
+    images: list[Dataset] = []
     if "sc" in outputs:
         by_uid = {str(ds.SOPInstanceUID): ds for ds in sources}
         nfcu = findings.not_for_clinical_use or card.not_for_clinical_use
+        per_source = Counter(image.source.sop_instance_uid for image in findings.images)
         for index, image in enumerate(findings.images, start=1):
             source = by_uid.get(image.source.sop_instance_uid)
             if source is None:
@@ -58,7 +54,7 @@ def build_results(
                     f"generated image {index} is about image "
                     f"{short_uid(image.source.sop_instance_uid)}, not among the job's sources"
                 )
-            results.append(
+            images.append(
                 build_sc(
                     image,
                     source,
@@ -67,6 +63,16 @@ def build_results(
                     index=index,
                     revision=revision,
                     not_for_clinical_use=nfcu,
+                    instance_number=(instance_number_for(source, index, revision)
+                                     if per_source[image.source.sop_instance_uid] == 1 else None),
                 )
             )
-    return results
+    results: list[Dataset] = []
+    if "sr" in outputs:
+        # The SR lists the images this job produced as evidence, so it references them.
+        results.append(
+            build_sr(findings, sources, card, input_uid=input_uid, kind=kind, revision=revision, derived=images)
+        )
+    if "gsps" in outputs and findings.detections:
+        results.append(build_gsps(findings, sources, card, input_uid=input_uid, revision=revision))
+    return results + images

@@ -20,7 +20,8 @@ from pydicom import Dataset
 from sidecar.dicom import codes
 from sidecar.dicom.uids import result_uid
 from sidecar.errors import ResultError
-from sidecar.results.sc import load_font, secondary_capture
+from sidecar.results.sc import instance_number_for, load_font, secondary_capture
+from sidecar.results.sr import series_description
 
 ALERT_SERIES_NUMBER = 9990
 ALERT_SIZE_PX = 512
@@ -95,15 +96,18 @@ def build_alert_image(
     model_id: str,
     model_version: str,
     revision: int = 0,
+    not_for_clinical_use: bool = True,
 ) -> Dataset:
     """A Secondary Capture that shows `text_lines` as an AI QA alert, in a new series of the study.
 
+    The image carries the source's Modality and InstanceNumber (so a console hangs it beside the
+    slice it is about) and, for demo weights, "[NOT FOR CLINICAL USE]" in its SeriesDescription.
     Parts of the patient's name in the text are masked. Raises ResultError when there is no text.
     """
     if not any(line.strip() for line in text_lines):
         raise ResultError("an alert needs at least one line of text")
     text_lines = mask_patient_name(text_lines, source)
-    description = f"{codes.AI_QA_ALERT} {model_id}"[:64]
+    description = series_description(codes.AI_QA_ALERT, model_id, not_for_clinical_use)
     return secondary_capture(
         render_alert(text_lines),
         "MONOCHROME2",
@@ -113,7 +117,7 @@ def build_alert_image(
         ),
         series_number=ALERT_SERIES_NUMBER,
         sop_uid=result_uid(input_uid, model_id, model_version, "alert", revision),
-        instance_number=1 + revision,
+        instance_number=instance_number_for(source, 1, revision),
         manufacturer=codes.SIDECAR_MANUFACTURER,
         description=description,
         comments=(f"{codes.AI_QA_ALERT}: " + " / ".join(text_lines))[:10240],  # LT

@@ -8,6 +8,7 @@ into the pixels (BurnedInAnnotation YES), so every viewer shows it.
 from __future__ import annotations
 
 import copy
+import re
 
 import highdicom as hd
 import numpy as np
@@ -19,6 +20,7 @@ from models.findings import GeneratedImage
 from sidecar.dicom import codes
 from sidecar.dicom.uids import result_uid, short_uid
 from sidecar.errors import ResultError
+from sidecar.results.patient import repaired_source
 from sidecar.results.sr import series_description
 
 SC_SERIES_NUMBER = 9902
@@ -87,7 +89,14 @@ def secondary_capture(
     model_name: str | None = None,
     software_version: str | None = None,
 ) -> Dataset:
-    """An 8-bit SCImage in `source`'s study that references `source` (shared by SC and alerts)."""
+    """An 8-bit SCImage in `source`'s study that references `source` (shared by SC and alerts).
+
+    Invalid patient/study values of the source are repaired or left empty first (and said so in
+    ImageComments), so a legacy header never stops the image (sidecar.results.patient).
+    """
+    source, repairs = repaired_source(source)
+    if repairs:
+        comments = " ".join([comments, *(r.note() for r in repairs)])
     orientation = patient_orientation(source)
     laterality = source.get("ImageLaterality") or source.get("Laterality")
     try:
@@ -109,7 +118,8 @@ def secondary_capture(
             software_versions=software_version,
         )
     except (ValueError, TypeError, AttributeError) as exc:
-        raise ResultError(f"cannot build secondary capture: {exc}") from exc
+        # the exception's text may quote a source value: name its kind only
+        raise ResultError(f"cannot build secondary capture: {type(exc).__name__}") from exc
     if orientation is None:
         # Unknown orientation: PatientOrientation is Type 2C for SC (PS3.3 C.7.6.1), so empty.
         sc.PatientOrientation = ""
@@ -120,10 +130,35 @@ def secondary_capture(
         # Laterality is Type 2C (General Series, PS3.3 C.7.3.1) on a paired body part; with no
         # body part known, whether it applies is unknown, so it is present and empty.
         sc.Laterality = ""
-    sc.ImageComments = comments
+    sc.ImageComments = comments[:10240]  # LT
     sc.BurnedInAnnotation = "YES" if burned_in else "NO"
     sc.SourceImageSequence = [source_reference(source)]
+    keep_source_modality(sc, source)
     return sc
+
+
+_MODALITY_RE = re.compile(r"^[A-Z0-9_ ]{2,16}$")
+
+
+def keep_source_modality(sc: Dataset, source: Dataset) -> None:
+    """The source's Modality instead of highdicom's "OT", so hanging protocols place the image
+    with its study's MR or US series: the SC Equipment module's Modality (PS3.3 C.8.6.1, Type 3,
+    "overrides the General Series Module") names the source equipment, which is the source's."""
+    modality = str(source.get("Modality", "") or "").strip()
+    if _MODALITY_RE.match(modality) and modality not in ("SR", "PR", "KO", "SEG"):
+        sc.Modality = modality
+
+
+def instance_number_for(source: Dataset, index: int, revision: int) -> int:
+    """An AI image's InstanceNumber: its source's (so numbers increase with the source's within
+    the AI series), the job's image index when the source has none; a revision adds 1000."""
+    try:
+        base = int(source.get("InstanceNumber"))
+    except (TypeError, ValueError):
+        base = index
+    if not 0 < base < 1000:
+        base = index
+    return base + 1000 * revision
 
 
 def build_sc(
@@ -135,9 +170,13 @@ def build_sc(
     index: int,
     revision: int = 0,
     not_for_clinical_use: bool | None = None,
+    instance_number: int | None = None,
 ) -> Dataset:
     """A Secondary Capture of one generated image; `index` (1-based) numbers it in the job.
 
+    `instance_number` defaults to `index` (+ 1000 per revision); `build_results` passes the
+    source's InstanceNumber when the source has only this generated image, so the AI series'
+    numbers follow the source series'.
     `not_for_clinical_use` defaults to the card's flag; the findings' flag can be passed in.
     """
     if str(source.SOPInstanceUID) != image.source.sop_instance_uid:
@@ -160,9 +199,9 @@ def build_sc(
         series_uid=result_uid(str(source.SeriesInstanceUID), card.id, card.version, "sc-series", 0),
         series_number=SC_SERIES_NUMBER,
         sop_uid=result_uid(input_uid, card.id, card.version, f"sc:{index}", revision),
-        instance_number=index,
+        instance_number=instance_number if instance_number is not None else index + 1000 * revision,
         manufacturer=card.manufacturer,
-        description=series_description("AI", f"{card.name} {image.description}", nfcu),
+        description=series_description("AI", image_description(card.name, image.description), nfcu),
         comments=comments[:10240],  # LT
         burned_in=nfcu,
         model_name=card.id,
@@ -171,6 +210,16 @@ def build_sc(
     keep_source_geometry(sc, source)
     mark_derivation(sc, card)
     return sc
+
+
+def image_description(model_name: str, description: str) -> str:
+    """The model's name and the image's description; a "NOT FOR DIAGNOSIS" in the description
+    leads, so shortening to LO keeps it."""
+    marker = "NOT FOR DIAGNOSIS"
+    if marker in description.upper():
+        rest = re.sub(re.escape(marker), "", description, flags=re.IGNORECASE).strip(" -:;,")
+        return f"{marker} {model_name} {rest}".strip()
+    return f"{model_name} {description}"
 
 
 def keep_source_geometry(sc: Dataset, source: Dataset) -> None:

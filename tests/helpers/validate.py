@@ -63,3 +63,46 @@ def assert_valid_dicom(path_or_dataset: str | Path | Dataset) -> Dataset:
         print(f"dciodvfy: {line}")
     assert not errors, "dciodvfy reported errors:\n" + "\n".join(errors)
     return ds
+
+
+PIXELMED_JARS = ("/usr/share/java/pixelmed.jar",)
+PIXELMED_TIMEOUT_S = 900
+_PIXELMED_DRIVER = Path(__file__).with_name("PixelmedSR.java")
+# pixelmed's XPath use exceeds the JDK's default expression limits on TID 1500 documents.
+_PIXELMED_JVM_FLAGS = (
+    "-Djdk.xml.xpathExprOpLimit=0",
+    "-Djdk.xml.xpathExprGrpLimit=0",
+    "-Djdk.xml.xpathTotalOpLimit=0",
+)
+
+
+def pixelmed_sr_lines(paths: list[Path]) -> dict[Path, list[str]]:
+    """pixelmed's DicomSRValidator report for each SR file: its "Error"/"Warning" lines.
+
+    Requires the Debian package `pixelmed-apps` (and a JDK for the source-file launcher); the
+    check fails loudly without them rather than being skipped.
+    """
+    java = shutil.which("java")
+    jars = [j for j in PIXELMED_JARS if Path(j).is_file()]
+    if java is None or not jars:
+        raise AssertionError(
+            "pixelmed's DicomSRValidator is not installed; install the Debian package "
+            "'pixelmed-apps' (apt-get install pixelmed-apps)"
+        )
+    proc = subprocess.run(
+        [java, *_PIXELMED_JVM_FLAGS, "-cp", ":".join(jars), str(_PIXELMED_DRIVER), *map(str, paths)],
+        capture_output=True, text=True, timeout=PIXELMED_TIMEOUT_S, check=False,
+    )
+    if proc.returncode != 0:
+        raise AssertionError(f"pixelmed validator failed (rc {proc.returncode}):\n{proc.stderr[-2000:]}")
+    out: dict[Path, list[str]] = {}
+    current: Path | None = None
+    for line in proc.stdout.splitlines():
+        if line.startswith("=== FILE "):
+            current = Path(line[len("=== FILE "):])
+            out[current] = []
+        elif current is not None and line.startswith(("Error", "Warning")):
+            out[current].append(line)
+    missing = [p for p in paths if Path(p) not in out]
+    assert not missing, f"pixelmed reported nothing for {missing}"
+    return out

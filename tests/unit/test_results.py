@@ -12,6 +12,9 @@ import pytest
 from pydicom import Dataset
 
 from models.base import ModelCard
+from models.hand_joints.concepts import VOCABULARY as HAND_VOCABULARY
+from models.lge_qa.concepts import VOCABULARY as LGE_VOCABULARY
+from models.synovitis.concepts import VOCABULARY as SYNOVITIS_VOCABULARY
 from models.findings import (
     Classification,
     Detection,
@@ -42,6 +45,7 @@ LGE_CARD = ModelCard(
     manufacturer="Sidecar demo models",
     intended_use="Flag LGE slices to repeat while the patient is in the scanner",
     labels=("certain", "uncertain"),
+    vocabulary=LGE_VOCABULARY,
 )
 JSN_CARD = ModelCard(
     id="hand_joints",
@@ -50,6 +54,7 @@ JSN_CARD = ModelCard(
     manufacturer="Sidecar demo models",
     intended_use="Grade joint space narrowing on hand radiographs",
     labels=("0", "1", "2", "3"),
+    vocabulary=HAND_VOCABULARY,
 )
 ELASTO_CARD = ModelCard(
     id="virtual_elasto",
@@ -191,7 +196,7 @@ class TestStructuredReport:
             lge_findings(mr), [mr], LGE_CARD, input_uid=mr.SOPInstanceUID, kind="instance"
         )
         back = written(sr, tmp_path, "sr.dcm")
-        assert back.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"
+        assert back.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33"  # Comprehensive SR: no 3D coordinates
         assert back.StudyInstanceUID == mr.StudyInstanceUID
         assert back.PatientID == mr.PatientID
         assert back.SeriesInstanceUID != mr.SeriesInstanceUID
@@ -216,7 +221,8 @@ class TestStructuredReport:
             str(i.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue)
             for i in measurement_items(back)
         }
-        assert units == {"1"}
+        assert units == {"1", "%"}
+        assert values["LGE slice certainty: uncertain"] == pytest.approx(77.0)
 
     def test_sr_says_not_for_clinical_use_in_text_and_series_description(
         self, mr: Dataset, tmp_path: Path
@@ -227,7 +233,7 @@ class TestStructuredReport:
         )
         back = written(sr, tmp_path, "sr.dcm")
         assert codes.NOT_FOR_CLINICAL_USE in texts(back)
-        assert back.SeriesDescription == "AI LGE CMR slice certainty [NOT FOR CLINICAL USE]"
+        assert back.SeriesDescription == "AI LGE CMR slice certainty image 1 [NOT FOR CLINICAL USE]"
         assert (back.CompletionFlag, back.VerificationFlag, back.PreliminaryFlag) == (
             "PARTIAL",
             "UNVERIFIED",
@@ -284,7 +290,7 @@ class TestStructuredReport:
             if i.ConceptNameCodeSequence[0].CodeMeaning == "Measurement Group"
         ]
         assert len(groups) == 5
-        summary = groups[-1]
+        summary = groups[0]  # the series answer comes first
         sources = [i for i in summary.ContentSequence if i.ValueType == "IMAGE"]
         assert len(sources) == 4
         assert numbers(back)["Uncertain slice fraction"] == pytest.approx(0.5)
@@ -332,7 +338,8 @@ class TestStructuredReport:
                 Classification("grade 2", {"grade 0": 0.1, "grade 2": 0.9}, source=ref(cine, 3)),
             ),
         )
-        card = ModelCard("synovitis_sgs", "0.1", "Synovitis grading", "Demo", "x", ("grade 0",))
+        card = ModelCard("synovitis_sgs", "0.1", "Synovitis grading", "Demo", "x", ("grade 0",),
+                         vocabulary=SYNOVITIS_VOCABULARY)
         sr = build_sr(findings, [cine], card, input_uid=cine.SOPInstanceUID, kind="instance")
         back = written(sr, tmp_path, "cine.dcm")
         frames = [
@@ -355,9 +362,11 @@ class TestStructuredReport:
         assert first.SOPInstanceUID == result_uid(
             mr.SOPInstanceUID, "lge_qa", "1.0.0", "sr-instance", 0
         )
+        # a streaming result has a series of its own per source image (docs/DESIGN.md)
         assert first.SeriesInstanceUID == result_uid(
-            mr.SeriesInstanceUID, "lge_qa", "1.0.0", "sr-result-series", 0
+            mr.SOPInstanceUID, "lge_qa", "1.0.0", "sr-image-series", 0
         )
+        assert (first.InstanceNumber, revised.InstanceNumber) == (1, 2)
         assert revised.SOPInstanceUID != first.SOPInstanceUID
         assert revised.SeriesInstanceUID == first.SeriesInstanceUID
 
@@ -548,7 +557,9 @@ class TestBuildResults:
             findings, [us], ELASTO_CARD, ["sr", "sc", "gsps"], input_uid=us.SOPInstanceUID,
             kind="instance",
         )
-        assert [r.Modality for r in results] == ["SR", "OT", "OT"]
+        # derived images keep the source's modality (SC Equipment module, PS3.3 C.8.6.1)
+        assert [r.Modality for r in results] == ["SR", "US", "US"]
+        assert [r.InstanceNumber for r in results[1:]] == [1, 2]
         assert len({r.SOPInstanceUID for r in results}) == 3
         for n, result in enumerate(results):
             written(result, tmp_path, f"r{n}.dcm")
