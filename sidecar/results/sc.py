@@ -122,7 +122,7 @@ def secondary_capture(
         raise ResultError(f"cannot build secondary capture: {type(exc).__name__}") from exc
     if orientation is None:
         # Unknown orientation: PatientOrientation is Type 2C for SC (PS3.3 C.7.6.1), so empty.
-        sc.PatientOrientation = ""
+        sc.PatientOrientation = []
     body_part = source.get("BodyPartExamined")
     if body_part:
         sc.BodyPartExamined = body_part

@@ -261,12 +261,12 @@ class ReportBuilder:
                 series.measurements.append(m)
                 continue
             self.index.get(m.source)
-            g = by_ref.get(_ref_key(m.source))
-            if g is None:
-                g = _Plan(f"measurements/{_ref_key(m.source)}", [m.source])
-                groups.append(g)
-                by_ref[_ref_key(m.source)] = g
-            g.measurements.append(m)
+            owner = by_ref.get(_ref_key(m.source))
+            if owner is None:
+                owner = _Plan(f"measurements/{_ref_key(m.source)}", [m.source])
+                groups.append(owner)
+                by_ref[_ref_key(m.source)] = owner
+            owner.measurements.append(m)
         for v in f.out_of_domain:  # refused inputs with no result of their own still get a group
             if v.source is not None and _ref_key(v.source) not in by_ref:
                 self.index.get(v.source)

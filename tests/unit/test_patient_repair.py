@@ -26,7 +26,7 @@ def legacy_source(tmp_path: Path, **bad: tuple[str, str]) -> Dataset:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for keyword, (vr, value) in bad.items():
-            ds[keyword] = DataElement(pydicom.datadict.tag_for_keyword(keyword), vr, value)
+            ds[keyword] = DataElement(keyword, vr, value)
         path = tmp_path / "legacy.dcm"
         ds.save_as(path, enforce_file_format=True)
         return pydicom.dcmread(path)

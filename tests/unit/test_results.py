@@ -12,9 +12,6 @@ import pytest
 from pydicom import Dataset
 
 from models.base import ModelCard
-from models.hand_joints.concepts import VOCABULARY as HAND_VOCABULARY
-from models.lge_qa.concepts import VOCABULARY as LGE_VOCABULARY
-from models.synovitis.concepts import VOCABULARY as SYNOVITIS_VOCABULARY
 from models.findings import (
     Classification,
     Detection,
@@ -23,6 +20,9 @@ from models.findings import (
     ImageRef,
     Measurement,
 )
+from models.hand_joints.concepts import VOCABULARY as HAND_VOCABULARY
+from models.lge_qa.concepts import VOCABULARY as LGE_VOCABULARY
+from models.synovitis.concepts import VOCABULARY as SYNOVITIS_VOCABULARY
 from sidecar.dicom import codes
 from sidecar.dicom.uids import result_uid
 from sidecar.errors import ResultError
