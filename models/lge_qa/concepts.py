@@ -1,7 +1,7 @@
 """What the SR and the QA alert say for lge_qa (its ReportVocabulary, see models/base.py).
 
 No standard concept names "how certain an expert reader would be of this LGE slice", so the
-question is a private concept; the two labels get private codes with readable meanings.
+question is a private concept; the two labels get private codes whose meanings are their words.
 """
 
 from __future__ import annotations
@@ -14,9 +14,5 @@ LGE_SLICE_CERTAINTY = private_code("concept/lge-slice-certainty", "LGE slice cer
 VOCABULARY = ReportVocabulary(
     question=LGE_SLICE_CERTAINTY,
     label_text={HIGH_CERTAINTY: "high certainty", LOW_CERTAINTY: "low certainty"},
-    label_codes={
-        HIGH_CERTAINTY: private_code("label/lge_qa/high_certainty", "High certainty"),
-        LOW_CERTAINTY: private_code("label/lge_qa/low_certainty", "Low certainty"),
-    },
     alert_advice="Consider repeating this slice.",
 )

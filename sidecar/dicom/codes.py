@@ -154,9 +154,10 @@ def label_concept(model_id: str, label: str, meaning: str | None = None) -> Code
     return private_code(f"label/{model_id}/{label}", meaning or label)
 
 
-def answer_concept(model_id: str, question: CodedConcept, label: str, words: str) -> CodedConcept:
-    """The name of the NUM that says the answer: "<question>: <answer words>" (private)."""
-    return private_code(f"answer/{model_id}/{label}", f"{question.meaning}: {words}")
+def answer_concept(model_id: str, label: str, meaning: str) -> CodedConcept:
+    """The name of the NUM that lists the answer: private, its meaning the coded answer's
+    (`meaning`), its value the answer's probability in percent."""
+    return private_code(f"answer/{model_id}/{label}", meaning)
 
 
 def probability_concept(model_id: str, label: str, words: str | None = None) -> CodedConcept:

@@ -3,13 +3,15 @@
 Designed for what a reader sees, in a PACS viewer or OHIF (which starts its SR viewport at the
 first measurement group and lists only NUM items as labels):
 
-- Groups in reading order: detections first (TID 1410 planar ROIs, a closed SCOORD polyline on
-  the source image), so the first group carries a region wherever there is one; then the series
-  summary; then per-image groups (TID 1501).
+- Groups: detections first (TID 1410 planar ROIs, a closed SCOORD polyline of the box on the
+  source image); then per-image answers, each a TID 1410 planar ROI over its whole image (the
+  region the answer is about); then the series summary and measurement-only groups (TID 1501).
+  So the first group always carries a region: a viewer that starts there draws an image.
 - Every answer is there three ways: the group's tracking identifier says it in words
   ("lge_qa image 3: low certainty"), a CODE evaluation names it with a coded value, and NUMs a
-  viewer lists: "<question>: <answer>" as the answer's probability in percent (never 0 for the
-  winning label) and, for ordinal labels (grades, scores), the grade itself under the question.
+  viewer lists: one named by the coded answer's own meaning, valued the answer's probability in
+  percent (never 0 for the winning label), and, for ordinal labels (grades, scores), the grade
+  itself under the question; a flagged result lists "AI QA alert for technologist" the same way.
 - An input the domain guard refused (`Findings.domain`) is "not assessed": its group answers
   SNOMED CT "Not Evaluated", its label says why, and no QA recommendation is made.
 - The algorithm (TID 4019) is named in the first group only; the device observer names it for all.
@@ -149,18 +151,24 @@ class ReportBuilder:
     # -- content items ----------------------------------------------------------------------
 
     def answer_numbers(self, c: Classification, question: CodedConcept) -> list[hd.sr.Measurement]:
-        """NUMs a viewer lists: the grade (ordinal labels) and "<question>: <answer>" in percent."""
+        """NUMs a viewer lists: the grade (ordinal labels) under the question, and the answer by the
+        coded answer's own meaning (so a viewer that lists only NUMs shows the coded answer's words)
+        with its probability in percent; a flagged result also lists the QA alert the same way."""
         items = []
         score = self.vocabulary.ordinal.get(c.label)
         if score is not None:
             items.append(hd.sr.Measurement(name=question, value=float(score), unit=codes.unit_concept("{score}")))
+        percent = round(100.0 * float(c.probabilities[c.label]), 1)
+        answer = self.label_code(c.label)
         items.append(
             hd.sr.Measurement(
-                name=codes.answer_concept(self.card.id, question, c.label, self.vocabulary.text(c.label)),
-                value=round(100.0 * float(c.probabilities[c.label]), 1),
+                name=codes.answer_concept(self.card.id, c.label, str(answer.meaning)),
+                value=percent,
                 unit=codes.unit_concept("%"),
             )
         )
+        if c.uncertain:
+            items.append(hd.sr.Measurement(name=codes.TECHNOLOGIST_ALERT, value=percent, unit=codes.unit_concept("%")))
         return items
 
     def probabilities(self, c: Classification) -> list[hd.sr.Measurement]:
@@ -273,10 +281,16 @@ class ReportBuilder:
                 g = _Plan(f"not-assessed/{_ref_key(v.source)}", [v.source], not_assessed=True)
                 groups.append(g)
                 by_ref[_ref_key(v.source)] = g
+        if not everything and not any(g.classifications for g in groups):
+            # nothing stood out: the first image still gets its group, so a viewer has an image to show
+            i, first = next((i, c) for i, c in enumerate(f.classifications) if c.source is not None)
+            if first.source is not None:
+                self.skipped_images -= 1
+                groups.insert(0, _Plan(f"classification/{i}/{_ref_key(first.source)}", [first.source], [first]))
         if f.summary is not None:
             series.classifications.insert(0, f.summary)
         if series.classifications or series.measurements or (series.not_assessed and not groups):
-            groups.insert(0, series)
+            groups.append(series)
         return groups
 
     def group_label(self, g: _Plan, number: int) -> str:
@@ -287,7 +301,31 @@ class ReportBuilder:
             return f"{what}: {self.vocabulary.text(g.classifications[0].label)}"
         return what
 
-    def group(self, g: _Plan, number: int) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    def whole_image(self, ref: ImageRef) -> hd.sr.ImageRegion:
+        """The image's own extent as a closed polyline: the region a per-image answer is about."""
+        ds = self.index.get(ref)
+        cols, rows = float(ds.Columns), float(ds.Rows)
+        return self.region(ref, (0.5, 0.5, cols - 0.5, rows - 0.5))
+
+    def region(self, ref: ImageRef, box: tuple[float, float, float, float]) -> hd.sr.ImageRegion:
+        """A closed SCOORD polyline of `box` (column/row min, max) on the image `ref` points at."""
+        ds = self.index.get(ref)
+        c0, r0, c1, r1 = (float(v) for v in box)
+        polyline = np.array([[c0, r0], [c1, r0], [c1, r1], [c0, r1], [c0, r0]], dtype=float)
+        return hd.sr.ImageRegion(
+            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+            graphic_data=polyline,
+            source_image=hd.sr.SourceImageForRegion(
+                referenced_sop_class_uid=str(ds.SOPClassUID),
+                referenced_sop_instance_uid=str(ds.SOPInstanceUID),
+                referenced_frame_numbers=[ref.frame] if ref.frame is not None else None,
+            ),
+        )
+
+    def group(self, g: _Plan, number: int) -> Group:
+        """A per-image answer is a planar ROI (TID 1410) over its whole image, so a viewer that
+        starts at the first group draws the image with the answer; the summary and groups of
+        measurements only are TID 1501 groups."""
         question = CodedConcept.from_code(self.vocabulary.question)
         evaluations: list[hd.sr.QualitativeEvaluation] = []
         measurements: list[hd.sr.Measurement] = []
@@ -303,30 +341,25 @@ class ReportBuilder:
         if g.not_assessed:
             measurements.insert(0, self.not_assessed_number(None if g.key == "series" else g.refs[0]))
         measurements += [self.measurement(m) for m in g.measurements]
+        tracking = self.tracking(g.key, self.group_label(g, number))
+        finding_type = question if (g.classifications or g.not_assessed) else None
+        algorithm = self.algorithm if number == 1 else None
+        sites = self.finding_sites(site, lat)
+        if g.key != "series" and len(g.refs) == 1 and (g.classifications or g.not_assessed):
+            return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=tracking, referenced_region=self.whole_image(g.refs[0]),
+                finding_type=finding_type, algorithm_id=algorithm, finding_sites=sites,
+                measurements=measurements or None, qualitative_evaluations=evaluations or None,
+            )
         return hd.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=self.tracking(g.key, self.group_label(g, number)),
-            finding_type=question if (g.classifications or g.not_assessed) else None,
-            algorithm_id=self.algorithm if number == 1 else None,
-            finding_sites=self.finding_sites(site, lat),
-            measurements=measurements or None,
-            qualitative_evaluations=evaluations or None,
+            tracking_identifier=tracking, finding_type=finding_type, algorithm_id=algorithm, finding_sites=sites,
+            measurements=measurements or None, qualitative_evaluations=evaluations or None,
             source_images=self.source_images(g.refs) or None,
         )
 
     def detection(self, d: Detection, number: int) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
         """A planar ROI group: the box as a closed SCOORD polyline on its source image."""
-        ds = self.index.get(d.source)
-        c0, r0, c1, r1 = (float(v) for v in d.box)
-        polyline = np.array([[c0, r0], [c1, r0], [c1, r1], [c0, r1], [c0, r0]], dtype=float)
-        region = hd.sr.ImageRegion(
-            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-            graphic_data=polyline,
-            source_image=hd.sr.SourceImageForRegion(
-                referenced_sop_class_uid=str(ds.SOPClassUID),
-                referenced_sop_instance_uid=str(ds.SOPInstanceUID),
-                referenced_frame_numbers=[d.source.frame] if d.source.frame is not None else None,
-            ),
-        )
+        region = self.region(d.source, d.box)
         assessed = not self.findings.is_out_of_domain(d.source)
         grade_concept = CodedConcept.from_code(self.vocabulary.grade_concept)
         measurements: list[hd.sr.Measurement] = []

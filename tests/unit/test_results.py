@@ -222,7 +222,8 @@ class TestStructuredReport:
             for i in measurement_items(back)
         }
         assert units == {"1", "%"}
-        assert values["LGE slice certainty: uncertain"] == pytest.approx(77.0)
+        assert values["uncertain"] == pytest.approx(77.0)  # the answer, listed as a NUM
+        assert values["AI QA alert for technologist"] == pytest.approx(77.0)
 
     def test_sr_says_not_for_clinical_use_in_text_and_series_description(
         self, mr: Dataset, tmp_path: Path
@@ -290,7 +291,7 @@ class TestStructuredReport:
             if i.ConceptNameCodeSequence[0].CodeMeaning == "Measurement Group"
         ]
         assert len(groups) == 5
-        summary = groups[0]  # the series answer comes first
+        summary = groups[-1]  # per-image answers (ROIs over each image) first, then the series
         sources = [i for i in summary.ContentSequence if i.ValueType == "IMAGE"]
         assert len(sources) == 4
         assert numbers(back)["Uncertain slice fraction"] == pytest.approx(0.5)
@@ -345,10 +346,9 @@ class TestStructuredReport:
         frames = [
             int(i.ReferencedSOPSequence[0].ReferencedFrameNumber)
             for i in walk(back.ContentSequence)
-            if i.ValueType == "IMAGE"
-            and i.ConceptNameCodeSequence[0].CodeMeaning == "Source of Measurement"
+            if i.ValueType == "IMAGE" and "ReferencedFrameNumber" in i.ReferencedSOPSequence[0]
         ]
-        assert frames == [3]
+        assert frames == [3]  # the region the answer is about lies on frame 3
         assert "EULAR-OMERACT synovitis grade" in meanings(back)
 
     def test_uids_are_deterministic_and_revision_gets_new_instance(self, mr: Dataset) -> None:
