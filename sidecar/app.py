@@ -82,7 +82,7 @@ def load_models(settings: Settings, routes: list[Route], factories: Mapping[str,
         spec = ModelSpec(model_id, settings.model_weights(model_id), entry.sha256, entry.options,
                          settings.model_backend(model_id))
         try:
-            models[model_id] = build_model(spec, factories)
+            models[model_id] = build_model(spec, {**factories, model_id: entry.factory} if entry.factory else factories)
         except ModelUnavailable as exc:
             unavailable[model_id] = str(exc)
     return models, unavailable

@@ -338,6 +338,10 @@ class ModelEntry(_Strict):
     backend: Backend = InProcessBackendEntry()
     enabled: bool = True
     options: dict[str, Any] = {}
+    # A model not built into models/registry.py: "package.module:function" of an installed (or
+    # on-path) package, called as f(weights=Path|None, options=dict) -> ClinicalModel. Imported
+    # by name, never evaluated (docs/adding-a-model.md).
+    factory: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$")
 
     @field_validator("backend", mode="before")
     @classmethod
