@@ -1,4 +1,4 @@
-"""`python -m train <model> fit|evaluate|card|manifest|demo-weights|export|fit-guard [options]`.
+"""`python -m train <model> fit|evaluate|card|manifest|demo-weights|export|fit-guard|calibrate [options]`.
 
 Parses the command line into the typed requests of train.tasks and hands them to the model's
 registered task. Default folders: runs/<model>/fit (checkpoints, epochs.jsonl, phantoms),
@@ -157,6 +157,21 @@ def build_parser(tasks: dict[str, TaskSpec]) -> argparse.ArgumentParser:
                     help="threshold quantile of held-out in-domain scores (default 0.99: ~1 %% refused)")
     fg.add_argument("--no-foreign", action="store_true", help="skip the check on pydicom-data's foreign images")
     fg.add_argument("--no-card", action="store_true", help="leave the model card as it is")
+    cb = sub.add_parser("calibrate", help="site operating point and temperature scaling from a validation manifest",
+                        description="Score a validation manifest through the served model, fit temperature "
+                                    "scaling, choose the threshold for --target with bootstrap CIs, and store "
+                                    "both in the checkpoint (and models.yaml, the card, a report with the "
+                                    "calibration plot). Binary models: lge_qa, gout_mtp1.")
+    cb.add_argument("--manifest", type=Path, required=True, help="manifest CSV with the validation split")
+    cb.add_argument("--split", default="val", help="split to calibrate on (default val)")
+    cb.add_argument("--target", required=True,
+                    help="sensitivity=S | specificity=S | alert_rate=R | youden")
+    cb.add_argument("--checkpoint", type=Path, help="checkpoint to calibrate in place (default: models.yaml's)")
+    cb.add_argument("--models-yaml", type=Path, default=MODELS_YAML, help=f"default {MODELS_YAML}")
+    cb.add_argument("--out", type=Path, help="report folder (default runs/<model>/calibrate)")
+    cb.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs (default 1000)")
+    cb.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    cb.add_argument("--no-card", action="store_true", help="leave the model card as it is")
     return parser
 
 
@@ -226,6 +241,18 @@ def run(spec: TaskSpec, args: argparse.Namespace) -> str:
         where = f"; Triton model {result.triton_model_dir}" if result.triton_model_dir else ""
         return (f"{args.format} written to {result.model_file}{where}; max |torch - export| "
                 f"{result.max_abs_diff:.2e}; tensors {result.input_name} -> {result.output_name}")
+    if args.command == "calibrate":
+        from train.common.calibrate import CalibrateRequest, Target, run_calibrate
+        from train.common.guard import CARD_DIRS
+
+        checkpoint = args.checkpoint or _configured_weights(spec.name, args.models_yaml)
+        op = run_calibrate(CalibrateRequest(
+            model_id=spec.name, checkpoint=checkpoint, manifest=args.manifest, target=Target.parse(args.target),
+            out_dir=args.out or base / "calibrate", split=args.split, models_yaml=args.models_yaml,
+            card_dir=None if args.no_card else CARD_DIRS.get(spec.name), n_boot=args.bootstrap, seed=args.seed))
+        return (f"{op['target']}: threshold {op['threshold']} (CI {op['threshold_ci']}), sensitivity "
+                f"{op['sensitivity']}, specificity {op['specificity']}, alert rate {op['alert_rate']}, "
+                f"temperature {op['temperature']}; stored in {checkpoint}")
     if args.command == "fit-guard":
         from train.common.guard import CARD_DIRS, FitGuardRequest, run_fit_guard
 

@@ -72,6 +72,8 @@ class GoutModel:
         self.metadata = dict(metadata)
         self.guard = DomainGuard.from_metadata(metadata)
         self.threshold = float(threshold)
+        # temperature scaling fitted by `python -m train gout_mtp1 calibrate` (1: the network's own)
+        self.temperature = float(metadata.get("temperature", 1.0))
         self.config = GoutTransform(size=int(metadata.get("input_size", 128)))
         self.card = card_from_metadata(
             metadata, id=MODEL_ID, name=NAME, manufacturer=MANUFACTURER, intended_use=INTENDED_USE,
@@ -90,9 +92,9 @@ class GoutModel:
         return list(batch.tensor.numpy()), list(batch.refs)
 
     def probabilities(self, batch: GoutBatch) -> np.ndarray:
-        """P(abnormal) per image."""
+        """P(abnormal) per image (temperature-scaled when the checkpoint was calibrated)."""
         with torch.inference_mode():
-            return torch.sigmoid(self.net(batch.tensor).float()).double().numpy()
+            return torch.sigmoid(self.net(batch.tensor).double() / self.temperature).numpy()
 
     def _classify(self, p: float, ref: ImageRef | None, lat: str | None) -> Classification:
         return Classification(label=ABNORMAL if p >= self.threshold else NORMAL,

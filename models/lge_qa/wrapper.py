@@ -102,6 +102,8 @@ class LgeQaModel:
         self.metadata = dict(metadata)
         self.guard = DomainGuard.from_metadata(metadata)
         self.threshold = float(threshold)
+        # temperature scaling fitted by `python -m train lge_qa calibrate` (1: the network's own)
+        self.temperature = float(metadata.get("temperature", 1.0))
         self.config = TransformConfig(
             spacing_mm=float(metadata.get("spacing_mm", TransformConfig.spacing_mm)),
             size=int(metadata.get("input_size", TransformConfig.size)),
@@ -142,8 +144,8 @@ class LgeQaModel:
         return self.backend.run(batch.tensor.numpy())
 
     def probabilities(self, batch: LgeQaBatch) -> np.ndarray:
-        """P(low certainty) per slice."""
-        return torch.sigmoid(torch.from_numpy(self.logits(batch))).double().numpy()
+        """P(low certainty) per slice (temperature-scaled when the checkpoint was calibrated)."""
+        return torch.sigmoid(torch.from_numpy(self.logits(batch)).double() / self.temperature).numpy()
 
     def predict(self, batch: LgeQaBatch) -> Findings:
         """One Classification per slice (uncertain = p_low >= threshold) plus a batch summary."""

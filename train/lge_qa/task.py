@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from models.findings import ImageRef
 from models.lge_qa import labels as L
 from models.lge_qa.net import EfficientNetV2, count_parameters
 from models.lge_qa.transforms import TransformConfig, slice_to_tensor
@@ -357,13 +358,26 @@ def task_evaluate(request: Any) -> Path:
     else:
         full, idx = _phantom_split(cfg)
         data = _subset(full, idx[request.split])
-    p = predict(model.net, data.x)
+    p = served_probabilities(model, data.x)
     write_report(request.out_dir, task="binary", y_true=data.y, y_score=p,
                  class_names=list(L.LABELS), threshold=model.threshold,
                  published=PUBLISHED_FOR_REPORT, title=f"LGE QA, split {request.split}",
                  extra={"checkpoint": str(checkpoint), "version": model.card.version},
                  seed=request.seed)
     return Path(request.out_dir)
+
+
+def served_probabilities(model: Any, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """P(low certainty) through the served model's own probability path (its backend and the
+    checkpoint's temperature), not `model.net`: what is evaluated is what is served. `x` holds
+    the slices `slice_to_tensor` made, the call `model.prepare` makes."""
+    from models.lge_qa.wrapper import LgeQaBatch
+
+    out = []
+    for i in range(0, len(x), batch_size):
+        chunk = torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size], dtype=np.float32))
+        out.append(model.probabilities(LgeQaBatch(chunk, tuple(ImageRef("", "") for _ in range(len(chunk))))))
+    return np.concatenate(out) if out else np.zeros(0)
 
 
 def task_card(request: Any) -> Path:
