@@ -1,7 +1,7 @@
 """The ingest baseline: a bare pynetdicom C-STORE SCP that writes `event.encoded_dataset()` to files.
 
 No decoding, no header check, no fsync, no journal: what pynetdicom itself costs per image.
-Transport settings match the sidecar's listener (maximum PDU size unlimited).
+Transport settings match the sidecar's listener (maximum PDU length 1 MiB, negotiated).
 Run: `python -m bench.bare_scp PORT FOLDER` (127.0.0.1 only); SIGTERM stops it.
 """
 
@@ -28,10 +28,10 @@ def main(argv: list[str]) -> int:
         return 0x0000  # Success
 
     ae = AE(ae_title="BARE")
-    # The sidecar's default (limits.max_pdu_bytes: 0, no limit); pynetdicom's own default of
-    # 16382 bytes would cut a 512x512 slice into 32 PDUs and make the baseline, not the
-    # sidecar, pay for it.
-    ae.maximum_pdu_size = 0
+    # The sidecar's default (limits.max_pdu_bytes: 1 MiB); pynetdicom's own default of 16382
+    # bytes would cut a 512x512 slice into 32 PDUs and make the baseline, not the sidecar, pay
+    # for it.
+    ae.maximum_pdu_size = 1 << 20
     ae.add_supported_context(Verification)
     for cx in AllStoragePresentationContexts:
         ae.add_supported_context(cx.abstract_syntax)

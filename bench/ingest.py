@@ -1,8 +1,10 @@
-"""Ingest throughput: the same MR slices sent by dcmtk storescu to three receivers, side by side.
+"""Ingest throughput: the same MR slices sent by dcmtk storescu to four receivers, side by side.
 
 Targets, each started fresh for every run (so the sidecar never sees a duplicate SOP Instance):
 
 - storescp: dcmtk's storescp writing files (the speed a C++ SCP reaches here);
+- orthanc:  Orthanc (Debian package) storing into its own storage and SQLite index: what a
+            site would otherwise run beside a PACS;
 - bare:     a bare pynetdicom SCP writing `event.encoded_dataset()` (no fsync, no journal);
 - sidecar:  the real service in a subprocess (durable spool writes with fsync, SQLite journal
             with synchronous=FULL), with its only route matching CT so the MR series is kept
@@ -40,15 +42,29 @@ from bench.common import (
     wait_idle,
     write_slices,
 )
+from tests.helpers.orthanc import Orthanc
 from tests.helpers.ports import free_port
 from tests.helpers.sidecar import write_config
 
-TARGETS = ("storescp", "bare", "sidecar")
+TARGETS = ("storescp", "orthanc", "bare", "sidecar")
 SHM_TARGET = "sidecar-tmpfs"  # diagnostic: same service, spool and journal on tmpfs (fsync is free)
 CT_ONLY_ROUTE = [{
     "name": "bench-ct-only", "model": "brightness", "mode": "series", "match": {"modality": ["CT"]},
     "outputs": ["sr"], "destinations": [], "quiet_s": 60,
 }]
+
+
+class OrthancChild:
+    """Orthanc behind the `Child` interface one_run uses (stop); its store is counted over REST."""
+
+    def __init__(self) -> None:
+        self.orthanc = Orthanc(ae_title="ORTHANC").start()
+
+    def count(self) -> int:
+        return len(self.orthanc.instances())
+
+    def stop(self) -> None:
+        self.orthanc.stop()
 
 
 @dataclass
@@ -81,8 +97,12 @@ def start_sidecar(work: Path, tag: str, module: str = "tests.helpers.serve_with_
     return child, port, spool
 
 
-def start_target(target: str, work: Path, tag: str, shm: Path | None = None) -> tuple[Child, int, str, Path]:
+def start_target(target: str, work: Path, tag: str,
+                 shm: Path | None = None) -> tuple[Child | OrthancChild, int, str, Path]:
     """Start one receiver; returns (process, port, called AE title, folder its files land in)."""
+    if target == "orthanc":
+        orthanc = OrthancChild()
+        return orthanc, orthanc.orthanc.dicom_port, "ORTHANC", Path()
     if target == "storescp":
         folder = work / f"storescp-{tag}"
         child, port = start_storescp(folder, work)
@@ -106,7 +126,7 @@ def one_run(target: str, size: int, rnd: int, files: list[Path], warm: Path, wor
     try:
         storescu([warm], port, aet)  # first association and first store: code paths warm
         seconds = storescu(files, port, aet)
-        got = _count_files(folder) - 1
+        got = (child.count() if isinstance(child, OrthancChild) else _count_files(folder)) - 1
         if got != len(files):
             raise RuntimeError(f"{target} kept {got} of {len(files)} files")
     finally:
@@ -120,16 +140,18 @@ def print_table(runs: list[Run], sizes: list[int], rounds: int, targets: tuple[s
     print()
     print(f"Ingest: dcmtk storescu -> target, one association, {runs[0].n} MR slices (uint16), "
           f"median of {rounds} interleaved rounds")
-    print(f"{'size':>8} | {'storescp img/s':>14} | {'bare pynetdicom':>15} | {'sidecar':>8} | "
-          f"{'sidecar/bare':>12} | {'sidecar/storescp':>16}")
-    print("-" * 90)
+    print(f"{'size':>8} | {'storescp img/s':>14} | {'orthanc':>8} | {'bare pynetdicom':>15} | {'sidecar':>8} | "
+          f"{'sidecar/bare':>12} | {'sidecar/orthanc':>15} | {'sidecar/storescp':>16}")
+    print("-" * 120)
     for size in sizes:
         by = {t: [r for r in runs if r.size == size and r.target == t] for t in TARGETS}
         rates = {t: median([r.rate for r in by[t]]) for t in TARGETS}
         paired_bare = [s.rate / b.rate for s, b in zip(by["sidecar"], by["bare"], strict=True)]
         paired_scp = [s.rate / c.rate for s, c in zip(by["sidecar"], by["storescp"], strict=True)]
-        print(f"{f'{size}x{size}':>8} | {rates['storescp']:>14.0f} | {rates['bare']:>15.0f} | "
-              f"{rates['sidecar']:>8.0f} | {median(paired_bare):>11.2f}x | {median(paired_scp):>15.2f}x")
+        paired_orthanc = [s.rate / o.rate for s, o in zip(by["sidecar"], by["orthanc"], strict=True)]
+        print(f"{f'{size}x{size}':>8} | {rates['storescp']:>14.0f} | {rates['orthanc']:>8.0f} | "
+              f"{rates['bare']:>15.0f} | {rates['sidecar']:>8.0f} | {median(paired_bare):>11.2f}x | "
+              f"{median(paired_orthanc):>14.2f}x | {median(paired_scp):>15.2f}x")
     print()
     if SHM_TARGET in targets:
         print(f"diagnostic, not durable: {SHM_TARGET} = the same sidecar with spool and journal on tmpfs "
@@ -149,14 +171,16 @@ def print_table(runs: list[Run], sizes: list[int], rounds: int, targets: tuple[s
     for size in sizes:
         by = {t: [r for r in runs if r.size == size and r.target == t] for t in TARGETS}
         ratio = median([s.rate / b.rate for s, b in zip(by["sidecar"], by["bare"], strict=True)])
-        verdicts.append(f"{size}: {'MET' if ratio >= 0.9 else 'NOT MET'} ({ratio:.2f}x)")
-    print(f"target sidecar >= 0.9x bare pynetdicom: {'; '.join(verdicts)}")
+        vs_orthanc = median([s.rate / o.rate for s, o in zip(by["sidecar"], by["orthanc"], strict=True)])
+        verdicts.append(f"{size}: {'MET' if ratio >= 0.9 else 'NOT MET'} ({ratio:.2f}x bare), "
+                        f"{'MET' if vs_orthanc >= 1.0 else 'NOT MET'} ({vs_orthanc:.2f}x Orthanc)")
+    print(f"targets sidecar >= 0.9x bare pynetdicom and >= Orthanc: {'; '.join(verdicts)}")
 
 
 # -- profile -----------------------------------------------------------------------------------
 
-PHASE_ORDER = ("decode_dataset", "header_check", "duplicate_check", "encode_for_spool",
-               "spool_write_fsync", "os_fsync", "journal_commit", "handler_total")
+PHASE_ORDER = ("header_check", "duplicate_check", "encode_for_spool",
+               "spool_commit_fsync", "os_fsync", "journal_commit", "handler_total")
 
 
 def profile_phases(files: list[Path], warm: Path, size: int, work: Path) -> None:

@@ -52,19 +52,18 @@ def _install_phase_timers() -> None:
     from pynetdicom import events
 
     import sidecar.ingest.listener as listener_mod
+    import sidecar.ingest.service as service_mod
     from sidecar.ingest.spool import Spool
     from sidecar.journal import Journal
 
     os.fsync = _timed("os_fsync", os.fsync)  # spool file and folder fsyncs (SQLite's are in C)
-    listener_mod.read_header = _timed("header_check", listener_mod.read_header)  # type: ignore[attr-defined]
-    Spool.write = _timed("spool_write_fsync", Spool.write)  # type: ignore[method-assign]
+    service_mod.read_header_file = _timed("header_check", service_mod.read_header_file)  # type: ignore[attr-defined]
+    Spool.commit = _timed("spool_commit_fsync", Spool.commit)  # type: ignore[method-assign]
     Journal.record_instance = _timed("journal_commit", Journal.record_instance)  # type: ignore[method-assign]
-    Journal.has_instance = _timed("duplicate_check", Journal.has_instance)  # type: ignore[method-assign]
+    Journal.instance = _timed("duplicate_check", Journal.instance)  # type: ignore[method-assign]
     listener_mod.Listener._handle_store = _timed(  # type: ignore[method-assign]
         "handler_total", listener_mod.Listener._handle_store)
     events.Event.encoded_dataset = _timed("encode_for_spool", events.Event.encoded_dataset)  # type: ignore[method-assign]
-    prop = events.Event.dataset
-    events.Event.dataset = property(_timed("decode_dataset", prop.fget))  # type: ignore[method-assign,arg-type]
 
 
 def _install_thread_profiler() -> None:
