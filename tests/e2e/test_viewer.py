@@ -32,7 +32,7 @@ import numpy as np
 import pydicom
 import pytest
 from PIL import Image
-from playwright.sync_api import TimeoutError as PlaywrightTimeout
+from playwright.sync_api import Error as PlaywrightError, TimeoutError as PlaywrightTimeout
 from pydicom import Dataset
 
 from sidecar.app import Sidecar
@@ -99,6 +99,7 @@ class StudyView:
     expected: list[ExpectedSr]
     probes: dict[str, dict[str, Any]] = field(default_factory=dict)  # displayed SOP UID -> probe
     ink: dict[str, float] = field(default_factory=dict)  # displayed SOP UID -> non-black share
+    console: dict[str, list[str]] = field(default_factory=dict)  # displayed SOP UID -> console errors
     screenshots: list[Path] = field(default_factory=list)
     load_error: str = ""
     source_series: set[str] = field(default_factory=set)
@@ -220,7 +221,22 @@ def _show(page: Any, uid: str, timeout_ms: int) -> bool:
     return True
 
 
-def _open_studies(page: Any, ohif: OhifServer, visits: list[StudyView]) -> None:
+def _error_details(page: Any) -> list[str]:
+    """The text behind OHIF's "Something went wrong" toast ("Show Details"), for the report."""
+    button = page.get_by_text("Show Details")
+    if not button.count():
+        return []
+    try:
+        button.last.click(timeout=2_000)
+        page.wait_for_timeout(300)
+        text = page.locator("[role=dialog]").last.inner_text(timeout=2_000)
+        page.keyboard.press("Escape")
+    except PlaywrightError:
+        return []
+    return [f"details: {' '.join(str(text).split())[:600]}"]
+
+
+def _open_studies(page: Any, ohif: OhifServer, visits: list[StudyView], console: list[str]) -> None:
     """Open every study in one OHIF session (one app load); for each, show its image (the
     harness's positive control), then each SR display set, recording OHIF's parse and screenshots."""
     n_series = sum(len({e.series_instance_uid for e in v.expected}) for v in visits)
@@ -237,7 +253,9 @@ def _open_studies(page: Any, ohif: OhifServer, visits: list[StudyView]) -> None:
             view.source_ink = _viewport_ink(page, ARTIFACTS / f"{view.model}-image.png")
             srs = [s for s in first["sr"] if s["studyInstanceUID"] == view.study_uid]
             for i, sr in enumerate(srs):
-                _show(page, sr["displaySetInstanceUID"], RENDER_TIMEOUT_MS)
+                console.clear()
+                if not _show(page, sr["displaySetInstanceUID"], RENDER_TIMEOUT_MS):
+                    console.extend(_error_details(page))
                 probe = page.evaluate(PROBE_SCRIPT)
                 shown = next(s for s in probe["sr"] if s["displaySetInstanceUID"] == sr["displaySetInstanceUID"])
                 png = ARTIFACTS / f"{view.model}-sr{i + 1}.png"
@@ -245,6 +263,7 @@ def _open_studies(page: Any, ohif: OhifServer, visits: list[StudyView]) -> None:
                 view.probes[shown["sopInstanceUID"]] = probe
                 view.ink[shown["sopInstanceUID"]] = _viewport_ink(
                     page, ARTIFACTS / f"{view.model}-sr{i + 1}-viewport.png")
+                view.console[shown["sopInstanceUID"]] = [c[:300] for c in console[:5]]
                 view.screenshots.append(png)
                 print(f"viewer screenshot: {png}")
         except Exception as exc:  # boundary: a study that fails to load fails its own tests
@@ -292,6 +311,9 @@ def views(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, StudyV
             try:
                 page = browser.new_page(viewport={"width": 1280, "height": 800})
                 page.add_init_script(HIDE_TOUR_SCRIPT)
+                console: list[str] = []  # OHIF's console errors while an SR is being shown
+                page.on("console", lambda m: console.append(m.text) if m.type == "error" else None)
+                page.on("pageerror", lambda e: console.append(f"uncaught: {e}"))
                 # Models whose phantoms share a study (the four synovitis variants) share one visit.
                 visits = []
                 for study in sorted({v.study_uid for v in result.values() if v.expected}):
@@ -301,7 +323,7 @@ def views(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, StudyV
                                             source_series={s for v in in_study for s in v.source_series}))
                 started = time.monotonic()
                 try:
-                    _open_studies(page, ohif, visits)
+                    _open_studies(page, ohif, visits, console)
                 except Exception as exc:  # boundary: OHIF not loading fails every test with the reason
                     for visit in visits:
                         visit.load_error = visit.load_error or f"{type(exc).__name__}: {exc}"[:800]
@@ -309,8 +331,8 @@ def views(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, StudyV
                 for visit in visits:
                     for v in result.values():
                         if v.study_uid == visit.study_uid:
-                            v.probes, v.ink, v.screenshots, v.load_error = (
-                                visit.probes, visit.ink, visit.screenshots, visit.load_error)
+                            v.probes, v.ink, v.screenshots, v.load_error, v.console = (
+                                visit.probes, visit.ink, visit.screenshots, visit.load_error, visit.console)
                             v.source_drawn, v.source_ink = visit.source_drawn, visit.source_ink
             finally:
                 browser.close()
@@ -346,7 +368,8 @@ MODELS = sorted(DEMO_SAMPLES)
 
 #: What OHIF 3.12 does not show yet with today's SRs (issue 16; the SR redesign is on its way).
 #: Each is an expected failure with its reason printed in the report (pytest -rxX), not a skip:
-#: when the SRs change and a check passes it shows as XPASS, and its entry here goes.
+#: when the SRs change and a check passes it shows as XPASS, and its entry here goes. Each
+#: failure's message (OHIF's console errors and "Show Details" text included): --runxfail.
 _NO_REGION = "OHIF's SR viewport starts from the first measurement group, which has no image region: black"
 _CODE_ANSWERS = "OHIF labels only NUM items; the coded answer (CODE content item) is not displayed"
 KNOWN_GAPS: dict[tuple[str, str], str] = {
@@ -417,7 +440,7 @@ class TestViewer:
             drawn = any(v["actors"] > 0 and v["imageId"] for v in probe["viewports"])
             if not drawn or view.ink.get(sop, 0.0) < MIN_INK:  # errors: a toast may outlive its SR
                 empty[sop[-12:]] = {"drawn": drawn, "ink": round(view.ink.get(sop, 0.0), 4),
-                                    "errors": probe["errors"][:2]}
+                                    "errors": probe["errors"][:2], "console": view.console.get(sop, [])[:3]}
         assert mine & set(view.probes) and not empty, f"{model}: SR viewport empty: {empty} (see {view.screenshots})"
 
     @pytest.mark.parametrize("model", _cases("rois")[MODELS.index("hand_joints"):][:1])
