@@ -1,4 +1,4 @@
-"""The silent trial through the real listener, with storescp as PACS and console."""
+"""The domain guard and the silent trial through the real listener, with storescp as PACS and console."""
 
 from __future__ import annotations
 
@@ -6,8 +6,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pydicom
 import pytest
+import yaml
+from pydicom.data import get_testdata_file
 
+from models.findings import NOT_ASSESSED_TEXT
 from sidecar.trial import render, summarise, trial_route_names
 from tests.helpers.dcmtk import StoreSCP, storescu
 from tests.helpers.dicom_factory import make_mr_series, write_series
@@ -16,6 +20,8 @@ from tests.helpers.sidecar import running_sidecar, write_config
 pytestmark = pytest.mark.integration
 
 
+REPO = Path(__file__).resolve().parents[2]
+
 
 def _wait(predicate: Callable[[], bool], timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
@@ -23,6 +29,21 @@ def _wait(predicate: Callable[[], bool], timeout: float = 60.0) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError("condition not reached")
         time.sleep(0.05)
+
+
+def _texts(ds: pydicom.Dataset) -> list[str]:
+    out: list[str] = []
+    for item in ds.get("ContentSequence", []):
+        if "TextValue" in item:
+            out.append(str(item.TextValue))
+        out += _texts(item)
+    return out
+
+
+def _lge_conf() -> dict[str, object]:
+    entry = yaml.safe_load((REPO / "conf" / "models.yaml").read_text())["models"]["lge_qa"]
+    return {"weights": str((REPO / "conf" / entry["weights"]).resolve()), "sha256": entry["sha256"],
+            "options": {"torch_threads": 1}}
 
 
 def _destinations(pacs: StoreSCP, console: StoreSCP) -> list[dict[str, object]]:
@@ -35,6 +56,32 @@ def _jobs_done(app: object, series_uid: str) -> Callable[[], bool]:
         jobs = app.journal.jobs(series_uid)  # type: ignore[attr-defined]
         return bool(jobs) and all(j.state in ("done", "failed") for j in jobs)
     return done
+
+
+class TestOutOfDomainLge:
+    def test_foreign_mr_slice_gets_a_not_assessed_sr_and_no_alert(self, tmp_path: Path) -> None:
+        """A vendor MR image that is no LGE slice comes back as an SR saying "not assessed"; no alert."""
+        src = Path(get_testdata_file("MR_small.dcm"))  # type: ignore[arg-type]
+        ds = pydicom.dcmread(src)
+        ds.SeriesDescription = "LGE PSIR SAX"  # headers that route it to lge_qa; pixels are a head MR
+        files = write_series(tmp_path / "in", [ds], name=lambda d: "slice.dcm")
+        with StoreSCP(tmp_path / "pacs", ae_title="PACS") as pacs, \
+                StoreSCP(tmp_path / "console", ae_title="CONSOLE") as console:
+            routes = [{"name": "lge", "model": "lge_qa", "mode": "instance", "match": {"modality": ["MR"]},
+                       "outputs": ["sr", "alert"], "destinations": ["pacs"], "quiet_s": 1.0}]
+            cfg = write_config(tmp_path / "conf", routes=routes, models={"lge_qa": _lge_conf()},
+                               destinations=_destinations(pacs, console),
+                               alert_channels=[{"kind": "log"}, {"kind": "dicom", "destination": "console"}])
+            with running_sidecar(cfg) as app:
+                assert storescu(files, app.port, called_aet="SIDECAR").returncode == 0
+                sr = pydicom.dcmread(pacs.wait_for_files(1, timeout=60)[0])
+                series_uid = str(ds.SeriesInstanceUID)
+                _wait(_jobs_done(app, series_uid))
+                assert app.journal.alerts(series_uid) == []
+                assert not [o for o in app.journal.outbox(series_uid) if o.destination == "console"]
+            assert console.files() == []
+        assert sr.Modality == "SR"
+        assert any(NOT_ASSESSED_TEXT in t for t in _texts(sr)), _texts(sr)
 
 
 class TestSilentTrial:
