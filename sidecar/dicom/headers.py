@@ -109,8 +109,8 @@ def read_header_file(path: Path, *, max_pixels: int = 1 << 31) -> tuple[Instance
         _decode_all(ds)
     except Exception as exc:  # boundary: whatever pydicom raises on a broken file is "cannot understand"
         raise InvalidInstance(f"dataset cannot be decoded: {type(exc).__name__}") from exc
-    raw = ds.get_item(_PIXEL_DATA) if _PIXEL_DATA in ds else None
-    if (isinstance(raw, RawDataElement) and raw.value is None and raw.length != 0xFFFFFFFF
+    raw: object = ds.get_item(_PIXEL_DATA) if _PIXEL_DATA in ds else None  # raw until accessed
+    if (isinstance(raw, RawDataElement) and _deferred(raw) and raw.length != 0xFFFFFFFF
             and raw.value_tell + raw.length > size):
         raise InvalidInstance(f"pixel data is {size - raw.value_tell} bytes, its length says {raw.length}")
     return read_header(ds, max_pixels=max_pixels), ds
@@ -127,13 +127,17 @@ def _decode_all(ds: Dataset) -> None:
                 _decode_all(item)
 
 
+def _deferred(raw: RawDataElement) -> bool:
+    """True when pydicom left the value on disk (read with defer_size); its stub says bytes."""
+    value: object = raw.value
+    return value is None
+
+
 def _pixel_bytes(ds: Dataset) -> int:
     """The pixel data's length, without reading a deferred value."""
-    raw = ds.get_item(_PIXEL_DATA)
+    raw: object = ds.get_item(_PIXEL_DATA)  # a RawDataElement until accessed (typed DataElement)
     if isinstance(raw, RawDataElement):
-        if raw.value is None:
-            return int(raw.length)
-        return len(raw.value)
+        return int(raw.length) if raw.value is None else len(raw.value)
     return len(ds.PixelData)
 
 

@@ -46,7 +46,8 @@ from sidecar.ingest.receive import SpoolingDimse, install
 from sidecar.ingest.service import IngestService, Outcome
 from sidecar.ingest.spool import Spool
 from sidecar.tls import LazyHandshakeContext, server_context
-from sidecar.settings import Access, AllowedPeer, ListenerTls
+from sidecar.settings import Access, AllowedPeer
+from sidecar.tls import ListenerTls
 
 log = structlog.get_logger("sidecar.listener")
 
@@ -150,7 +151,7 @@ class Listener:
         # The calling AE title (and source address) is checked in _handle_requested.
         ae.add_supported_context(Verification, TRANSFER_SYNTAXES[:3])
         for cx in AllStoragePresentationContexts:
-            ae.add_supported_context(cx.abstract_syntax, TRANSFER_SYNTAXES)
+            ae.add_supported_context(str(cx.abstract_syntax), TRANSFER_SYNTAXES)
         for uid in RETIRED_STORAGE:
             ae.add_supported_context(uid, TRANSFER_SYNTAXES)
         ae.network_timeout = self.config.idle_timeout_s  # the DUL's idle timer and each blocking read
@@ -167,7 +168,7 @@ class Listener:
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
-        handlers = [
+        handlers: list[Any] = [  # (event, handler) pairs, as pynetdicom's evt_handlers takes them
             (evt.EVT_REQUESTED, self._handle_requested),
             (evt.EVT_C_ECHO, self._handle_echo),
             (evt.EVT_C_STORE, self._handle_store),
@@ -313,10 +314,11 @@ class Listener:
                 raise SpoolFull(spooled.write_failed)
             return _refusal(StoreStatus.REFUSED_OUT_OF_RESOURCES,
                             f"instance exceeds the limit of {self.config.max_instance_bytes} bytes", calling_ae)
+        request: Any = event.request  # a C_STORE primitive (EVT_C_STORE)
         return self.service.ingest(
             path, calling_ae=calling_ae, context_sop_class=str(event.context.abstract_syntax),
-            affected_sop_class=str(event.request.AffectedSOPClassUID),
-            affected_sop_instance=str(event.request.AffectedSOPInstanceUID),
+            affected_sop_class=str(request.AffectedSOPClassUID),
+            affected_sop_instance=str(request.AffectedSOPInstanceUID),
         )
 
 
@@ -349,16 +351,17 @@ def _calling_ae(event: evt.Event) -> str:
 
 def _reject_reason(event: evt.Event) -> str:
     """The A-ASSOCIATE-RJ reason pynetdicom sent, in words (PS3.8 9.3.4)."""
+    primitive: Any = event.assoc.acceptor.primitive
     try:
-        diagnostic = int(event.assoc.acceptor.primitive.diagnostic)
-        source = int(event.assoc.acceptor.primitive.result_source)
+        diagnostic = int(primitive.diagnostic)
+        source = int(primitive.result_source)
     except (AttributeError, TypeError):
         return ""
     if source == RejectSource.SERVICE_PROVIDER_PRESENTATION and diagnostic == ProviderRejectReason.LOCAL_LIMIT_EXCEEDED:
         return "local limit exceeded (too many associations)"
-    return {RejectReason.CALLING_AE_NOT_RECOGNIZED: "calling AE title not recognized",
-            RejectReason.CALLED_AE_NOT_RECOGNIZED: "called AE title not recognized"}.get(
-        diagnostic, f"source {source}, diagnostic {diagnostic}")
+    words: dict[int, str] = {RejectReason.CALLING_AE_NOT_RECOGNIZED: "calling AE title not recognized",
+                             RejectReason.CALLED_AE_NOT_RECOGNIZED: "called AE title not recognized"}
+    return words.get(diagnostic, f"source {source}, diagnostic {diagnostic}")
 
 
 def _peer(event: evt.Event) -> str:

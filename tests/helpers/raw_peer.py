@@ -47,8 +47,14 @@ def store_command(sop_class: str, sop_instance: str) -> bytes:
     cmd.CommandDataSetType = 0x0000
     cmd.AffectedSOPInstanceUID = sop_instance
     cmd.CommandGroupLength = 0
-    cmd.CommandGroupLength = len(encode(cmd, True, True)) - 12  # group length counts what follows it
-    return bytes(encode(cmd, True, True))
+    cmd.CommandGroupLength = len(_implicit(cmd)) - 12  # group length counts what follows it
+    return _implicit(cmd)
+
+
+def _implicit(ds: Dataset) -> bytes:
+    data = encode(ds, True, True)
+    assert data is not None, "pydicom could not encode the command set"
+    return bytes(data)
 
 
 def read_pdu(sock: socket.socket) -> tuple[int, bytes] | None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from pydicom import Dataset
+from pydicom.uid import UID
 from pynetdicom.sop_class import UltrasoundImageStorage
 
 from sidecar.dicom.status import StoreStatus
@@ -84,7 +85,7 @@ class TestRefusedHeaders:
 
         def change(ds: Dataset) -> None:
             ds.SOPInstanceUID = sop_uid
-            ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+            ds.file_meta.MediaStorageSOPInstanceUID = UID(sop_uid)
             setattr(ds, keyword, value)
 
         with service.mr_association() as assoc:

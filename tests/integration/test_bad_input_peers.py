@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydicom import Dataset
 from pydicom.uid import (
     ExplicitVRLittleEndian,
 )
@@ -96,7 +97,7 @@ class TestMisbehavingPeers:
         """Half an instance then a close or an A-ABORT: nothing is spooled or journalled for it."""
         ds = make_mr(seed=61)
         uid = str(ds.SOPInstanceUID)
-        data = bytes(encode(ds, False, True))
+        data = _encoded(ds)
         before = service.spooled_files()
         with _raw_peer(service) as sock:
             sock.sendall(_associate_rq(MRImageStorage, ExplicitVRLittleEndian))
@@ -116,7 +117,7 @@ class TestMisbehavingPeers:
         """The scripted peer is sound: the same PDUs, sent whole, store an instance with Success."""
         ds = make_mr(seed=62)
         uid = str(ds.SOPInstanceUID)
-        data = bytes(encode(ds, False, True))
+        data = _encoded(ds)
         with _raw_peer(service) as sock:
             sock.sendall(_associate_rq(MRImageStorage, ExplicitVRLittleEndian))
             pdu = _read_pdu(sock)
@@ -133,3 +134,9 @@ class TestMisbehavingPeers:
         service.acknowledged[uid] = Path(stored.path)
         service.assert_still_serving()
 
+
+def _encoded(ds: Dataset) -> bytes:
+    """The data set in Explicit VR Little Endian, as a peer sends it."""
+    data = encode(ds, False, True)
+    assert data is not None, "pydicom could not encode the test data set"
+    return bytes(data)

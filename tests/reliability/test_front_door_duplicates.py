@@ -16,7 +16,7 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom import Dataset
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian
 from pynetdicom import AE, _config
 from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage
@@ -112,7 +112,7 @@ class TestContextMatch:
             pdu = read_pdu(sock)
             assert pdu is not None and pdu[0] == 0x02
             sock.sendall(p_data(1, 0x03, store_command(CTImageStorage, str(ds.SOPInstanceUID))))
-            sock.sendall(p_data(1, 0x02, bytes(encode(ds, False, True))))
+            sock.sendall(p_data(1, 0x02, _encoded(ds)))
             pdu = read_pdu(sock)
         assert pdu is not None and pdu[0] == 0x04, f"expected a C-STORE-RSP, got {pdu}"
         rsp = command_status(pdu[1])
@@ -128,14 +128,14 @@ class TestRetiredClasses:
     def test_retired_us_class_is_stored(self, app: Sidecar, sop_class: str) -> None:
         """A retired US SOP class is accepted at association and its instance acknowledged."""
         ds = make_us(seed=406 + int(sop_class.rsplit(".", 1)[1]))
-        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop_class
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = UID(sop_class)
         assert _store(app, ds, sop_class).Status == StoreStatus.SUCCESS
         assert app.journal.has_instance(str(ds.SOPInstanceUID))
 
     def test_retired_us_image_is_routed_and_read_by_the_us_front_end(self, app: Sidecar) -> None:
         """`sidecar route explain` on a stored retired-class US image names a US rule; the front end reads it."""
         ds = make_us(seed=407)
-        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = US_RETIRED
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = UID(US_RETIRED)
         ds.SeriesDescription = "MTP1 gout"
         assert _store(app, ds, US_RETIRED).Status == StoreStatus.SUCCESS
         (path,) = _spooled(app, str(ds.SOPInstanceUID))
@@ -149,3 +149,8 @@ class TestRetiredClasses:
         assert layout is not None
 
 
+def _encoded(ds: Dataset) -> bytes:
+    """The data set in Explicit VR Little Endian, as a peer sends it."""
+    data = encode(ds, False, True)
+    assert data is not None, "pydicom could not encode the test data set"
+    return bytes(data)
