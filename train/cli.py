@@ -54,6 +54,8 @@ def _fit_options(p: argparse.ArgumentParser) -> None:
                    help="DataLoader worker processes (default 0: load in the main process)")
     p.add_argument("--resume", type=Path, help="checkpoint to resume from exactly (e.g. last.pt)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-guard", action="store_true",
+                   help="do not fit the input-domain guard into the serving checkpoint after training")
 
 
 def build_parser(tasks: dict[str, TaskSpec]) -> argparse.ArgumentParser:
@@ -175,6 +177,26 @@ def build_parser(tasks: dict[str, TaskSpec]) -> argparse.ArgumentParser:
     return parser
 
 
+def _guard_after_fit(model_id: str, out_dir: Path, best: Path | None, manifest: Path | None) -> str:
+    """Fit the domain guard into the serving checkpoint a fit wrote (the first candidate the
+    model's factory accepts); a model without a phantom sampler or serving checkpoint is named."""
+    from models.checkpoint import ModelUnavailable
+    from train.common.guard import SAMPLERS, FitGuardRequest, run_fit_guard
+
+    if model_id not in SAMPLERS and manifest is None:
+        return "no domain guard (no phantom sampler for this model)"
+    for candidate in (out_dir / f"{model_id}.pt", out_dir / "bundle.pt", best):
+        if candidate is None or not candidate.is_file():
+            continue
+        try:
+            guard = run_fit_guard(FitGuardRequest(model_id, candidate, manifest=manifest, check_foreign=False))
+        except (ModelUnavailable, ValueError, KeyError) as exc:
+            logging.getLogger("train.cli").info("not a serving checkpoint: %s (%s)", candidate, exc)
+            continue
+        return f"domain guard fitted into {candidate} (threshold {guard.threshold:.2f})"
+    return "no serving checkpoint found for the domain guard; run fit-guard on it"
+
+
 def _configured_weights(model_id: str, models_yaml: Path) -> Path:
     """The weights path models.yaml gives `model_id` (relative to the file's folder)."""
     import yaml
@@ -206,9 +228,13 @@ def run(spec: TaskSpec, args: argparse.Namespace) -> str:
     """Dispatch one parsed command; returns the line to print."""
     base = RUNS / spec.name
     if args.command == "fit":
-        result = spec.fit(_fit_request(spec, args))
-        return (f"best {result.val_metric} {result.best_metric:.4f} at epoch {result.best_epoch}; "
+        request = _fit_request(spec, args)
+        result = spec.fit(request)
+        line = (f"best {result.val_metric} {result.best_metric:.4f} at epoch {result.best_epoch}; "
                 f"checkpoint {result.best_checkpoint}")
+        if not args.no_guard:
+            line += "; " + _guard_after_fit(spec.name, request.out_dir, result.best_checkpoint, args.manifest)
+        return line
     if args.command == "evaluate":
         out = spec.evaluate(EvaluateRequest(
             checkpoint=args.checkpoint or base / "fit" / "best.pt",
