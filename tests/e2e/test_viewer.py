@@ -366,17 +366,18 @@ def _displays(measurement: dict[str, Any] | None, answer: str) -> bool:
 
 MODELS = sorted(DEMO_SAMPLES)
 
-#: What OHIF 3.12 does not show yet with today's SRs (issue 16; the SR redesign is on its way).
-#: Each is an expected failure with its reason printed in the report (pytest -rxX), not a skip:
-#: when the SRs change and a check passes it shows as XPASS, and its entry here goes. Each
-#: failure's message (OHIF's console errors and "Show Details" text included): --runxfail.
-_NO_REGION = "OHIF's SR viewport starts from the first measurement group, which has no image region: black"
-_CODE_ANSWERS = "OHIF labels only NUM items; the coded answer (CODE content item) is not displayed"
+#: What OHIF 3.12 does not show yet with the SRs as they are (issue 16). Each is an expected
+#: failure with its reason printed in the report (pytest -rxX), not a skip: when the SRs change
+#: and a check passes it shows as XPASS, and its entry here goes. Each failure's message (OHIF's
+#: console errors and "Show Details" text included): --runxfail.
+_GROUP_WITHOUT_REGION = (
+    "OHIF's SR viewport throws on a measurement group without an image region (TypeError reading "
+    "'ReferencedSOPSequence' in _checkIfCanAddMeasurementsToDisplaySet; seen for gout, synovitis and hands: the "
+    "series-level and image-level groups) and draws nothing")
 KNOWN_GAPS: dict[tuple[str, str], str] = {
-    ("reachable", "lge_qa"): "the eight per-slice SRs share one series; OHIF shows only its last instance",
-    ("rois", "hand_joints"): _NO_REGION + ", so the ROIs are on no image in view; the grade (CODE) is not listed",
-    **{("answers", m): _CODE_ANSWERS for m in MODELS},
-    **{("viewport", m): _NO_REGION for m in MODELS},
+    ("rois", "hand_joints"): _GROUP_WITHOUT_REGION + ", so none of the ROIs is drawn",
+    **{("viewport", m): _GROUP_WITHOUT_REGION
+       for m in ("gout_mtp1", "hand_joints", "synovitis_dgs", "synovitis_dpd", "synovitis_sgs", "synovitis_spd")},
 }
 
 
