@@ -105,6 +105,7 @@ class TestBoundedMemory:
                 answer = read_pdu(sock)
                 assert answer is None or answer[0] == 0x07, f"expected an A-ABORT or a close, got {answer}"
             peak = max(peak, _rss())
+        print(f"\n4 GiB-announced PDU: RSS +{(peak - idle) / MiB:.1f} MiB, {sent // MiB} MiB sent before the abort")
         assert peak - idle < RSS_BUDGET, f"RSS rose {(peak - idle) // MiB} MiB while {sent // MiB} MiB arrived"
         assert sent < 300 * MiB, "the sidecar read 300 MiB of a PDU longer than the maximum it negotiated"
         assert echoscu(app.port, called_aet="SIDECAR").returncode == 0
@@ -127,6 +128,7 @@ class TestBoundedMemory:
         rsp = command_status(pdu[1])
         assert rsp.Status == StoreStatus.REFUSED_OUT_OF_RESOURCES
         assert "exceeds the limit" in rsp.ErrorComment and str(MAX_INSTANCE_BYTES) in rsp.ErrorComment
+        print(f"\n40 MiB instance, limit 8 MiB: RSS +{(peak - idle) / MiB:.1f} MiB, spool file at most {largest / MiB:.1f} MiB")
         assert peak - idle < RSS_BUDGET
         assert largest <= MAX_INSTANCE_BYTES + 2 * MiB, f"the spool file grew to {largest} bytes past the limit"
         assert not list(app.spool.root.glob(".incoming-*")), "the refused instance's file was left behind"
