@@ -135,7 +135,8 @@ class _TlsFront:
     """An https front for Orthanc's http port (Debian's Orthanc 1.10 crashes serving https itself):
     Python's ssl with a certificate from a test CA, forwarding each request to Orthanc."""
 
-    def __init__(self, orthanc: Orthanc, cert: Path, key: Path) -> None:
+    def __init__(self, orthanc: Orthanc, cert: Path, key: Path, client_ca: Path | None = None) -> None:
+        """`client_ca`: require a client certificate signed by it (mutual TLS)."""
         upstream = orthanc.http_port
 
         class Handler(BaseHTTPRequestHandler):
@@ -166,6 +167,9 @@ class _TlsFront:
 
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(cert, key)
+        if client_ca is not None:
+            ctx.verify_mode = ssl.CERT_REQUIRED
+            ctx.load_verify_locations(cafile=str(client_ca))
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
@@ -179,29 +183,42 @@ class _TlsFront:
         self.thread.join(timeout=10)
 
 
+@dataclass(frozen=True)
+class HttpsOrthanc:
+    orthanc: Orthanc
+    url: str  # the https front, server certificate only
+    mtls_url: str  # the https front that requires a client certificate
+    ca: Path
+    client_cert: Path
+    client_key: Path
+
+
 @pytest.fixture(scope="module")
-def https_orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Orthanc, str, Path]]:
-    """Orthanc's DICOMweb behind an https front with a certificate from a test CA."""
+def https_orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpsOrthanc]:
+    """Orthanc's DICOMweb behind two https fronts with certificates from a test CA."""
     if OPENSSL is None:
         pytest.fail("the openssl CLI is needed to make the test PKI (Debian package 'openssl')")
     folder = tmp_path_factory.mktemp("stow-pki")
     ca, _ = _ca(folder, "stow-ca")
     cert, key = _leaf(folder, "orthanc", "stow-ca",
                       "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
+    client_cert, client_key = _leaf(folder, "sidecar", "stow-ca", "extendedKeyUsage=clientAuth\n")
     with _orthanc() as orthanc:
         front = _TlsFront(orthanc, cert, key)
+        mtls = _TlsFront(orthanc, cert, key, client_ca=ca)
         try:
-            yield orthanc, front.url, ca
+            yield HttpsOrthanc(orthanc, front.url, mtls.url, ca, client_cert, client_key)
         finally:
             front.stop()
+            mtls.stop()
 
 
 class TestStowOverTls:
     def test_stow_rs_over_https_verified_against_the_ca_file(
-        self, https_orthanc: tuple[Orthanc, str, Path], tmp_path: Path,
+        self, https_orthanc: HttpsOrthanc, tmp_path: Path,
     ) -> None:
         """With the destination's ca_file the https server is trusted and the instance is stored."""
-        orthanc, url, ca = https_orthanc
+        orthanc, url, ca = https_orthanc.orthanc, https_orthanc.url, https_orthanc.ca
         dest = DicomwebDestination(kind="dicomweb", name="tls", url=url, auth=_basic(USER, PASSWORD),  # type: ignore[arg-type]
                                    tls={"ca_file": ca})  # type: ignore[arg-type]  # validated into DestinationTls
         (mr,) = make_mr_series(1, seed=162)
@@ -217,10 +234,10 @@ class TestStowOverTls:
         assert orthanc.find_instances(str(mr.SOPInstanceUID))
 
     def test_untrusted_server_certificate_is_refused(
-        self, https_orthanc: tuple[Orthanc, str, Path], tmp_path: Path,
+        self, https_orthanc: HttpsOrthanc, tmp_path: Path,
     ) -> None:
         """Without the CA (system trust only) the handshake fails: nothing is stored, the send is retried."""
-        orthanc, url, _ = https_orthanc
+        orthanc, url = https_orthanc.orthanc, https_orthanc.url
         (mr,) = make_mr_series(1, seed=163)
         path = tmp_path / "mr.dcm"
         mr.save_as(path, enforce_file_format=True)
@@ -235,3 +252,29 @@ class TestStowOverTls:
         assert not outcome.ok and outcome.retryable and "ConnectError" in outcome.error
         assert not orthanc.find_instances(str(mr.SOPInstanceUID))
 
+
+    @pytest.mark.parametrize("with_client_cert", [True, False])
+    def test_mutual_tls_needs_the_client_certificate(
+        self, https_orthanc: HttpsOrthanc, tmp_path: Path, with_client_cert: bool,
+    ) -> None:
+        """A server that requires a client certificate stores with cert_file/key_file; without: retried."""
+        h = https_orthanc
+        tls: dict[str, object] = {"ca_file": h.ca}
+        if with_client_cert:
+            tls.update(cert_file=h.client_cert, key_file=h.client_key)
+        dest = DicomwebDestination.model_validate({"kind": "dicomweb", "name": "mtls", "url": h.mtls_url,
+                                                   "auth": _basic(USER, PASSWORD), "tls": tls})
+        (mr,) = make_mr_series(1, seed=164 + int(with_client_cert))
+        path = tmp_path / "mr.dcm"
+        mr.save_as(path, enforce_file_format=True)
+        transport = DicomwebTransport(dest)
+        try:
+            (outcome,) = transport.send([str(path)])
+        finally:
+            transport.close()
+        if with_client_cert:
+            assert outcome.ok, outcome.error
+            assert h.orthanc.find_instances(str(mr.SOPInstanceUID))
+        else:
+            assert not outcome.ok and outcome.retryable
+            assert not h.orthanc.find_instances(str(mr.SOPInstanceUID))
