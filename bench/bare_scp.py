@@ -14,7 +14,10 @@ from pathlib import Path
 from types import FrameType
 
 from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import Verification
+
+from sidecar.dicom.status import StoreStatus
 
 
 def main(argv: list[str]) -> int:
@@ -22,10 +25,11 @@ def main(argv: list[str]) -> int:
     folder.mkdir(parents=True, exist_ok=True)
 
     def on_store(event: evt.Event) -> int:
+        assert isinstance(event.request, C_STORE)
         uid = str(event.request.AffectedSOPInstanceUID)
         with open(folder / f"{uid}.dcm", "wb") as fh:
             fh.write(event.encoded_dataset())
-        return 0x0000  # Success
+        return StoreStatus.SUCCESS
 
     ae = AE(ae_title="BARE")
     # The sidecar's default (limits.max_pdu_bytes: 1 MiB); pynetdicom's own default of 16382
@@ -34,6 +38,7 @@ def main(argv: list[str]) -> int:
     ae.maximum_pdu_size = 1 << 20
     ae.add_supported_context(Verification)
     for cx in AllStoragePresentationContexts:
+        assert cx.abstract_syntax is not None
         ae.add_supported_context(cx.abstract_syntax)
     server = ae.start_server(("127.0.0.1", port), block=False,
                              evt_handlers=[(evt.EVT_C_STORE, on_store)])
@@ -45,6 +50,7 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     done.wait()
+    assert server is not None  # block=False returns the server
     server.shutdown()
     return 0
 

@@ -30,6 +30,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bench.common import (
     Child,
@@ -88,7 +89,7 @@ def start_sidecar(work: Path, tag: str, module: str = "tests.helpers.serve_with_
                   env: dict[str, str] | None = None, data_dir: Path | None = None) -> tuple[Child, int, Path]:
     """The real service on a free port, with a fresh data folder; waits until it is idle."""
     port = free_port()
-    extra = {"data_dir": str(data_dir)} if data_dir is not None else {}
+    extra: dict[str, Any] = {"data_dir": str(data_dir)} if data_dir is not None else {}
     cfg = write_config(work / f"conf-{tag}", routes=CT_ONLY_ROUTE, models={"brightness": {}}, port=port, **extra)
     spool = (data_dir or cfg / "var") / "spool"
     child = start_python(module, [str(cfg)], work, f"sidecar-{tag}", env=env)
@@ -232,7 +233,7 @@ def profile_cprofile(files: list[Path], warm: Path, size: int, work: Path, top: 
     st = pstats.Stats(str(out))
     blocking = ("acquire", "poll", "sleep", "select", "wait")
     rows = []
-    for (fname, line, func), (_cc, nc, tt, ct, _callers) in st.stats.items():  # type: ignore[attr-defined]
+    for (fname, line, func), (_cc, nc, tt, ct, _callers) in st.stats.items():  # type: ignore[attr-defined]  # typeshed omits pstats.Stats.stats
         rows.append((tt, ct, nc, f"{Path(fname).name}:{line}({func})" if line else func,
                      any(b in func for b in blocking)))
     waiting = sorted((r for r in rows if r[4]), reverse=True)
@@ -245,7 +246,7 @@ def profile_cprofile(files: list[Path], warm: Path, size: int, work: Path, top: 
     for tt, ct, nc, name, _ in working[:top]:
         print(f"    {tt / n * 1000:8.3f} own {ct / n * 1000:8.3f} cum {nc / n:8.1f} calls/img  {name}")
     groups: dict[str, float] = {}
-    for (fname, _line, func), (_cc, _nc, tt, _ct, _callers) in st.stats.items():  # type: ignore[attr-defined]
+    for (fname, _line, func), (_cc, _nc, tt, _ct, _callers) in st.stats.items():  # type: ignore[attr-defined]  # typeshed omits pstats.Stats.stats
         if any(b in func for b in blocking):
             continue
         if "fsync" in func:

@@ -31,6 +31,7 @@ is left out of its table with the reason.
 from __future__ import annotations
 
 import argparse
+import importlib
 import statistics
 import sys
 import tempfile
@@ -250,10 +251,11 @@ def _open_backend_models(work: Path, deadline_ms: float, threads: int,
         why["onnxruntime"] = str(exc)
         return models, {**why, "triton": "needs the ONNX export: " + str(exc)}
     from models.backends.pytriton_serve import PytritonServer, triton_python
+    from models.lge_qa.wrapper import LgeQaModel
 
     python, reason = triton_python()
     try:
-        import tritonclient.grpc.aio  # noqa: F401 (the client the backend uses)
+        importlib.import_module("tritonclient.grpc.aio")  # the client the backend uses
     except ImportError:
         reason = "tritonclient[grpc] is not installed (pip install '.[triton]')"
     if python is None or reason:
@@ -262,6 +264,7 @@ def _open_backend_models(work: Path, deadline_ms: float, threads: int,
     server = stack.enter_context(PytritonServer(python, onnx_file, threads=threads, log_file=work / "triton.log"))
     model = build_model(ModelSpec("lge_qa", weights, None, options,
                                   TritonConfig(endpoints=(server.endpoint,), deadline_ms=deadline_ms, priority=1)))
+    assert isinstance(model, LgeQaModel)
     stack.callback(model.backend.close)
     models["triton"] = model
     return models, why

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import cProfile
 import functools
+import inspect
 import json
 import os
 import pstats
@@ -57,13 +58,22 @@ def _install_phase_timers() -> None:
     from sidecar.journal import Journal
 
     os.fsync = _timed("os_fsync", os.fsync)  # spool file and folder fsyncs (SQLite's are in C)
-    service_mod.read_header_file = _timed("header_check", service_mod.read_header_file)  # type: ignore[attr-defined]
-    Spool.commit = _timed("spool_commit_fsync", Spool.commit)  # type: ignore[method-assign]
-    Journal.record_instance = _timed("journal_commit", Journal.record_instance)  # type: ignore[method-assign]
-    Journal.instance = _timed("duplicate_check", Journal.instance)  # type: ignore[method-assign]
-    listener_mod.Listener._handle_store = _timed(  # type: ignore[method-assign]
-        "handler_total", listener_mod.Listener._handle_store)
-    events.Event.encoded_dataset = _timed("encode_for_spool", events.Event.encoded_dataset)  # type: ignore[method-assign]
+    # Wrapped in place, so the patched names are set with setattr (mypy rightly refuses method assignment).
+    patches: list[tuple[object, str, str]] = [
+        (service_mod, "read_header_file", "header_check"),
+        (Spool, "commit", "spool_commit_fsync"),
+        (Journal, "record_instance", "journal_commit"),
+        (Journal, "instance", "duplicate_check"),
+        (listener_mod.Listener, "_handle_store", "handler_total"),
+        (events.Event, "encoded_dataset", "encode_for_spool"),
+        (events.Event, "dataset", "decode_dataset"),  # a property: its getter is timed
+    ]
+    for owner, attr, phase in patches:
+        original = inspect.getattr_static(owner, attr)
+        if isinstance(original, property) and original.fget is not None:
+            setattr(owner, attr, property(_timed(phase, original.fget)))
+        else:
+            setattr(owner, attr, _timed(phase, getattr(owner, attr)))
 
 
 def _install_thread_profiler() -> None:
@@ -74,13 +84,13 @@ def _install_thread_profiler() -> None:
             _profiles.append((threading.current_thread().name, prof))
         prof.enable()
 
-    threading.setprofile(hook)  # type: ignore[arg-type]
+    threading.setprofile(hook)
 
 
 def _dump_profiles(path: Path) -> None:
     """Merge the profiles of the association threads (pynetdicom's AcceptorThread runs the handlers,
     its DUL reactor runs on a plain Thread); start-up threads (worker, scheduler) are left out."""
-    threading.setprofile(None)  # type: ignore[arg-type]
+    threading.setprofile(None)
     stats: pstats.Stats | None = None
     names: dict[str, int] = {}
     with _lock:

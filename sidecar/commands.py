@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TextIO
 
 import pydicom
 from pydicom.errors import InvalidDicomError
@@ -35,7 +36,7 @@ def _dicom_files(paths: Sequence[Path]) -> Iterator[Path]:
             yield p
 
 
-def route_explain(config_dir: Path, paths: Sequence[Path], out: object = None) -> int:
+def route_explain(config_dir: Path, paths: Sequence[Path], out: TextIO | None = None) -> int:
     """Print, for each file, which rule matched and why; exit 0 when every file was readable."""
     settings = load_settings(config_dir)
     predicates = load_predicates()
@@ -46,19 +47,19 @@ def route_explain(config_dir: Path, paths: Sequence[Path], out: object = None) -
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
         except (InvalidDicomError, OSError, ValueError) as exc:
-            print(f"{path}: not a readable DICOM file ({type(exc).__name__})", file=stream)  # type: ignore[call-overload]
+            print(f"{path}: not a readable DICOM file ({type(exc).__name__})", file=stream)
             bad += 1
             continue
         decision = route(settings.routes, ds, calling_ae=None, predicates=predicates, available_models=None)
-        print(explain(decision, str(path)), file=stream)  # type: ignore[call-overload]
+        print(explain(decision, str(path)), file=stream)
         wanted = {p for r in settings.routes for p in (r.match.predicates or [])}
         for name in sorted(wanted & explainers.keys()):
-            print(f"  cues of predicate {name}:", file=stream)  # type: ignore[call-overload]
+            print(f"  cues of predicate {name}:", file=stream)
             for cue, ok, detail in explainers[name](ds):
-                print(f"    {'✓' if ok else '✗'} {cue}: {detail}", file=stream)  # type: ignore[call-overload]
+                print(f"    {'✓' if ok else '✗'} {cue}: {detail}", file=stream)
         if decision.route is not None and decision.route.model not in settings.models:
             print(f"  note: model {decision.route.model!r} is not in models.yaml; the route is disabled",
-                  file=stream)  # type: ignore[call-overload]
+                  file=stream)
     return 1 if bad else 0
 
 

@@ -27,6 +27,7 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification
 
 from sidecar.app import Sidecar
+from sidecar.dicom.status import StoreStatus
 from sidecar.logging import configure_logging
 from sidecar.results.text import render_sr_text, summarize_sr
 from sidecar.settings import load_settings
@@ -69,11 +70,12 @@ class PacsStandIn:
         path = self.folder / f"{ds.Modality}_{ds.SOPInstanceUID}.dcm"
         ds.save_as(path, enforce_file_format=True)
         self.received.append(path)
-        return 0x0000
+        return StoreStatus.SUCCESS
 
     def start(self) -> None:
         ae = AE(ae_title=self.ae_title)
         for cx in AllStoragePresentationContexts:
+            assert cx.abstract_syntax is not None  # pynetdicom's built-in contexts all name one
             ae.add_supported_context(cx.abstract_syntax)
         ae.add_supported_context(Verification)
         self._server = ae.start_server(("127.0.0.1", self.port), block=False,
@@ -102,7 +104,8 @@ def _sample(model_id: str) -> Callable[..., list[Dataset]] | None:
         return None
     module, _, attr = target.partition(":")
     try:
-        return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
+        sample: Callable[..., list[Dataset]] = getattr(importlib.import_module(module), attr)
+        return sample
     except (ModuleNotFoundError, AttributeError):
         return None
 

@@ -482,7 +482,8 @@ def _check_tls(service: ServiceSettings, path: Path) -> None:
 
     checks: list[tuple[str, Any]] = []
     if service.tls is not None:
-        checks.append(("tls", lambda: server_context(service.tls)))  # type: ignore[arg-type]
+        tls = service.tls
+        checks.append(("tls", lambda: server_context(tls)))
     for i, dest in enumerate(service.destinations):
         if isinstance(dest, (DicomDestination, DicomwebDestination)) and dest.tls is not None:
             checks.append((f"destinations.{i}.tls", lambda d=dest: client_context(d.tls)))

@@ -68,7 +68,7 @@ def _start_capture() -> None:
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    folder = session.config._tmp_path_factory.getbasetemp() / PHI_DIR_NAME  # type: ignore[attr-defined]
+    folder = session.config._tmp_path_factory.getbasetemp() / PHI_DIR_NAME  # type: ignore[attr-defined]  # pytest types no session-level tmp factory
     folder.mkdir(parents=True, exist_ok=True)
     _capture["folder"] = folder
     stream: IO[str] = (folder / "test-process.log").open("a", encoding="utf-8", buffering=1)

@@ -258,15 +258,15 @@ def run(spec: TaskSpec, args: argparse.Namespace) -> str:
     if args.command == "export":
         if spec.export is None:
             raise ValueError(f"model {spec.name} runs in process only: its task offers no export")
-        result = spec.export(ExportRequest(
+        exported = spec.export(ExportRequest(
             format=args.format, out_dir=args.out or base / "export", checkpoint=args.checkpoint,
             triton_repo=args.triton_repo, max_batch_size=args.max_batch_size,
             preferred_batch_sizes=tuple(args.preferred_batch_sizes), max_queue_delay_us=args.max_queue_delay_us,
             alert_queue_timeout_ms=args.alert_queue_timeout_ms,
             default_queue_timeout_ms=args.default_queue_timeout_ms, tolerance=args.tolerance))
-        where = f"; Triton model {result.triton_model_dir}" if result.triton_model_dir else ""
-        return (f"{args.format} written to {result.model_file}{where}; max |torch - export| "
-                f"{result.max_abs_diff:.2e}; tensors {result.input_name} -> {result.output_name}")
+        where = f"; Triton model {exported.triton_model_dir}" if exported.triton_model_dir else ""
+        return (f"{args.format} written to {exported.model_file}{where}; max |torch - export| "
+                f"{exported.max_abs_diff:.2e}; tensors {exported.input_name} -> {exported.output_name}")
     if args.command == "calibrate":
         from train.common.calibrate import CalibrateRequest, Target, run_calibrate
         from train.common.guard import CARD_DIRS

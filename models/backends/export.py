@@ -19,6 +19,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Literal
 
 import numpy as np
@@ -114,7 +115,7 @@ def render_config(signature: TensorSignature, fmt: ExportFormat, batching: Trito
     )
 
 
-def _import_onnx() -> object:
+def _import_onnx() -> ModuleType:
     try:
         import onnx
     except ImportError as exc:
@@ -135,12 +136,12 @@ def export_onnx(net: nn.Module, signature: TensorSignature, path: Path) -> Path:
             input_names=[signature.input_name], output_names=[signature.output_name],
             dynamic_axes={signature.input_name: {0: "batch"}, signature.output_name: {0: "batch"}},
         )
-    model = onnx.load(str(path))  # type: ignore[attr-defined]
+    model = onnx.load(str(path))
     for key, value in (("model_id", signature.model_name), ("model_version", signature.version)):
         prop = model.metadata_props.add()
         prop.key, prop.value = key, value
-    onnx.checker.check_model(model)  # type: ignore[attr-defined]
-    onnx.save(model, str(path))  # type: ignore[attr-defined]
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
     return path
 
 
@@ -151,7 +152,7 @@ def export_torchscript(net: nn.Module, signature: TensorSignature, path: Path) -
     with warnings.catch_warnings():  # torch deprecates TorchScript; Triton's libtorch backend still runs it
         warnings.simplefilter("ignore", category=DeprecationWarning)
         with torch.no_grad():
-            traced = torch.jit.trace(net.eval(), (example,))
+            traced = torch.jit.trace(net.eval(), (example,))  # type: ignore[no-untyped-call]  # torch.jit is unannotated
         torch.jit.save(traced, str(path), _extra_files={"model_version": signature.version})
     return path
 
@@ -178,11 +179,12 @@ def runner_for(path: Path, signature: TensorSignature, fmt: ExportFormat) -> Cal
         return OnnxRuntimeBackend(OnnxRuntimeConfig(model_file=path), signature).run
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=DeprecationWarning)
-        module = torch.jit.load(str(path), map_location="cpu").eval()
+        module = torch.jit.load(str(path), map_location="cpu").eval()  # type: ignore[no-untyped-call]  # torch.jit is unannotated
 
     def run(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return module(torch.from_numpy(x)).numpy()
+            result: np.ndarray = module(torch.from_numpy(x)).numpy()
+            return result
 
     return run
 

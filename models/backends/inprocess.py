@@ -17,7 +17,8 @@ class InProcessTorch:
 
     def run(self, inputs: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return self.net(torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32))).numpy()
+            result: np.ndarray = self.net(torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32))).numpy()
+            return result
 
     def close(self) -> None:
         """Nothing to release: the module stays with its model."""

@@ -167,7 +167,7 @@ def serve(argv: list[str] | None = None) -> None:
     session = ort.InferenceSession(args.onnx, options, providers=["CPUExecutionProvider"])
     shape = tuple(int(d) for d in session.get_inputs()[0].shape[1:])
 
-    @batch  # type: ignore[misc]
+    @batch  # type: ignore[untyped-decorator]  # pytriton ships no type hints
     def infer(**inputs: np.ndarray) -> dict[str, np.ndarray]:
         x = inputs[args.input_name].astype(np.float32)
         if args.delay_ms:

@@ -118,4 +118,5 @@ def relative_to_box(mapped: npt.ArrayLike, box: StrainBox) -> npt.NDArray[np.flo
     """Mapped strain (linear in log strain) re-centred so the box's median is the display's middle."""
     m = np.asarray(mapped, dtype=np.float32)
     centre = float(np.median(m[box.slices()]))
-    return np.clip(m - centre + 0.5, 0.0, 1.0).astype(np.float32)
+    result: npt.NDArray[np.float32] = np.clip(m - centre + 0.5, 0.0, 1.0).astype(np.float32)
+    return result

@@ -56,7 +56,8 @@ class _Up(nn.Module):
             nn.ReLU(inplace=True))
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        return self.fuse(torch.cat([self.up(x), skip], dim=1))
+        result: torch.Tensor = self.fuse(torch.cat([self.up(x), skip], dim=1))
+        return result
 
 
 class TransformerStage(nn.Module):
@@ -85,7 +86,8 @@ class TransformerStage(nn.Module):
         for block in self.blocks:
             tokens = block(tokens)
         tokens = self.norm(tokens)
-        return x + tokens.transpose(1, 2).reshape(n, c, h, w)
+        result: torch.Tensor = x + tokens.transpose(1, 2).reshape(n, c, h, w)
+        return result
 
 
 class TsukubaHead(nn.Module):
@@ -98,10 +100,11 @@ class TsukubaHead(nn.Module):
         self.fc = nn.Linear(2 * hidden, N_TSUKUBA)
 
     def forward(self, tokens: torch.Tensor, strain: torch.Tensor) -> torch.Tensor:
-        s = F.adaptive_avg_pool2d(strain, tokens.shape[-2:])
+        s = F.adaptive_avg_pool2d(strain, (tokens.shape[-2], tokens.shape[-1]))
         f = self.conv(torch.cat([tokens, s], dim=1))
         pooled = torch.cat([f.mean(dim=(2, 3)), f.amax(dim=(2, 3))], dim=1)
-        return self.fc(pooled)
+        result: torch.Tensor = self.fc(pooled)
+        return result
 
 
 class ElastographyGenerator(nn.Module):
@@ -163,7 +166,8 @@ class PatchDiscriminator(nn.Module):
             nn.Conv2d(4 * base, 1, 4, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        result: torch.Tensor = self.net(x)
+        return result
 
 
 class WholeImageDiscriminator(nn.Module):
@@ -175,7 +179,8 @@ class WholeImageDiscriminator(nn.Module):
         self.patch = PatchDiscriminator(1 + OUT_CHANNELS, base)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.patch(torch.cat([x[:, :1], x[:, self.src_channels :]], dim=1))
+        result: torch.Tensor = self.patch(torch.cat([x[:, :1], x[:, self.src_channels :]], dim=1))
+        return result
 
 
 def lesion_boxes(mask: torch.Tensor, margin: float = 0.25, min_frac: float = 0.12) -> torch.Tensor:
@@ -218,7 +223,8 @@ class LesionCropDiscriminator(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         boxes = lesion_boxes(x[:, 1:2].detach())
         content = torch.cat([x[:, :1], x[:, self.src_channels :]], dim=1)
-        return self.patch(crop_boxes(content, boxes, self.crop))
+        result: torch.Tensor = self.patch(crop_boxes(content, boxes, self.crop))
+        return result
 
 
 class TrainingGenerator(nn.Module):
@@ -229,7 +235,8 @@ class TrainingGenerator(nn.Module):
         self.generator = generator
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.generator(x[:, :1])
+        result: torch.Tensor = self.generator(x[:, :1])
+        return result
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -105,7 +105,8 @@ def to_grey(pixels: npt.ArrayLike) -> npt.NDArray[np.float32]:
         f = 0.299 * f[..., 0] + 0.587 * f[..., 1] + 0.114 * f[..., 2]
     if f.ndim != 2:
         raise TransformError(f"expected a 2D frame, got shape {arr.shape}")
-    return np.clip(f, 0.0, 1.0).astype(np.float32)
+    result: npt.NDArray[np.float32] = np.clip(f, 0.0, 1.0).astype(np.float32)
+    return result
 
 
 def decode_grey(ds: Dataset) -> npt.NDArray[np.float32]:
@@ -199,7 +200,8 @@ def to_unit(x: npt.ArrayLike) -> npt.NDArray[np.float32]:
 
 def from_unit(x: npt.ArrayLike) -> npt.NDArray[np.float32]:
     """[-1, 1] -> [0, 1], clipped."""
-    return np.clip((np.asarray(x, dtype=np.float32) + 1.0) / 2.0, 0.0, 1.0).astype(np.float32)
+    result: npt.NDArray[np.float32] = np.clip((np.asarray(x, dtype=np.float32) + 1.0) / 2.0, 0.0, 1.0).astype(np.float32)
+    return result
 
 
 def region_to_input(grey_region: npt.ArrayLike, size: int = SIZE) -> npt.NDArray[np.float32]:

@@ -33,4 +33,5 @@ class GoutNet(nn.Module):
         self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(SIZES[size][-1] * 4, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encoder(x)).squeeze(1)
+        result: torch.Tensor = self.head(self.encoder(x)).squeeze(1)
+        return result

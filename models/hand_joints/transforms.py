@@ -81,7 +81,7 @@ def pixel_spacing_mm(ds: Dataset) -> float | None:
     for keyword in ("ImagerPixelSpacing", "PixelSpacing"):
         value = ds.get(keyword)
         try:
-            row, col = float(value[0]), float(value[1])  # type: ignore[index]
+            row, col = float(value[0]), float(value[1])
         except (TypeError, ValueError, IndexError):
             continue
         if 0.02 <= row <= 5.0 and 0.02 <= col <= 5.0:

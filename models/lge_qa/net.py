@@ -138,7 +138,8 @@ class FusedMBConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.body(x)
-        return x + y if self.residual else y
+        result: torch.Tensor = x + y if self.residual else y
+        return result
 
 
 class MBConv(nn.Module):
@@ -159,7 +160,8 @@ class MBConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.body(x)
-        return x + y if self.residual else y
+        result: torch.Tensor = x + y if self.residual else y
+        return result
 
 
 class EfficientNetV2(nn.Module):
@@ -205,7 +207,8 @@ class EfficientNetV2(nn.Module):
         """(N, 1, H, W) -> (N,) logits."""
         x = self.head(self.blocks(self.stem(x)))
         x = torch.flatten(x.mean((2, 3)), 1)
-        return self.classifier(self.dropout(x)).squeeze(1)
+        result: torch.Tensor = self.classifier(self.dropout(x)).squeeze(1)
+        return result
 
 
 def build_net(size: str = DEFAULT_SIZE) -> EfficientNetV2:

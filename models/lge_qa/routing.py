@@ -134,9 +134,9 @@ def _complex_component(ds: Dataset) -> str:
 
 
 def _ge_raw_type(ds: Dataset) -> int | None:
-    elem = ds.get(_GE_RAW_TYPE)
-    if elem is None:
+    if _GE_RAW_TYPE not in ds:
         return None
+    elem = ds[_GE_RAW_TYPE]
     try:
         value = elem.value
         if isinstance(value, bytes):

@@ -51,7 +51,9 @@ class SynovitisNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.cine:
-            return self.head(self.encoder(x))
+            result: torch.Tensor = self.head(self.encoder(x))
+            return result
         n, t = x.shape[:2]
         f = self.encoder(x.reshape(n * t, *x.shape[2:])).reshape(n, t, -1)
-        return self.head(torch.cat([f.mean(dim=1), f.amax(dim=1)], dim=1))
+        graded: torch.Tensor = self.head(torch.cat([f.mean(dim=1), f.amax(dim=1)], dim=1))
+        return graded

@@ -70,7 +70,7 @@ def to_input(ds: Dataset, variant: str, config: SynovitisTransform = SynovitisTr
     spec = VARIANTS[variant]
     fe = config.frontend
     if spec.cine:
-        mode = "doppler" if spec.doppler else "uniform"
+        mode: Literal["uniform", "doppler"] = "doppler" if spec.doppler else "uniform"
         frames = sample_frames(ds, config.frames, mode, fe)
         return np.stack([_stack(f, spec.doppler) for f in frames])
     if n_frames(ds) > 1:

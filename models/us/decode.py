@@ -38,7 +38,8 @@ def _to_uint8(a: np.ndarray, bits_stored: int) -> np.ndarray:
     top = float(2 ** max(1, min(bits_stored, 16)) - 1)
     if a.max(initial=0) > top:
         top = float(a.max())
-    return np.clip(np.rint(a.astype(np.float32) * (255.0 / max(top, 1.0))), 0, 255).astype(np.uint8)
+    result: np.ndarray = np.clip(np.rint(a.astype(np.float32) * (255.0 / max(top, 1.0))), 0, 255).astype(np.uint8)
+    return result
 
 
 def to_rgb(ds: Dataset, raw: np.ndarray) -> np.ndarray:

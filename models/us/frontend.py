@@ -82,7 +82,8 @@ class FrameChannels:
 def luminance(rgb: np.ndarray) -> np.ndarray:
     """BT.601 luma of an RGB uint8 frame, float32 0-255."""
     f = rgb.astype(np.float32)
-    return 0.299 * f[..., 0] + 0.587 * f[..., 1] + 0.114 * f[..., 2]
+    result: np.ndarray = 0.299 * f[..., 0] + 0.587 * f[..., 1] + 0.114 * f[..., 2]
+    return result
 
 
 def find_sector(rgb: np.ndarray, margin: float = 8.0) -> tuple[int, int, int, int, np.ndarray]:
@@ -123,9 +124,9 @@ def locate(ds: Dataset, rgb: np.ndarray, config: FrontEndConfig = FrontEndConfig
                 mask[max(bar.y0, main.y0) - main.y0 : min(bar.y1, main.y1) - main.y0 + 1,
                      max(bar.x0, main.x0) - main.x0 : min(bar.x1, main.x1) - main.x0 + 1] = False
         boxes = tuple(_relative(c, main) for c in color_regions(regions) if main.overlaps(c))
-        mm = (main.mm_per_px_x, main.mm_per_px_y)
+        mm_x, mm_y = main.mm_per_px_x, main.mm_per_px_y
         return Layout(main.x0, main.y0, main.x1, main.y1, mask, boxes,
-                      mm if mm[0] and mm[1] else None, "region", decided is not False)  # type: ignore[arg-type]
+                      (mm_x, mm_y) if mm_x and mm_y else None, "region", decided is not False)
     x0, y0, x1, y1, mask = find_sector(rgb, config.background_margin)
     return Layout(x0, y0, x1, y1, mask, (), None, "sector", decided is not False)
 
@@ -156,9 +157,7 @@ def _drop_bars(mask: np.ndarray) -> np.ndarray:
     if n == 0:
         return mask
     keep = mask.copy()
-    for i, sl in enumerate(ndimage.find_objects(labels), start=1):
-        if sl is None:
-            continue
+    for i, sl in enumerate(ndimage.find_objects(labels), start=1):  # labels 1..n have no gaps: no None
         h, w = sl[0].stop - sl[0].start, sl[1].stop - sl[1].start
         fill = float((labels[sl] == i).sum()) / float(h * w)
         if h >= 3 * w and h >= 12 and fill > 0.7:

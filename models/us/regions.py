@@ -83,11 +83,12 @@ def parse_regions(ds: Dataset, shape: tuple[int, int] | None = None) -> list[Reg
         rows, cols = shape
     out = []
     for item in seq:
-        bounds = [_int(item, k) for k in ("RegionLocationMinX0", "RegionLocationMinY0",
-                                          "RegionLocationMaxX1", "RegionLocationMaxY1")]
-        if any(b is None for b in bounds):
+        read = [_int(item, k) for k in ("RegionLocationMinX0", "RegionLocationMinY0",
+                                        "RegionLocationMaxX1", "RegionLocationMaxY1")]
+        bounds = [b for b in read if b is not None]
+        if len(bounds) < 4:
             continue
-        x0, y0, x1, y1 = (int(b) for b in bounds)  # type: ignore[arg-type]
+        x0, y0, x1, y1 = bounds
         if cols:
             x0, x1 = max(0, min(x0, cols - 1)), max(0, min(x1, cols - 1))
         if rows:

@@ -75,7 +75,7 @@ def _raw(ds: Dataset, keyword: str) -> object | _Malformed | None:
     try:
         if keyword not in ds:
             return None
-        value = ds[keyword].value
+        value: object = ds[keyword].value
     except Exception as exc:  # pydicom value conversion of a corrupt element
         return _Malformed(f"(malformed: {type(exc).__name__})")
     if value is None or value == "" or (isinstance(value, Sequence) and len(value) == 0):

@@ -188,8 +188,8 @@ def create_app(ctx: WebContext) -> Starlette:
             backlog, sub = ctx.hub.subscribe(last_id)
             try:
                 yield b"retry: 1000\n\n"
-                for msg in backlog:
-                    yield msg.sse()
+                for earlier in backlog:
+                    yield earlier.sse()
                 while True:
                     try:
                         msg = await sub.get(KEEPALIVE_S)

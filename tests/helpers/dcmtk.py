@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 from tests.helpers.ports import free_port, nodelay_env
 from tests.helpers.processes import NotReady, read_tail, stop_by_pid, wait_until_ready
@@ -54,7 +55,7 @@ class StoreSCP:
         self._done = Path(self._tmp.name) / "done"
         self._done.mkdir()
 
-    def start(self) -> StoreSCP:
+    def start(self) -> Self:
         cmd = [_require("storescp"), "-od", str(self.folder), "+xa", "-aet", self.ae_title,
                "-xcr", f"touch {self._done}/#f", *self._extra, str(self.port)]
         with self._log.open("wb") as log:
@@ -94,7 +95,7 @@ class StoreSCP:
     def log_text(self) -> str:
         return read_tail(self._log, 4000)
 
-    def __enter__(self) -> StoreSCP:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(

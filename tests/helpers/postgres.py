@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import glob
+import importlib.util
 import itertools
 import os
 import pwd
@@ -52,9 +53,7 @@ def find_bindir() -> Path | None:
 
 def unavailable_reason() -> str | None:
     """Why a PostgreSQL test cannot run here, or None when it can."""
-    try:
-        import psycopg  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("psycopg") is None:
         return "psycopg 3 is not installed (pip install '.[postgres]')"
     if find_bindir() is None:
         return "PostgreSQL server binaries not found (apt-get install postgresql, or set SIDECAR_PG_BINDIR)"

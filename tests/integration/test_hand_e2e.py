@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -27,10 +28,11 @@ HAND_ROUTE = {"name": "hand-joints-by-body-part", "model": "hand_joints", "mode"
 def _radiographs(folder: Path) -> list[Path]:
     """A left-hand MONOCHROME1 CR (RA) and a both-hands MONOCHROME2 DX, one series each."""
     paths = []
-    for seed, kwargs in ((902_001, {"laterality": "L", "n_hands": 1, "monochrome1": True, "modality": "CR",
-                                    "disease": "RA"}),
-                         (902_002, {"n_hands": 2, "monochrome1": False, "modality": "DX", "disease": "OA"})):
-        ds = hand_image(seed, **kwargs).dataset  # type: ignore[arg-type]
+    cases: tuple[tuple[int, dict[str, Any]], ...] = (
+        (902_001, {"laterality": "L", "n_hands": 1, "monochrome1": True, "modality": "CR", "disease": "RA"}),
+        (902_002, {"n_hands": 2, "monochrome1": False, "modality": "DX", "disease": "OA"}))
+    for seed, kwargs in cases:
+        ds = hand_image(seed, **kwargs).dataset
         ds.ImagesInAcquisition = 1
         paths.append(write(ds, folder / f"{seed}.dcm"))
     return paths

@@ -11,7 +11,7 @@ import pytest
 from pydicom import Dataset, dcmread
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
 from pynetdicom import AE, evt
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.sop_class import Verification
 
 from sidecar.dicom.status import StoreStatus
 from sidecar.egress.transport import DicomTransport
@@ -58,6 +58,7 @@ class SidecarStandIn:
         return StoreStatus.SUCCESS
 
     def shutdown(self) -> None:
+        assert self._server is not None  # block=False returns the server
         self._server.shutdown()
 
 

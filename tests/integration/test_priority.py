@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
-from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
+from pynetdicom.sop_class import MRImageStorage
 
 from sidecar.alerts.fanout import Alert
 from sidecar.app import Seams
@@ -37,7 +37,7 @@ class HeldSeriesModel(BrightnessModel):
     alert_seen = threading.Event()
     running = threading.Event()
 
-    def predict(self, batch):  # type: ignore[no-untyped-def]
+    def predict(self, batch):
         HeldSeriesModel.running.set()
         HeldSeriesModel.alert_seen.wait(120.0)
         return super().predict(batch)

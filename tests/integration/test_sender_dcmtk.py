@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from pydicom import Dataset, dcmread
 from pydicom.uid import (
+    UID,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     MRImageStorage,
@@ -40,7 +41,7 @@ def write_mr(path: Path, index: int, syntax: str = ExplicitVRLittleEndian) -> Da
     """A small valid MR image (32x32, 16-bit, seeded pixels) written to `path` in `syntax`."""
     ds = make_mr(seed=index, study_uid=uid("study"), series_uid=uid("series"), sop_uid=uid("sop", index),
                  instance_number=index + 1, size=32)
-    ds.file_meta.TransferSyntaxUID = syntax
+    ds.file_meta.TransferSyntaxUID = UID(syntax)
     ds.save_as(path, enforce_file_format=True)
     return ds
 

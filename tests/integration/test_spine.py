@@ -23,7 +23,7 @@ def _write_series(folder: Path, n: int, seed: int = 1) -> list[Path]:
     return write_series(folder, make_mr_series(n, seed=seed), name=lambda ds: f"{ds.SOPInstanceUID}.dcm")
 
 
-def _wait(predicate, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
+def _wait(predicate, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -85,7 +85,8 @@ class TestSpine:
                 status = assoc.send_c_store(ds)
                 assert status.Status == StoreStatus.SUCCESS
             assoc.release()
-            assert app.journal.series(str(ds.SeriesInstanceUID)).n_instances == 1  # type: ignore[union-attr]
+            series = app.journal.series(str(ds.SeriesInstanceUID))
+            assert series is not None and series.n_instances == 1
             files = list((tmp_path / "conf" / "var" / "spool").rglob("*.dcm"))
             assert len(files) == 1
 

@@ -29,8 +29,8 @@ from sidecar.app import Sidecar
 from sidecar.dicom.status import StoreStatus
 from sidecar.egress.transport import DicomTransport
 from sidecar.errors import ConfigError, DeliveryError
-from sidecar.settings import DestinationTls, DicomDestination, load_settings
-from sidecar.tls import client_context
+from sidecar.settings import DicomDestination, load_settings
+from sidecar.tls import DestinationTls, client_context
 from tests.helpers.dcmtk import StoreSCP, storescu
 from tests.helpers.dicom_factory import make_mr, make_mr_series
 from tests.helpers.sidecar import running_sidecar, write_config
@@ -348,4 +348,6 @@ class TestTlsSettings:
                 pass
         assert logs and KEY_PASSWORD not in repr(logs)
         assert KEY_PASSWORD not in repr(load_settings(config))
-        client_context(load_settings(config).service.destinations[0].tls)  # type: ignore[union-attr]
+        dest = load_settings(config).service.destinations[0]
+        assert isinstance(dest, DicomDestination) and dest.tls is not None
+        client_context(dest.tls)

@@ -22,7 +22,7 @@ import pytest
 from pydicom.encaps import encapsulate
 from pydicom.uid import RLELossless
 from pynetdicom import AE
-from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
+from pynetdicom.sop_class import MRImageStorage
 
 from models.checkpoint import sha256_of
 from sidecar.journal import Journal

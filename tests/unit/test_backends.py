@@ -165,8 +165,8 @@ class TestTritonRetry:
         finally:
             backend.close()
         assert elapsed == pytest.approx(0.2, abs=1e-6)
-        assert [(c[0], c[2]) for c in transport.calls] == [("a:1", pytest.approx(0.2, abs=1e-6)),
-                                                           ("b:1", pytest.approx(0.2, abs=1e-6))]
+        assert [c[0] for c in transport.calls] == ["a:1", "b:1"]
+        assert [c[2] for c in transport.calls] == pytest.approx([0.2, 0.2], abs=1e-6)
 
     def test_endpoint_serving_another_model_version_is_refused(self) -> None:
         """A server whose model_version differs is not used; the retry goes to the right version."""
@@ -227,10 +227,10 @@ class _FakeTriton:
         import grpc
         from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
-        self.mode, self.requests = mode, []
+        self.mode, self.requests = mode, list[Any]()
         pb, outer = service_pb2, self
 
-        class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+        class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             def ModelConfig(self, request: Any, context: Any) -> Any:
                 config = model_config_pb2.ModelConfig(name=request.name)
                 if version is not None:
@@ -341,17 +341,19 @@ class TestBackendsAgree:
         """Same prepared slices: logits within 1e-4, probabilities within 1e-5, same labels."""
         pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install '.[onnx]')")
         other = build_model(ModelSpec("lge_qa", DEMO, None, {}, OnnxRuntimeConfig(model_file=onnx_file)))
-        self._agree(demo_model, other, phantom_datasets)  # type: ignore[arg-type]
+        assert isinstance(other, LgeQaModel)
+        self._agree(demo_model, other, phantom_datasets)
 
     def test_triton_agrees_with_inprocess(self, demo_model: LgeQaModel, triton_endpoint: str,
                                           phantom_datasets: list[pydicom.Dataset]) -> None:
         """Same prepared slices through a real Triton: the same tolerances and labels."""
         other = build_model(ModelSpec("lge_qa", DEMO, None, {},
                                       TritonConfig(endpoints=(triton_endpoint,), deadline_ms=5000)))
+        assert isinstance(other, LgeQaModel)
         try:
-            self._agree(demo_model, other, phantom_datasets)  # type: ignore[arg-type]
+            self._agree(demo_model, other, phantom_datasets)
         finally:
-            other.backend.close()  # type: ignore[attr-defined]
+            other.backend.close()
 
     @staticmethod
     def _agree(reference: LgeQaModel, other: LgeQaModel, datasets: list[pydicom.Dataset]) -> None:
@@ -370,7 +372,7 @@ class TestRegistry:
     def test_inprocess_is_the_default_backend(self) -> None:
         """A spec without a backend runs the torch module in process."""
         model = build_model(ModelSpec("lge_qa", DEMO, sha256_of(DEMO), {}))
-        assert model.backend.name == "inprocess"  # type: ignore[attr-defined]
+        assert isinstance(model, LgeQaModel) and model.backend.name == "inprocess"
 
     def test_onnx_file_of_another_version_makes_the_model_unavailable(self, onnx_file: Path,
                                                                        tmp_path: Path) -> None:
@@ -398,10 +400,11 @@ class TestRegistry:
         pytest.importorskip("tritonclient.grpc.aio", reason="tritonclient[grpc] is not installed")
         model = build_model(ModelSpec("lge_qa", DEMO, None, {},
                                       TritonConfig(endpoints=(_closed_endpoint(),), deadline_ms=200)))
+        assert isinstance(model, LgeQaModel)
         try:
-            assert model.backend.name == "triton"  # type: ignore[attr-defined]
+            assert model.backend.name == "triton"
         finally:
-            model.backend.close()  # type: ignore[attr-defined]
+            model.backend.close()
 
     def test_missing_optional_install_says_what_to_install(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """Without onnxruntime the backend is unavailable and the message names the extra."""

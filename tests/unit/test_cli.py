@@ -61,7 +61,7 @@ class TestCli:
         assert route_explain(cfg, [junk], out=out) == 1
         assert "not a readable DICOM file" in out.getvalue()
 
-    def test_status_on_empty_journal(self, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    def test_status_on_empty_journal(self, tmp_path: Path, capsys) -> None:
         """status prints the sections with zero counts on a new journal."""
         cfg = write_config(tmp_path / "conf")
         assert main(["status", "--config", str(cfg)]) == 0

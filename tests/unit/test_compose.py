@@ -93,9 +93,10 @@ class TestOrthancForwarding:
 
     def test_compose_config_of_the_sidecar_points_results_at_orthanc(self) -> None:
         """deploy/sidecar/sidecar.yaml loads and sends to orthanc:4242."""
-        from sidecar.settings import ServiceSettings
+        from sidecar.settings import DicomDestination, ServiceSettings
 
         svc = ServiceSettings.model_validate(yaml.safe_load((ROOT / "deploy/sidecar/sidecar.yaml").read_text()))
         [dest] = svc.destinations
-        assert (dest.host, dest.port, dest.ae_title) == ("orthanc", 4242, "ORTHANC")  # type: ignore[union-attr]
+        assert isinstance(dest, DicomDestination)
+        assert (dest.host, dest.port, dest.ae_title) == ("orthanc", 4242, "ORTHANC")
         assert svc.access.admits("ORTHANC", "172.18.0.2") and not svc.access.admits("STRANGER", "172.18.0.2")

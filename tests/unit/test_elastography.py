@@ -53,7 +53,7 @@ needs_weights = pytest.mark.skipif(not DEMO_WEIGHTS.is_file(), reason=f"demo wei
 
 
 @pytest.fixture(scope="module")
-def demo_model():  # type: ignore[no-untyped-def]
+def demo_model():
     if not DEMO_WEIGHTS.is_file():
         pytest.skip(f"demo weights missing: {DEMO_WEIGHTS}")
     torch.set_num_threads(2)
@@ -242,7 +242,7 @@ class TestPhantoms:
 
 
 class TestWrapper:
-    def test_generated_image_keeps_the_frame_and_marks_it(self, demo_model, series: list[Dataset]) -> None:  # type: ignore[no-untyped-def]
+    def test_generated_image_keeps_the_frame_and_marks_it(self, demo_model, series: list[Dataset]) -> None:
         """One RGB image per source at the source's size, elastogram inside the lesion box only."""
         batch = demo_model.prepare(series)
         findings = demo_model.predict(batch)
@@ -266,7 +266,7 @@ class TestWrapper:
             assert "NOT FOR DIAGNOSIS" in image.description
         assert "NOT FOR DIAGNOSIS" in BURNED_IN
 
-    def test_lesion_phantoms_get_the_box_around_their_lesion(self, demo_model) -> None:  # type: ignore[no-untyped-def]
+    def test_lesion_phantoms_get_the_box_around_their_lesion(self, demo_model) -> None:
         """Through the generator: the placed box holds the lesion centre in >= 90 % of lesion phantoms."""
         cases = [breast_case(880_000 + i, kind=KINDS[1 + i % 4]) for i in range(16)]
         x = torch.from_numpy(np.stack([T.region_to_input(c.bmode, demo_model.size) for c in cases]))
@@ -278,7 +278,7 @@ class TestWrapper:
             hits.append(box.contains(ys.mean(), xs.mean()))
         assert np.mean(hits) >= 0.9
 
-    def test_tsukuba_score_has_five_probabilities(self, demo_model, series: list[Dataset]) -> None:  # type: ignore[no-untyped-def]
+    def test_tsukuba_score_has_five_probabilities(self, demo_model, series: list[Dataset]) -> None:
         """Each image gets a Tsukuba Classification whose five probabilities sum to one."""
         findings = demo_model.predict(demo_model.prepare(series))
         assert len(findings.classifications) == len(series)
@@ -286,7 +286,7 @@ class TestWrapper:
             assert isinstance(c, Classification) and c.label in LABELS
             assert sum(c.probabilities.values()) == pytest.approx(1.0, abs=1e-6)
 
-    def test_inference_is_deterministic(self, demo_model, series: list[Dataset]) -> None:  # type: ignore[no-untyped-def]
+    def test_inference_is_deterministic(self, demo_model, series: list[Dataset]) -> None:
         """The same image gives the same pixels twice."""
         a = demo_model.predict(demo_model.prepare(series[:1])).images[0].pixels
         b = demo_model.predict(demo_model.prepare(series[:1])).images[0].pixels
@@ -301,7 +301,7 @@ class TestWrapper:
             model.prepare([elasto])
 
     @needs_weights
-    def test_busi_malignant_lesions_come_out_stiffer_than_fat(self, demo_model) -> None:  # type: ignore[no-untyped-def]
+    def test_busi_malignant_lesions_come_out_stiffer_than_fat(self, demo_model) -> None:
         """On real BUSI B-mode, outputs are finite and in range, and the lesion (its BUSI mask where
         present; busi256 has none, so the darkest fifth of the central region) is stiffer than
         the subcutaneous fat band on average over 24 seeded malignant cases."""
@@ -339,7 +339,7 @@ class TestWrapper:
 
 
 class TestDerivedImage:
-    def test_sc_keeps_geometry_references_source_and_validates(self, demo_model, series: list[Dataset]) -> None:  # type: ignore[no-untyped-def]
+    def test_sc_keeps_geometry_references_source_and_validates(self, demo_model, series: list[Dataset]) -> None:
         """The SC is DERIVED\\SECONDARY in a new series of the study, same rows, columns and
         region calibration, references the B-mode with derivation codes, passes dciodvfy."""
         src = series[0]
@@ -362,7 +362,7 @@ class TestDerivedImage:
 
 
 @pytest.fixture(scope="module")
-def rules(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def rules(tmp_path_factory: pytest.TempPathFactory):
     folder = tmp_path_factory.mktemp("conf")
     shutil.copy(REPO / "conf" / "routes.yaml", folder / "routes.yaml")
     (folder / "sidecar.yaml").write_text(SIDECAR_YAML, encoding="utf-8")
@@ -370,10 +370,10 @@ def rules(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-
 
 
 class TestRouting:
-    def _model(self, rules, ds: Dataset) -> str | None:  # type: ignore[no-untyped-def]
+    def _model(self, rules, ds: Dataset) -> str | None:
         return route(rules, ds, calling_ae="CONSOLE", predicates=load_predicates()).model
 
-    def test_breast_b_mode_goes_to_the_generator(self, rules, series: list[Dataset]) -> None:  # type: ignore[no-untyped-def]
+    def test_breast_b_mode_goes_to_the_generator(self, rules, series: list[Dataset]) -> None:
         """A breast B-mode image (body part coded, or only described) routes to the model."""
         assert self._model(rules, series[0]) == "breast_elastography"
         described = copy.deepcopy(series[0])
@@ -382,20 +382,20 @@ class TestRouting:
         assert self._model(rules, described) == "breast_elastography"
 
     @pytest.mark.parametrize("description", ["BREAST ELASTO", "Breast strain", "breast E-mode", "BREAST SWE"])
-    def test_elastography_image_is_not_sent_back(self, rules, series: list[Dataset], description: str) -> None:  # type: ignore[no-untyped-def]
+    def test_elastography_image_is_not_sent_back(self, rules, series: list[Dataset], description: str) -> None:
         """An elastogram (named in the description) does not go into the generator."""
         ds = copy.deepcopy(series[0])
         ds.SeriesDescription = description
         assert self._model(rules, ds) != "breast_elastography"
 
-    def test_elastography_image_type_is_not_sent_back(self, rules, series: list[Dataset]) -> None:  # type: ignore[no-untyped-def]
+    def test_elastography_image_type_is_not_sent_back(self, rules, series: list[Dataset]) -> None:
         """An image whose ImageType says STRAIN or ELASTO does not go into the generator."""
         for value in ("STRAIN", "ELASTO"):
             ds = copy.deepcopy(series[0])
             ds.ImageType = ["DERIVED", "PRIMARY", "BREAST", value]
             assert self._model(rules, ds) != "breast_elastography"
 
-    def test_doppler_image_is_not_sent_to_the_generator(self, rules, series: list[Dataset]) -> None:  # type: ignore[no-untyped-def]
+    def test_doppler_image_is_not_sent_to_the_generator(self, rules, series: list[Dataset]) -> None:
         """A breast image with a colour-flow region is not a B-mode input."""
         if "us.has_doppler" not in load_predicates():
             pytest.skip("models.us (issue 5) not installed: us.has_doppler unavailable")
@@ -406,7 +406,7 @@ class TestRouting:
         ds.ImageType = ["ORIGINAL", "PRIMARY", "BREAST", "0011"]
         assert self._model(rules, ds) != "breast_elastography"
 
-    def test_our_own_secondary_capture_is_not_sent_back(self, rules, series: list[Dataset]) -> None:  # type: ignore[no-untyped-def]
+    def test_our_own_secondary_capture_is_not_sent_back(self, rules, series: list[Dataset]) -> None:
         """The SC the model produced (BREAST, breast description) does not re-enter the generator."""
         model = build(None, {"input_size": 128})
         findings = model.predict(model.prepare(series[:1]))

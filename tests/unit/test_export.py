@@ -88,7 +88,9 @@ class TestTorchScriptExport:
                      "--triton-repo", str(tmp_path / "repo")]) == 0
         line = capsys.readouterr().out
         assert "slices__0 -> logits__0" in line
-        diff = float(re.search(r"max \|torch - export\| ([0-9.e+-]+)", line).group(1))  # type: ignore[union-attr]
+        found = re.search(r"max \|torch - export\| ([0-9.e+-]+)", line)
+        assert found is not None
+        diff = float(found.group(1))
         assert diff <= 1e-4
         text = (tmp_path / "repo" / "lge_qa" / "config.pbtxt").read_text(encoding="utf-8")
         assert 'platform: "pytorch_libtorch"' in text and 'name: "slices__0"' in text

@@ -12,7 +12,7 @@ import yaml
 from models.checkpoint import sha256_of
 from models.findings import Findings
 from models.gout_mtp1.transforms import view_of
-from models.gout_mtp1.wrapper import ABNORMAL, FINDING_SITE, LABELS, GoutError, build
+from models.gout_mtp1.wrapper import ABNORMAL, FINDING_SITE, LABELS, GoutError, GoutModel, build
 from models.registry import ModelSpec, build_model, load_predicates
 from sidecar.routing import route
 from sidecar.settings import load_settings
@@ -105,7 +105,8 @@ class TestDemoWeights:
         path, sha = _bundled()
         model = build_model(ModelSpec("gout_mtp1", path, sha, {"torch_threads": 2}))
         cases = sample_cases(24, seed=777)
-        p = model.probabilities(model.prepare([case_dataset(c) for c in cases]))  # type: ignore[attr-defined]
+        assert isinstance(model, GoutModel)
+        p = model.probabilities(model.prepare([case_dataset(c) for c in cases]))
         y = np.array([int(c.abnormal) for c in cases])
         assert roc_auc_delong(y, p).auc > 0.65
 

@@ -9,7 +9,7 @@ import json
 import math
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pydicom
@@ -165,7 +165,8 @@ class TestGeometryAndPhantoms:
 
     def test_phantoms_are_valid_dicom_with_their_polarity(self) -> None:
         """Phantom CR/DX objects pass dciodvfy and carry the photometric interpretation asked for."""
-        for mono1, modality in ((True, "CR"), (False, "DX")):
+        cases: tuple[tuple[bool, Literal["CR", "DX"]], ...] = ((True, "CR"), (False, "DX"))
+        for mono1, modality in cases:
             ds = hand_image(8, monochrome1=mono1, modality=modality).dataset
             back = assert_valid_dicom(ds)
             assert back.PhotometricInterpretation == ("MONOCHROME1" if mono1 else "MONOCHROME2")
@@ -208,7 +209,7 @@ class TestDemoWeights:
                 for name, grade in truth.grades.items():
                     probs = by_name[name].p_shs if truth.scheme == J.SHS else by_name[name].p_kl
                     y3.append(J.THREE_CLASS[truth.scheme][grade])
-                    p3.append(J.three_class_probabilities(truth.scheme, probs))
+                    p3.append(J.three_class_probabilities(truth.scheme, [float(v) for v in probs]))
         assert M.detection_ap(dets, gts, 0.5).mean_ap >= 0.5
         onehot = np.eye(3)[np.array(y3)]
         pr_auc_all = M.average_precision(onehot.ravel(), np.array(p3).ravel())
@@ -320,7 +321,7 @@ class TestSiteAnnotations:
         samples = samples_of(annotated)
         assert len(samples) == sum(len(img.hands) for img in images)
         for s in samples:
-            truth = {h.laterality: h for h in images[s.image].hands}[s.hand.laterality or ""]
+            truth = {str(h.laterality): h for h in images[s.image].hands}[s.hand.laterality or ""]
             src = np.array([truth.keypoints[n] for n in J.JOINTS])
             assert np.allclose(s.hand.to_source(s.points), src)
             assert s.hand.mirrored == (s.hand.laterality == "L")

@@ -206,7 +206,7 @@ class TestWrapper:
         for c in findings.classifications:
             assert set(c.probabilities) == set(L.LABELS)
             assert sum(c.probabilities.values()) == pytest.approx(1.0)
-            assert c.uncertain == (c.probabilities[L.LOW_CERTAINTY] >= model.threshold)
+            assert c.uncertain == (c.probabilities[L.LOW_CERTAINTY] >= demo_model.threshold)
             assert c.source is not None and c.source.frame is None
 
     def test_multiframe_gives_one_ref_per_frame(self, demo_model, stack: list) -> None:

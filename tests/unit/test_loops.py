@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -25,7 +26,7 @@ from train.common.loops import (
 )
 from train.common.seeding import torch_generator
 
-QUIET = {"progress": False, "seed": 0}
+QUIET: dict[str, Any] = {"progress": False, "seed": 0}
 
 
 def _toy_data(n: int, seed: int, classes: int = 2) -> TensorDataset:
@@ -64,7 +65,8 @@ class TestFitClassifier:
     def test_multiclass_and_ordinal_tasks_learn(self, tmp_path: Path) -> None:
         """Cross-entropy and cumulative-logit ordinal losses both fall; ordinal probs sum to 1."""
         train, val = _loaders(classes=3)
-        for task, outputs in (("multiclass", 3), ("ordinal", 2)):
+        cases: tuple[tuple[Literal["multiclass", "ordinal"], int], ...] = (("multiclass", 3), ("ordinal", 2))
+        for task, outputs in cases:
             model = _net(outputs)
             result = fit_classifier(model, train, val, out_dir=tmp_path / task, task=task,
                                     val_metric="kappa",
@@ -209,7 +211,7 @@ class TestToyCommandLine:
                            str(fit_dir / "best.pt"), "--out", str(card_dir)]) == 0
         assert "NOT FOR CLINICAL USE" in (card_dir / "card.md").read_text()
 
-    def test_bad_manifest_is_reported_not_raised(self, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    def test_bad_manifest_is_reported_not_raised(self, tmp_path: Path, capsys) -> None:
         """A manifest error exits with status 2 and a message naming the problem."""
         bad = tmp_path / "m.csv"
         bad.write_text("path,colour\na,red\n")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pytest
@@ -149,9 +150,9 @@ class TestManifestFormat:
         """A row cannot be changed after it is made, nor its label mapping."""
         row = ManifestRow("a", "PH-1", labels={"x": "1"})
         with pytest.raises(AttributeError):
-            row.label = "2"  # type: ignore[misc]
+            setattr(row, "label", "2")  # by name: mypy would (rightly) refuse the assignment
         with pytest.raises(TypeError):
-            row.labels["x"] = "2"  # type: ignore[index]
+            cast(dict[str, str], row.labels)["x"] = "2"  # typed read-only; must be read-only at run time too
 
 
 class TestManifestDataset:

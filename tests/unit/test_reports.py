@@ -167,7 +167,8 @@ class TestOrdinalReport:
         y, p = _ordinal_data()
         ovr = M.one_vs_rest_auc(y, p)
         for k, name in enumerate(["G0", "G1", "G2", "G3"]):
-            assert report.summary[f"auc.{name}"]["value"] == pytest.approx(ovr[k].auc)  # type: ignore[union-attr]
+            auc_k = ovr[k]
+            assert auc_k is not None and report.summary[f"auc.{name}"]["value"] == pytest.approx(auc_k.auc)
         assert report.summary["kappa.quadratic"]["value"] == pytest.approx(
             M.cohen_kappa(y, p.argmax(axis=1), "quadratic", labels=[0, 1, 2, 3]))
         assert "auc.ge_G1" in report.summary

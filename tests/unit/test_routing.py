@@ -182,7 +182,7 @@ class TestNumberOfFrames:
     def test_inverted_range_is_rejected_at_load(self) -> None:
         """min greater than max is a configuration error."""
         with pytest.raises(ValidationError):
-            Match(number_of_frames={"min": 5, "max": 1})
+            Match.model_validate({"number_of_frames": {"min": 5, "max": 1}})
 
 
 class TestMissingAndMalformed:
@@ -327,7 +327,7 @@ class TestOrderingAndSkips:
         """A RouteDecision cannot be changed after the fact."""
         d = decide([rule()], make_ds())
         with pytest.raises(AttributeError):
-            d.route = None  # type: ignore[misc]
+            setattr(d, "route", None)  # by name: mypy would (rightly) refuse the assignment
 
 
 class TestExplain:

@@ -6,6 +6,7 @@ import itertools
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
@@ -86,12 +87,14 @@ def live_journal(tmp_path: Path) -> Iterator[Journal]:
 
 
 def make_sender(
-    journal: Journal, transports: dict[str, FakeTransport], clock: FakeClock | None = None, **settings: object
+    journal: Journal, transports: dict[str, FakeTransport], clock: FakeClock | None = None, **settings: Any
 ) -> Sender:
-    cfg = SenderSettings(**{"backoff_initial_s": 2.0, "backoff_max_s": 300.0, "max_attempts": 8, **settings})
+    cfg = SenderSettings.model_validate({"backoff_initial_s": 2.0, "backoff_max_s": 300.0, "max_attempts": 8,
+                                         **settings})
     dests = [dicom_dest(name) for name in transports]
-    kwargs = {"clock": clock} if clock is not None else {}
-    return Sender(journal, dests, cfg, calling_ae="SIDECAR", transports=transports, **kwargs)
+    if clock is None:
+        return Sender(journal, dests, cfg, calling_ae="SIDECAR", transports=transports)
+    return Sender(journal, dests, cfg, calling_ae="SIDECAR", transports=transports, clock=clock)
 
 
 class TestDelivery:

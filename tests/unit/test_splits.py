@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from typing import Literal
 
 import numpy as np
 import pytest
@@ -84,7 +85,7 @@ class TestPatientSplit:
         pids = ["a", "a", "a", "b"]
         labels = [0, 0, 1, 1]
 
-        def opposite(rule: str, seed: int) -> bool:
+        def opposite(rule: Literal["majority", "max"], seed: int) -> bool:
             s = patient_split(pids, labels, (0.5, 0.5), seed=seed, names=("x", "y"), patient_label=rule)
             return bool(s[0] != s[3])
 
@@ -110,7 +111,7 @@ class TestPatientSplit:
         """Rows marked external stay external; no other row becomes external."""
         pids, labels = _cohort(6)
         existing = np.where(np.char.startswith(pids, "P00"), "external", "")
-        splits = patient_split(pids, labels, seed=0, existing=existing)
+        splits = patient_split(pids, labels, seed=0, existing=existing.tolist())
         assert (splits[existing == "external"] == "external").all()
         assert "external" not in set(splits[existing != "external"].tolist())
         assert all(len(s) == 1 for s in _sides(pids, splits).values())
@@ -156,11 +157,11 @@ class TestPatientKfold:
         """External rows sit out (-1); the same seed gives the same folds."""
         pids, labels = _cohort(9)
         existing = np.where(np.char.startswith(pids, "P01"), "external", "train")
-        folds = patient_kfold(pids, labels, k=4, seed=2, existing=existing)
+        folds = patient_kfold(pids, labels, k=4, seed=2, existing=existing.tolist())
         assert (folds[existing == "external"] == -1).all()
         assert (folds[existing != "external"] >= 0).all()
-        assert (folds == patient_kfold(pids, labels, k=4, seed=2, existing=existing)).all()
-        assert (folds != patient_kfold(pids, labels, k=4, seed=3, existing=existing)).any()
+        assert (folds == patient_kfold(pids, labels, k=4, seed=2, existing=existing.tolist())).all()
+        assert (folds != patient_kfold(pids, labels, k=4, seed=3, existing=existing.tolist())).any()
 
 
 def test_assert_patient_disjoint_catches_a_leak() -> None:

@@ -13,7 +13,7 @@ from models.checkpoint import sha256_of
 from models.findings import Findings
 from models.registry import ModelSpec, build_model, load_predicates
 from models.synovitis.transforms import VARIANTS, joint_site, to_input
-from models.synovitis.wrapper import LABELS, SynovitisError, build
+from models.synovitis.wrapper import LABELS, SynovitisError, SynovitisModel, build
 from sidecar.routing import route
 from sidecar.settings import load_settings
 from train.common.metrics import one_vs_rest_auc
@@ -120,7 +120,8 @@ class TestDemoWeights:
         spec = VARIANTS[variant]
         cases = sample_cases(10 if spec.cine else 16, seed=4242, joints_per_patient=3)
         images = [case_dataset(c, doppler=spec.doppler, cine=spec.cine) for c in cases]
-        p = model.probabilities(model.prepare(images))  # type: ignore[attr-defined]
+        assert isinstance(model, SynovitisModel)
+        p = model.probabilities(model.prepare(images))
         y = np.array([c.combined for c in cases])
         aucs = [r.auc for r in one_vs_rest_auc(y, p) if r is not None]
         assert np.mean(aucs) > 0.6

@@ -19,7 +19,8 @@ from models.us.frontend import (
     still_channels,
     uniform_indices,
 )
-from models.us.predicates import doppler_from_header, explain_cine, explain_doppler, has_doppler, is_cine
+from models.us.headers import doppler_from_header
+from models.us.predicates import explain_cine, explain_doppler, has_doppler, is_cine
 from models.us.regions import COLOR_FLOW, parse_regions
 from train.phantoms.joint_us import JointCase, case_dataset
 

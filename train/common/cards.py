@@ -36,7 +36,7 @@ class CardFiles:
 
 def _summary(metrics: Mapping[str, Any] | str | Path) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     if isinstance(metrics, (str, Path)):
-        metrics = json.loads(Path(metrics).read_text())
+        metrics = dict(json.loads(Path(metrics).read_text()))
     summary = dict(metrics.get("summary", {}))
     evaluation = {k: metrics[k] for k in ("task", "n_cases", "threshold", "class_names") if k in metrics}
     return summary, evaluation

@@ -139,7 +139,7 @@ class ManifestDataset(Dataset[dict[Hashable, Any]]):
         return len(self._inner)
 
     def __getitem__(self, index: int) -> dict[Hashable, Any]:
-        return self._inner[index]  # type: ignore[no-any-return]
+        return self._inner[index]
 
 
 def class_counts(labels: Sequence[int] | np.ndarray, n_classes: int) -> np.ndarray:
@@ -172,7 +172,7 @@ def balanced_sampler(
     """A seeded sampler that draws every class equally often (with replacement)."""
     array = np.asarray(labels, dtype=np.int64)
     per_class = class_weights(array, n_classes).numpy()
-    weights = torch.tensor(per_class[array], dtype=torch.double)
+    weights = per_class[array].astype(np.float64).tolist()
     return WeightedRandomSampler(
         weights,
         num_samples=num_samples if num_samples is not None else len(array),

@@ -98,7 +98,7 @@ def _row(
     if isinstance(est, M.AucResult):
         est = est.estimate()
     if isinstance(est, M.Estimate):
-        row = {"label": label, "value": est.value, "ci_low": est.ci_low, "ci_high": est.ci_high,
+        row: dict[str, Any] = {"label": label, "value": est.value, "ci_low": est.ci_low, "ci_high": est.ci_high,
                "method": method or est.method}
     else:
         row = {"label": label, "value": float(est), "ci_low": None, "ci_high": None, "method": method}
@@ -312,9 +312,10 @@ def _multiclass_section(
     fig = Figure(figsize=(5, 5))
     ax = fig.subplots()
     for c, name in enumerate(names):
-        if ovr[c] is not None:
+        auc_c = ovr[c]
+        if auc_c is not None:
             fpr, tpr, _ = M.roc_curve(y == c, p[:, c])
-            ax.plot(fpr, tpr, lw=1.5, label=f"{name}: {ovr[c].auc:.3f}")  # type: ignore[union-attr]
+            ax.plot(fpr, tpr, lw=1.5, label=f"{name}: {auc_c.auc:.3f}")
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
     ax.set_xlabel("1 - specificity")
     ax.set_ylabel("sensitivity")
@@ -482,8 +483,10 @@ def write_generation_report(
     for key, v in series.items():
         v = v[np.isfinite(v)]
         mean, sd = M.mean_sd(v)
-        est = M.bootstrap_ci(lambda i, v=v: float(v[i].mean()), np.zeros(v.size), n_boot=n_boot, seed=seed,
-                             confidence=confidence)
+        def mean_of(i: np.ndarray, v: np.ndarray = v) -> float:
+            return float(v[i].mean())
+
+        est = M.bootstrap_ci(mean_of, np.zeros(v.size), n_boot=n_boot, seed=seed, confidence=confidence)
         summary[key] = _row(f"{key.upper()} (mean ± SD)", M.Estimate(mean, est.ci_low, est.ci_high, est.method), sd=sd)
         summary[f"{key}.median"] = _row(f"{key.upper()} median", float(np.median(v)))
     fig = Figure(figsize=(9, 3.5))

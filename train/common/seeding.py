@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
@@ -48,10 +49,21 @@ def worker_init_fn(worker_id: int) -> None:
     random.seed(worker_seed)
 
 
-def rng_state() -> dict[str, object]:
+class RngState(TypedDict, total=False):
+    """The global RNG states, as `rng_state` returns them and a checkpoint stores them."""
+
+    python: tuple[Any, ...]
+    numpy: tuple[str, torch.Tensor, int, int, float]  # NumPy's legacy state, keys as an int64 tensor
+    torch: torch.Tensor
+    cuda: list[torch.Tensor]
+
+
+def rng_state() -> RngState:
     """The global RNG states (Python, NumPy, torch CPU and CUDA), for a checkpoint."""
-    name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
-    state: dict[str, object] = {
+    legacy = np.random.get_state(legacy=True)
+    assert isinstance(legacy, tuple)  # legacy=True: (name, keys, pos, has_gauss, cached)
+    name, keys, pos, has_gauss, cached = legacy
+    state: RngState = {
         "python": random.getstate(),
         # As a tensor and plain numbers, so checkpoints load with torch.load(weights_only=True).
         "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
@@ -62,11 +74,11 @@ def rng_state() -> dict[str, object]:
     return state
 
 
-def set_rng_state(state: dict[str, object]) -> None:
+def set_rng_state(state: RngState) -> None:
     """Restore what `rng_state` returned."""
-    random.setstate(state["python"])  # type: ignore[arg-type]
-    name, keys, pos, has_gauss, cached = state["numpy"]  # type: ignore[misc]
+    random.setstate(state["python"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])  # type: ignore[arg-type]
+    torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])  # type: ignore[arg-type]
+        torch.cuda.set_rng_state_all(state["cuda"])

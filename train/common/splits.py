@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Hashable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -51,14 +51,15 @@ def _external_patients(
     return ext
 
 
-def _patient_label(values: list[object], rule: PatientLabel) -> object:
+def _patient_label(values: list[Any], rule: PatientLabel) -> object:
+    """The patient's one label from its rows' labels (orderable: numbers or strings)."""
     if rule == "max":
-        return max(values)  # type: ignore[type-var]
+        return max(values)
     counts = Counter(values)
     top = max(counts.values())
     tied = [v for v, c in counts.items() if c == top]
     try:
-        return max(tied)  # type: ignore[type-var]  # ties go to the higher label
+        return max(tied)  # ties go to the higher label
     except TypeError:
         return tied[0]
 

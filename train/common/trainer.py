@@ -373,7 +373,7 @@ class Trainer:
         )
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, cfg: FitConfig, mode: str) -> Any:
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: FitConfig, mode: Literal["min", "max"]) -> Any:
     if cfg.scheduler == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
     if cfg.scheduler == "plateau":

@@ -166,7 +166,7 @@ def head_features(gen: ElastographyGenerator, x: np.ndarray, batch: int = 32) ->
             feats = gen.encode(xb)
             img = gen.decode(feats)
             tokens = feats[-1]
-            strain = torch.nn.functional.adaptive_avg_pool2d(img[:, 3:4], tokens.shape[-2:])
+            strain = torch.nn.functional.adaptive_avg_pool2d(img[:, 3:4], (tokens.shape[-2], tokens.shape[-1]))
             out.append(torch.cat([tokens, strain], dim=1))
     return torch.cat(out).clone()
 
@@ -230,7 +230,7 @@ def evaluate_arrays(weights: Path, data: Arrays, out_dir: Path, seed: int = 0,
 
     model = build(weights, {})
     nccs, ssims, nccs_rgb, pred_scores = [], [], [], []
-    examples = []
+    examples: list[tuple[Any, ...]] = []
     for i in range(0, len(data.x), 16):
         gen = model.generate(torch.from_numpy(data.x[i : i + 16, :1]))
         for j in range(len(gen.strain)):

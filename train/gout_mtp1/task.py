@@ -146,7 +146,7 @@ def evaluate_arrays(net: GoutNet, data: Arrays, idx: dict[str, np.ndarray], thre
                           title="Gout MTP1 on held-out phantom patients (single model, all views)",
                           n_boot=300, seed=cfg.seed)
     s = report.summary
-    out = {k: s[k]["value"] for k in ("auc", "accuracy", "sensitivity", "specificity") if k in s}
+    out: dict[str, Any] = {k: s[k]["value"] for k in ("auc", "accuracy", "sensitivity", "specificity") if k in s}
     out.update(extra)
     return out
 

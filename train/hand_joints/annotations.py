@@ -111,18 +111,26 @@ class AnnotatedImage:
                 if hand.laterality in by_side]
 
 
-class _PhantomTruth(Protocol):
-    laterality: str
-    scheme: str
-    grades: dict[str, int]
-    keypoints: dict[str, tuple[float, float]]
-    boxes: dict[str, Box]
+class _PhantomTruth(Protocol):  # read-only members, so a narrower type (Literal side) fits
+    @property
+    def laterality(self) -> str: ...
+    @property
+    def scheme(self) -> str: ...
+    @property
+    def grades(self) -> dict[str, int]: ...
+    @property
+    def keypoints(self) -> dict[str, tuple[float, float]]: ...
+    @property
+    def boxes(self) -> dict[str, Box]: ...
 
 
 class _Phantom(Protocol):
-    dataset: Dataset
-    hands: tuple[_PhantomTruth, ...]
-    patient_id: str
+    @property
+    def dataset(self) -> Dataset: ...
+    @property
+    def hands(self) -> tuple[_PhantomTruth, ...]: ...
+    @property
+    def patient_id(self) -> str: ...
 
 
 def from_phantom(image: _Phantom, name: str, split: str = "") -> AnnotatedImage:

@@ -238,7 +238,7 @@ def evaluate_scores(y: np.ndarray, p: np.ndarray, threshold: float, vas: np.ndar
                           title="LGE QA on held-out phantom patients (demo weights)",
                           n_boot=500, seed=cfg.seed)
     s = report.summary
-    out = {k: s[k]["value"] for k in ("auc", "accuracy", "sensitivity", "precision", "f1") if k in s}
+    out: dict[str, Any] = {k: s[k]["value"] for k in ("auc", "accuracy", "sensitivity", "precision", "f1") if k in s}
     if write_card:
         write_model_card(
             MODEL_DIR, model_id="lge_qa", version=version, name=NAME, intended_use=INTENDED_USE,
