@@ -24,6 +24,7 @@ from pydicom.uid import (
     UltrasoundImageStorage,
     UltrasoundMultiFrameImageStorage,
 )
+from pynetdicom.dsutils import encode
 
 FAKE_PATIENT_NAME = "Phantom^Test"
 FAKE_PATIENT_ID = "FAKE-0001"
@@ -340,3 +341,11 @@ def _code(value: str, scheme: str, meaning: str) -> Dataset:
     item.CodingSchemeDesignator = scheme
     item.CodeMeaning = meaning
     return item
+
+
+def encoded(ds: Dataset, implicit_vr: bool, little_endian: bool) -> bytes:
+    """`ds` as a dataset byte stream (pynetdicom's encode, which returns None on failure: raised here)."""
+    data = encode(ds, implicit_vr, little_endian)
+    if data is None:
+        raise ValueError("pynetdicom could not encode the dataset")
+    return bytes(data)

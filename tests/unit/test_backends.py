@@ -127,7 +127,7 @@ class TestTritonRetry:
     def test_down_endpoint_retries_on_the_second(self) -> None:
         """The first endpoint refusing sends the same request to the other one, which answers."""
         transport = ScriptedTransport({"a:1": "down", "b:1": "ok"})
-        backend = TritonBackend(TritonConfig(endpoints=("a:1", "b:1"), deadline_ms=500), SIG, transport)
+        backend = TritonBackend(TritonConfig(endpoints=("a:1", "b:1"), deadline_ms=500), SIG, transport, VirtualTimeLoop())
         try:
             np.testing.assert_allclose(backend.run(_x()), _toy(_x()))
         finally:
@@ -171,10 +171,10 @@ class TestTritonRetry:
     def test_endpoint_serving_another_model_version_is_refused(self) -> None:
         """A server whose model_version differs is not used; the retry goes to the right version."""
         transport = ScriptedTransport({"a:1": "ok", "b:1": "ok"}, versions={"a:1": "0.9-old", "b:1": "1"})
-        backend = TritonBackend(TritonConfig(endpoints=("a:1", "b:1"), deadline_ms=500), SIG, transport)
+        backend = TritonBackend(TritonConfig(endpoints=("a:1", "b:1"), deadline_ms=500), SIG, transport, VirtualTimeLoop())
         try:
             backend.run(_x())
-            only_old = TritonBackend(TritonConfig(endpoints=("a:1",), deadline_ms=500), SIG, transport)
+            only_old = TritonBackend(TritonConfig(endpoints=("a:1",), deadline_ms=500), SIG, transport, VirtualTimeLoop())
             with pytest.raises(InferenceFailed, match=r"VERSION_MISMATCH.*0\.9-old"):
                 only_old.run(_x())
             only_old.close()
@@ -185,7 +185,7 @@ class TestTritonRetry:
     def test_only_one_retry_even_with_more_endpoints(self) -> None:
         """Three endpoints down: two are tried (one retry), the third is not."""
         transport = ScriptedTransport({})
-        backend = TritonBackend(TritonConfig(endpoints=("a:1", "b:1", "c:1"), deadline_ms=300), SIG, transport)
+        backend = TritonBackend(TritonConfig(endpoints=("a:1", "b:1", "c:1"), deadline_ms=300), SIG, transport, VirtualTimeLoop())
         try:
             with pytest.raises(InferenceFailed):
                 backend.run(_x())
@@ -196,7 +196,7 @@ class TestTritonRetry:
     def test_failed_endpoint_is_tried_last_during_its_cooldown(self) -> None:
         """After a refusal, later calls go to the healthy endpoint first (no wasted attempt)."""
         transport = ScriptedTransport({"a:1": "down", "b:1": "ok"})
-        backend = TritonBackend(TritonConfig(endpoints=("a:1", "b:1"), deadline_ms=500), SIG, transport)
+        backend = TritonBackend(TritonConfig(endpoints=("a:1", "b:1"), deadline_ms=500), SIG, transport, VirtualTimeLoop())
         try:
             for _ in range(4):
                 backend.run(_x())
@@ -285,21 +285,22 @@ def _closed_endpoint() -> str:
 
 class TestTritonGrpcClient:
     def test_grpc_client_sends_priority_and_time_left_as_server_timeout(self, fake_triton: Any) -> None:
-        """A real gRPC request carries the priority level and the deadline as Triton's timeout."""
+        """A real gRPC request carries the priority level and the deadline as Triton's timeout (a deadline
+        long enough that a loaded machine still answers in it: the test is about what is sent)."""
         server = fake_triton("ok")
-        backend = TritonBackend(TritonConfig(endpoints=(server.endpoint,), deadline_ms=400, priority=1), SIG)
+        backend = TritonBackend(TritonConfig(endpoints=(server.endpoint,), deadline_ms=30_000, priority=1), SIG)
         try:
             np.testing.assert_allclose(backend.run(_x()), _toy(_x()), rtol=1e-6)
         finally:
             backend.close()
         [req] = server.requests
         assert req.parameters["priority"].uint64_param == 1
-        assert 0 < req.parameters["timeout"].int64_param <= 400_000
+        assert 0 < req.parameters["timeout"].int64_param <= 30_000_000
 
     def test_grpc_client_reads_the_served_version_and_refuses_another(self, fake_triton: Any) -> None:
         """The model_version in Triton's model config is read once; another version is refused."""
         right, wrong = fake_triton("ok", version="1"), fake_triton("ok", version="2-other")
-        backend = TritonBackend(TritonConfig(endpoints=(wrong.endpoint, right.endpoint), deadline_ms=1000), SIG)
+        backend = TritonBackend(TritonConfig(endpoints=(wrong.endpoint, right.endpoint), deadline_ms=30_000), SIG)
         try:
             backend.run(_x())
             backend.run(_x())
@@ -310,7 +311,7 @@ class TestTritonGrpcClient:
     def test_refused_connection_retries_on_the_second_endpoint(self, fake_triton: Any) -> None:
         """Nothing listening on the first endpoint: the live second endpoint answers."""
         server = fake_triton("ok")
-        backend = TritonBackend(TritonConfig(endpoints=(_closed_endpoint(), server.endpoint), deadline_ms=1000), SIG)
+        backend = TritonBackend(TritonConfig(endpoints=(_closed_endpoint(), server.endpoint), deadline_ms=30_000), SIG)
         try:
             np.testing.assert_allclose(backend.run(_x()), _toy(_x()), rtol=1e-6)
         finally:
@@ -318,10 +319,10 @@ class TestTritonGrpcClient:
 
     def test_server_error_and_slow_server_fail_within_the_deadline(self, fake_triton: Any) -> None:
         """UNAVAILABLE from one, no answer in time from the other (it sleeps 2 s): the failure names
-        both, and the slow one was given no more than what was left of the 300 ms deadline. (How
+        both, and the slow one was given no more than what was left of the 1500 ms deadline. (How
         the deadline is split is pinned in virtual time above; this one is over real gRPC.)"""
         erring, slow = fake_triton("error"), fake_triton("slow")
-        backend = TritonBackend(TritonConfig(endpoints=(erring.endpoint, slow.endpoint), deadline_ms=300), SIG)
+        backend = TritonBackend(TritonConfig(endpoints=(erring.endpoint, slow.endpoint), deadline_ms=1500), SIG)
         try:
             with pytest.raises(InferenceFailed) as err:
                 backend.run(_x())
@@ -329,7 +330,7 @@ class TestTritonGrpcClient:
             backend.close()
         assert "UNAVAILABLE" in str(err.value)
         budget = re.search(r"DEADLINE_EXCEEDED after (\d+) ms", str(err.value))
-        assert budget is not None and 0 < int(budget.group(1)) <= 300
+        assert budget is not None and 0 < int(budget.group(1)) <= 1500
 
 
 # -- the three backends agree ------------------------------------------------------------------
