@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Self
 
 import yaml
 
@@ -97,7 +98,7 @@ class SidecarProcess:
         self.port = int(yaml.safe_load((config / "sidecar.yaml").read_text())["port"])
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def spawn(self) -> SidecarProcess:
+    def spawn(self) -> Self:
         """Start the process without waiting for it (see `wait_ready`)."""
         with self.log.open("ab") as fh:
             self.proc = subprocess.Popen([sys.executable, "-m", self.module, str(self.config)],
@@ -116,7 +117,7 @@ class SidecarProcess:
             self.kill()
             raise
 
-    def start(self) -> SidecarProcess:
+    def start(self) -> Self:
         """Spawn and wait until it answers C-ECHO."""
         self.spawn().wait_ready()
         return self
