@@ -47,7 +47,7 @@ class TestTargets:
         ("specificity=0.95", lambda y, p, t: np.mean(p[y == 0] < t) >= 0.95),
         ("alert_rate=0.2", lambda y, p, t: np.mean(p >= t) <= 0.2),
     ])
-    def test_threshold_meets_its_target(self, target: str, check) -> None:  # type: ignore[no-untyped-def]
+    def test_threshold_meets_its_target(self, target: str, check) -> None:
         y, p = _scores()
         assert check(y, p, choose_threshold(y, p, Target.parse(target)))
 
