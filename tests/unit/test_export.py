@@ -56,7 +56,8 @@ class TestOnnxExport:
         c: Any = config
         assert c.name == "lge_qa" and c.platform == "onnxruntime_onnx" and c.max_batch_size == 16
         [inp], [out] = c.input, c.output
-        assert (inp.name, list(inp.dims)) == ("slices", [1, 192, 192])
+        size = build(DEMO).config.size  # the crop the demo checkpoint was trained with
+        assert (inp.name, list(inp.dims)) == ("slices", [1, size, size])
         assert (out.name, list(out.dims), list(out.reshape.shape)) == ("logits", [1], [])
         db = c.dynamic_batching
         assert list(db.preferred_batch_size) == [4, 8, 16] and db.max_queue_delay_microseconds == 2000

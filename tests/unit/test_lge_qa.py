@@ -26,6 +26,7 @@ from train.phantoms.lge import (
     CLEAR_KINDS,
     CONFUSER_KINDS,
     enhanced_psir_dataset,
+    lge_cohort,
     lge_patient,
     lge_slice,
     psir_dataset,
@@ -239,10 +240,11 @@ class TestDemoWeights:
         assert len(data) < 3 * 1024 * 1024
         assert hashlib.sha256(data).hexdigest() == DEMO_SHA256
 
-    @pytest.mark.xfail(strict=True, reason="demo weights (seed 0) give AUC 0.78: faint/thin LGE not yet "
-                       "learned; retrain longer or with a tighter heart crop, then drop this mark")
+    @pytest.mark.xfail(strict=True, reason="demo weights (72 px crop, 10 CPU epochs) give AUC 0.75 here, 0.79 on "
+                       "held-out phantoms: ghosting, poor nulling and low SNR are flagged, faint and thin "
+                       "enhancement are not learned yet; drop this mark when a longer run reaches 0.90")
     def test_demo_model_separates_clear_from_ambiguous_phantoms(self, demo_model) -> None:
-        """On 64 fresh phantom slices (seed unseen in training) the AUC is above 0.8."""
+        """On 64 fresh phantom slices (seed unseen in training, all vendors) the AUC is at least 0.90."""
         generator = np.random.default_rng(777)
         kinds = [CLEAR_KINDS[i % 2] for i in range(32)] + [CONFUSER_KINDS[i % 5] for i in range(32)]
         slices = [lge_slice(generator, k, patient_id=f"T{i}") for i, k in enumerate(kinds)]
@@ -250,4 +252,16 @@ class TestDemoWeights:
                                     for i, s in enumerate(slices)])
         p_low = demo_model.probabilities(batch)
         truth = np.array([k in CONFUSER_KINDS for k in kinds], dtype=int)
-        assert roc_auc_score(truth, p_low) > 0.8
+        assert roc_auc_score(truth, p_low) >= 0.90
+
+    def test_outputs_on_another_seed_family_are_spread_not_pinned(self, demo_model) -> None:
+        """Patients of a generator seed family never used in training (default kind mix) get
+        probabilities on both sides of the threshold, and not all pinned at 0 or 1."""
+        slices = [s for seed in (90_001, 90_002) for s in lge_cohort(3, seed, n_slices=8)]
+        batch = demo_model.prepare([psir_dataset(s, vendor=("siemens", "philips", "ge")[i % 3])
+                                    for i, s in enumerate(slices)])
+        p_low = demo_model.probabilities(batch)
+        assert 0.1 <= float(np.mean(p_low >= demo_model.threshold)) <= 0.9
+        pinned = (p_low < 0.01) | (p_low > 0.99)
+        assert float(np.mean(pinned)) <= 0.8
+        assert float(np.std(p_low)) >= 0.15

@@ -40,11 +40,11 @@ from models.findings import ImageRef
 from models.lge_qa import labels as L
 from models.lge_qa.net import EfficientNetV2, count_parameters
 from models.lge_qa.transforms import TransformConfig, slice_to_tensor
-from models.lge_qa.wrapper import INTENDED_USE, MANUFACTURER, NAME, REFERENCE, build
+from models.lge_qa.wrapper import INTENDED_USE, MANUFACTURER, NAME, REFERENCE, build, load_checkpoint
 from train.common.loops import FitConfig, fit_classifier
 from train.common.seeding import seed_everything
 from train.common.splits import assert_patient_disjoint, patient_split
-from train.phantoms.lge import VENDORS, LgeSlice, lge_cohort, psir_dataset
+from train.phantoms.lge import CONFUSER_KINDS, VENDORS, LgeSlice, lge_cohort, psir_dataset
 
 MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "lge_qa"
 DEMO_WEIGHTS = MODEL_DIR / "weights" / "demo.pt"
@@ -53,6 +53,13 @@ DEMO_SEED = 0
 PUBLISHED_FOR_REPORT: dict[str, float] = {
     "accuracy": 0.94, "auc": 0.94, "sensitivity": 0.80, "precision": 0.97, "f1": 0.87,
 }
+#: the demo cohort's kinds: half clear (no LGE / LGE), half the five confusers, so each confuser
+#: has enough training slices to be learned (in the default mix thin LGE is 8 %)
+TRAINING_MIX: dict[str, float] = {"no_lge": 0.25, "lge": 0.25, **dict.fromkeys(CONFUSER_KINDS, 0.1)}
+#: the demo crop: 72 px at 1.8 mm (130 mm) holds the left ventricle wherever the plan puts it
+#: (+-20 mm off centre, epicardium <= 39 mm), so the net spends its pixels on the heart; the
+#: phantoms' pixels are 1.0-1.9 mm, and the CPU budget (two shared cores) rules out finer grids
+DEMO_TRANSFORM = TransformConfig(spacing_mm=1.8, size=72)
 
 
 @dataclass(frozen=True)
@@ -60,15 +67,17 @@ class DemoConfig:
     """What `demo-weights` trains: a small cohort and a tiny net, a few CPU minutes."""
 
     seed: int = DEMO_SEED
-    n_patients: int = 200
+    n_patients: int = 160
     slices_per_patient: int = 8
     size: str = "tiny"
-    transform: TransformConfig = TransformConfig()
+    transform: TransformConfig = DEMO_TRANSFORM
     epochs: int = 10
     batch_size: int = 32
     lr: float = 3e-3
     target_precision: float = 0.95
-    torch_threads: int = 2
+    torch_threads: int = 1
+    mix: tuple[tuple[str, float], ...] = tuple(TRAINING_MIX.items())
+    init: Path | None = None  # continue from these weights (same size and crop), a new schedule
 
 
 @dataclass(frozen=True)
@@ -164,22 +173,42 @@ def inter_expert_accuracy(vas: np.ndarray) -> float:
     return float(np.mean(calls[:, 0] == calls[:, 1]))
 
 
+def _cached_cohort(cfg: DemoConfig, report_dir: Path | None) -> Arrays:
+    """The demo cohort's arrays, kept in `report_dir`/cohort.npz so a continued run does not
+    draw and convert the same phantoms again (the file names the seed, size and crop)."""
+    cache = None
+    if report_dir is not None:
+        t = cfg.transform
+        cache = report_dir / f"cohort-s{cfg.seed}-n{cfg.n_patients}-{t.size}px-{t.spacing_mm}mm.npz"
+        if cache.is_file():
+            with np.load(cache) as f:
+                return Arrays(f["x"], f["y"], f["patients"], f["vas"], f["kinds"])
+    slices = lge_cohort(cfg.n_patients, cfg.seed, cfg.slices_per_patient, dict(cfg.mix))
+    data = cohort_arrays(slices, cfg.transform)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(cache, x=data.x, y=data.y, patients=data.patients, vas=data.vas, kinds=data.kinds)
+    return data
+
+
 def demo_weights(cfg: DemoConfig = DemoConfig(), out: Path = DEMO_WEIGHTS,
                  report_dir: Path | None = None, write_card: bool = True) -> dict[str, Any]:
     """Rebuild the demo weights from phantoms with a fixed seed; evaluate on the test patients."""
     torch.set_num_threads(cfg.torch_threads)
     seed_everything(cfg.seed)
     start = time.perf_counter()
-    slices = lge_cohort(cfg.n_patients, cfg.seed, cfg.slices_per_patient)
-    data = cohort_arrays(slices, cfg.transform)
+    data = _cached_cohort(cfg, report_dir)
     splits = patient_split(data.patients, data.y, (0.7, 0.15, 0.15), seed=cfg.seed)
     assert_patient_disjoint(data.patients, splits)
     idx = {name: np.flatnonzero(splits == name) for name in ("train", "val", "test")}
-    print(f"cohort: {len(slices)} slices, {data.y.mean():.2f} low certainty; "
+    print(f"cohort: {len(data.y)} slices, {data.y.mean():.2f} low certainty; "
           + ", ".join(f"{k} {len(v)}" for k, v in idx.items())
           + f"; {time.perf_counter() - start:.0f} s", flush=True)
 
     net = EfficientNetV2(cfg.size)
+    if cfg.init is not None:
+        state, _ = load_checkpoint(cfg.init)
+        net.load_state_dict(state)
     loader_gen = torch.Generator().manual_seed(cfg.seed)
     train_loader = DataLoader(_Augmented(data.x[idx["train"]], data.y[idx["train"]], True),
                               batch_size=cfg.batch_size, shuffle=True, generator=loader_gen)
@@ -187,8 +216,9 @@ def demo_weights(cfg: DemoConfig = DemoConfig(), out: Path = DEMO_WEIGHTS,
                             batch_size=64)
     fit = FitConfig(epochs=cfg.epochs, lr=cfg.lr, seed=cfg.seed, patience=4, progress=False,
                     scheduler="cosine")
-    with tempfile.TemporaryDirectory() as tmp:
-        result = fit_classifier(net, train_loader, val_loader, config=fit, out_dir=tmp,
+    with tempfile.TemporaryDirectory() as tmp:  # the fit log (one JSON line per epoch) is in fit/
+        fit_dir = report_dir / "fit" if report_dir is not None else Path(tmp)
+        result = fit_classifier(net, train_loader, val_loader, config=fit, out_dir=fit_dir,
                                 task="binary", val_metric="auc")
     print(f"fit: best val AUC {result.best_metric:.3f} at epoch {result.best_epoch}; "
           f"{time.perf_counter() - start:.0f} s", flush=True)
@@ -208,6 +238,7 @@ def demo_weights(cfg: DemoConfig = DemoConfig(), out: Path = DEMO_WEIGHTS,
         "vas_bounds": [L.VasBounds().low, L.VasBounds().high],
         "not_for_clinical_use": True,
         "trained_on": f"phantoms: {cfg.n_patients} patients x {cfg.slices_per_patient} slices",
+        "continued_from": cfg.init.name if cfg.init is not None else None,
     }
     net.eval()
     sha = save_checkpoint(net, metadata, out)
@@ -227,7 +258,6 @@ def demo_weights(cfg: DemoConfig = DemoConfig(), out: Path = DEMO_WEIGHTS,
 def evaluate_scores(y: np.ndarray, p: np.ndarray, threshold: float, vas: np.ndarray, out_dir: Path,
                     cfg: DemoConfig, version: str, sha: str, n_params: int, write_card: bool) -> dict[str, Any]:
     """The harness report on held-out phantoms and, when asked, the model card beside the model."""
-    from train.common.cards import write_model_card
     from train.common.reports import write_report
 
     extra = {"inter_expert_accuracy": inter_expert_accuracy(vas), "parameters": n_params,
@@ -240,42 +270,56 @@ def evaluate_scores(y: np.ndarray, p: np.ndarray, threshold: float, vas: np.ndar
     s = report.summary
     out: dict[str, Any] = {k: s[k]["value"] for k in ("auc", "accuracy", "sensitivity", "precision", "f1") if k in s}
     if write_card:
-        write_model_card(
-            MODEL_DIR, model_id="lge_qa", version=version, name=NAME, intended_use=INTENDED_USE,
-            inputs_and_routing=(
-                "Single-frame MR or Enhanced MR short-axis PSIR LGE slices, routed by conf/routes.yaml "
-                "(description psir|lge|mde|de_|delay|late|viability) and the predicate mr.is_lge_psir "
-                "(InversionTime 80-900 ms, inversion recovery, not a TI scout or T1 map, the real PSIR "
-                "image rather than its magnitude companion: Siemens _PSIR/_MAG, Philips R_IR/M_IR, GE "
-                "raw data type, ComplexImageComponent). Preprocessing: modality LUT, sign kept, "
-                f"zero-preserving 1st/99th percentile scaling to [-1, 1], {cfg.transform.spacing_mm} mm "
-                f"pixels, {cfg.transform.size}x{cfg.transform.size} centred crop. Output: P(low certainty); "
-                f"a slice is flagged when P >= {threshold:.3f} (chosen on validation for precision >= "
-                f"{cfg.target_precision}, the published precision-over-recall balance)."
-            ),
-            labels=L.LABELS,
-            label_rule=L.describe(),
-            training_data=(
-                f"Synthetic PSIR phantoms (train/phantoms/lge.py), seed {cfg.seed}: {cfg.n_patients} "
-                f"patients x {cfg.slices_per_patient} short-axis slices, 70/15/15 patient-level split; "
-                "clear no-LGE, clear LGE and confusers (faint or thin enhancement, ghosting, poor "
-                "nulling, low SNR) with two simulated readers' VAS. "
-                f"EfficientNetV2 size '{cfg.size}' ({n_params} parameters), {cfg.epochs} epochs max."
-            ),
-            metrics=report.metrics,
-            limits=[
-                "Trained and tested on synthetic phantoms only; says nothing about patients.",
-                "Phantom confusers are simpler than real ones (no arrhythmia, no fat-water swaps, "
-                "no blood-pool/endocardium partial volume beyond a thin rim).",
-                "Published external accuracy 0.91 / AUC 0.91 and inter-expert accuracy 0.86 have no "
-                "phantom counterpart beyond the simulated readers' agreement in the report's extras.",
-            ],
-            not_for_clinical_use=True,
-            weights_sha256=sha,
-            manufacturer=MANUFACTURER,
-            reference=REFERENCE,
-        )
+        write_demo_card(cfg, report.metrics, threshold, sha, n_params, version)
     return out
+
+
+def write_demo_card(cfg: DemoConfig, metrics: Any, threshold: float, sha: str, n_params: int, version: str,
+                    extra_limits: Sequence[str] = ()) -> None:
+    """models/lge_qa/card.md + card.yaml for the demo weights from their evaluation's metrics."""
+    from train.common.cards import write_model_card
+
+    write_model_card(
+        MODEL_DIR, model_id="lge_qa", version=version, name=NAME, intended_use=INTENDED_USE,
+        inputs_and_routing=(
+            "Single-frame MR or Enhanced MR short-axis PSIR LGE slices, routed by conf/routes.yaml "
+            "(description psir|lge|mde|de_|delay|late|viability) and the predicate mr.is_lge_psir "
+            "(InversionTime 80-900 ms, inversion recovery, not a TI scout or T1 map, the real PSIR "
+            "image rather than its magnitude companion: Siemens _PSIR/_MAG, Philips R_IR/M_IR, GE "
+            "raw data type, ComplexImageComponent). Preprocessing: modality LUT, sign kept, "
+            f"zero-preserving 1st/99th percentile scaling to [-1, 1], {cfg.transform.spacing_mm} mm "
+            f"pixels, {cfg.transform.size}x{cfg.transform.size} centred crop. Output: P(low certainty); "
+            f"a slice is flagged when P >= {threshold:.3f} (chosen on validation for precision >= "
+            f"{cfg.target_precision}, the published precision-over-recall balance)."
+        ),
+        labels=L.LABELS,
+        label_rule=L.describe(),
+        training_data=(
+            f"Synthetic PSIR phantoms (train/phantoms/lge.py), seed {cfg.seed}: {cfg.n_patients} "
+            f"patients x {cfg.slices_per_patient} short-axis slices, 70/15/15 patient-level split; "
+            "clear no-LGE, clear LGE and confusers (faint or thin enhancement, ghosting, poor "
+            "nulling, low SNR) with two simulated readers' VAS; half clear, half confusers "
+            "(TRAINING_MIX); domain-randomised per patient: heart position, field of view and "
+            "pixel size, vendor PSIR scaling, rescale slope and window, coil bias, partial "
+            "volume and noise. "
+            f"EfficientNetV2 size '{cfg.size}' ({n_params} parameters), {cfg.epochs} epochs max"
+            + (f", continued from an earlier run's weights ({cfg.init.name}) with a fresh schedule."
+               if cfg.init is not None else ".")
+        ),
+        metrics=metrics,
+        limits=[
+            "Trained and tested on synthetic phantoms only; says nothing about patients.",
+            "Phantom confusers are simpler than real ones (no arrhythmia, no fat-water swaps, "
+            "no blood-pool/endocardium partial volume beyond a thin rim).",
+            "Published external accuracy 0.91 / AUC 0.91 and inter-expert accuracy 0.86 have no "
+            "phantom counterpart beyond the simulated readers' agreement in the report's extras.",
+            *extra_limits,
+        ],
+        not_for_clinical_use=True,
+        weights_sha256=sha,
+        manufacturer=MANUFACTURER,
+        reference=REFERENCE,
+    )
 
 
 # --- the harness CLI (`python -m train lge_qa ...`) ----------------------------------------------
@@ -302,7 +346,8 @@ def _manifest_arrays(path: Path, split: str, transform: TransformConfig) -> Arra
 
 
 def _phantom_split(cfg: DemoConfig) -> tuple[Arrays, dict[str, np.ndarray]]:
-    data = cohort_arrays(lge_cohort(cfg.n_patients, cfg.seed, cfg.slices_per_patient), cfg.transform)
+    data = cohort_arrays(lge_cohort(cfg.n_patients, cfg.seed, cfg.slices_per_patient, dict(cfg.mix)),
+                         cfg.transform)
     splits = patient_split(data.patients, data.y, (0.7, 0.15, 0.15), seed=cfg.seed)
     return data, {name: np.flatnonzero(splits == name) for name in ("train", "val", "test")}
 
@@ -473,9 +518,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--patients", type=int, default=DemoConfig.n_patients, help="phantom patients")
     demo.add_argument("--report-dir", type=Path, default=None, help="evaluation output folder")
     demo.add_argument("--no-card", action="store_true", help="do not rewrite models/lge_qa/card.*")
+    demo.add_argument("--init", type=Path, default=None, help="continue from these weights")
+    demo.add_argument("--lr", type=float, default=DemoConfig.lr, help="peak learning rate")
     args = parser.parse_args(argv)
     if args.command == "demo-weights":
-        cfg = DemoConfig(seed=args.seed, epochs=args.epochs, n_patients=args.patients)
+        cfg = DemoConfig(seed=args.seed, epochs=args.epochs, n_patients=args.patients, init=args.init,
+                         lr=args.lr)
         summary = demo_weights(cfg, args.out, args.report_dir, not args.no_card)
         print(json.dumps(summary, indent=2))
     return 0

@@ -12,12 +12,19 @@ the scanner's MAG series is. A smooth coil bias field multiplies both.
 Slice kinds and the readers' latent LGE evidence (0-100, each reader adds N(0, sd) noise):
 
 - ``no_lge``: clean slice, good nulling, evidence 0-8 -> both readers <= 20, high certainty.
-- ``lge``: a bright (0.8-1.2 x blood) subendocardial or transmural segment of 45-120 degrees,
-  evidence 90-100 -> high certainty.
-- the confusers, evidence 30-65 -> low certainty: ``faint_lge`` (0.15-0.4 x blood, mid-wall or
-  patchy), ``thin_lge`` (a 1-2 mm subendocardial rim against the bright blood pool),
-  ``ghosting`` (respiratory ghosts along the phase-encode axis, blur), ``poor_nulling``
-  (myocardium at 0.25-0.5 x blood: TI too long) and ``low_snr`` (noise SD 0.15-0.3).
+- ``lge``: a bright (0.8-1.2 x blood) segment of 45-120 degrees reaching at least half the wall
+  (subendocardial to transmural), evidence 90-100 -> high certainty.
+- the confusers, evidence 30-65 -> low certainty: ``faint_lge`` (0.2-0.45 x blood, mid-wall or
+  patchy), ``thin_lge`` (a grey 2-3.5 mm subendocardial rim, 0.4-0.7 x blood, between the
+  bright blood pool and the nulled wall), ``ghosting`` (respiratory ghosts along the
+  phase-encode axis, blur), ``poor_nulling`` (myocardium at 0.25-0.5 x blood: TI too long) and
+  ``low_snr`` (noise SD 0.15-0.3).
+
+Domain randomisation, per patient (`Anatomy`): heart position (+-20 mm off centre), field of view
+(matrix 160-256, pixels 1.0-1.9 mm), vendor-like PSIR scaling (300-2200 stored units per unit
+of blood; Philips rescale slopes; each vendor's window centre/width habit), coil bias field
+strength, partial-volume blur and baseline noise. Clear and confuser slices share all of it, so
+only the enhancement and artefact pattern tells them apart.
 
 Labels come from `models.lge_qa.labels` (the rule the model card states), never from the kind.
 DICOM: Siemens "<name>_PSIR" / "<name>_MAG" series pairs (unsigned, intercept -4096), Philips
@@ -76,13 +83,17 @@ class Anatomy:
     scar_width: float  # radians
     pixel_spacing: float
     matrix: int
+    signal_scale: float = SIGNAL_SCALE  # stored units per unit of blood signal
+    bias_strength: float = 0.2
+    blur: float = 0.6  # partial-volume Gaussian sigma, pixels
+    noise: tuple[float, float] = (0.02, 0.05)  # baseline noise SD range (blood = 1)
 
 
 @dataclass(frozen=True)
 class LgeSlice:
     """One phantom slice: signed PSIR signal, magnitude companion, truth and reader scores."""
 
-    psir: np.ndarray  # float32 (rows, columns), blood ~ SIGNAL_SCALE
+    psir: np.ndarray  # float32 (rows, columns), blood ~ the anatomy's signal_scale
     magnitude: np.ndarray  # float32, >= 0
     pixel_spacing: float  # mm, square pixels
     kind: str
@@ -97,8 +108,9 @@ class LgeSlice:
 
 def random_anatomy(generator: np.random.Generator) -> Anatomy:
     """A patient: heart size and place, wall thickness, body, blood level, scar territory, grid."""
+    noise_low = float(generator.uniform(0.015, 0.04))
     return Anatomy(
-        heart_offset=(float(generator.uniform(-12, 12)), float(generator.uniform(-12, 12))),
+        heart_offset=(float(generator.uniform(-20, 20)), float(generator.uniform(-20, 20))),
         endo_radius=float(generator.uniform(18, 27)),
         wall=float(generator.uniform(7, 12)),
         ellipticity=float(generator.uniform(0.9, 1.1)),
@@ -107,8 +119,12 @@ def random_anatomy(generator: np.random.Generator) -> Anatomy:
         blood=float(generator.uniform(0.85, 1.15)),
         scar_start=float(generator.uniform(0, 2 * np.pi)),
         scar_width=float(np.deg2rad(generator.uniform(45, 120))),
-        pixel_spacing=float(generator.uniform(1.2, 1.7)),
-        matrix=int(generator.choice([192, 208, 224, 256])),
+        pixel_spacing=float(generator.uniform(1.0, 1.9)),
+        matrix=int(generator.choice([160, 192, 208, 224, 256])),
+        signal_scale=float(np.exp(generator.uniform(np.log(300.0), np.log(2200.0)))),
+        bias_strength=float(generator.uniform(0.05, 0.4)),
+        blur=float(generator.uniform(0.4, 1.0)),
+        noise=(noise_low, noise_low + float(generator.uniform(0.01, 0.03))),
     )
 
 
@@ -180,15 +196,15 @@ def lge_slice(
     depth = (r - endo) / wall  # 0 at the endocardium, 1 at the epicardium
     in_sector = _angle_in(theta, a.scar_start, a.scar_width * (1 - 0.3 * apex_fraction))
     if kind == "lge":
-        transmural = generator.uniform(0.35, 1.0) if generator.random() < 0.6 else 1.0
+        transmural = generator.uniform(0.5, 1.0) if generator.random() < 0.6 else 1.0
         scar = myo & in_sector & (depth <= transmural)
         img = np.where(scar, a.blood * generator.uniform(0.8, 1.2), img)
     elif kind == "thin_lge":
-        rim = generator.uniform(1.0, 2.0) / wall
+        rim = generator.uniform(2.0, 3.5) / wall
         scar = myo & in_sector & (depth <= rim)
-        img = np.where(scar, a.blood * generator.uniform(0.5, 0.9), img)
+        img = np.where(scar, a.blood * generator.uniform(0.4, 0.7), img)
     elif kind == "faint_lge":
-        level = a.blood * generator.uniform(0.15, 0.4)
+        level = a.blood * generator.uniform(0.2, 0.45)
         if generator.random() < 0.5:  # mid-wall stripe
             scar = myo & in_sector & (depth > 0.3) & (depth < 0.7)
         else:  # patchy
@@ -196,13 +212,13 @@ def lge_slice(
             scar = myo & in_sector & (patches > np.quantile(patches[myo], 0.6))
         img = np.where(scar, level, img)
 
-    clean = ndimage.gaussian_filter(img, 0.6)  # partial volume
+    clean = ndimage.gaussian_filter(img, a.blur)  # partial volume
     if kind == "ghosting":
         clean = _ghosts(clean, generator, float(generator.uniform(0.2, 0.4)), axis=int(generator.integers(2)))
     else:
         clean = _ghosts(clean, generator, float(generator.uniform(0.0, 0.04)), axis=0)
-    clean = clean * bias_field((n, n), generator, strength=0.2)
-    sigma = float(generator.uniform(0.15, 0.3) if kind == "low_snr" else generator.uniform(0.02, 0.05))
+    clean = clean * bias_field((n, n), generator, strength=a.bias_strength)
+    sigma = float(generator.uniform(0.15, 0.3) if kind == "low_snr" else generator.uniform(*a.noise))
     psir = gaussian_noise(clean, generator, sigma=sigma)
     magnitude = rician_noise(np.abs(clean), generator, sigma=sigma)
 
@@ -215,8 +231,8 @@ def lge_slice(
     sd = 5.0 if kind in CLEAR_KINDS else 10.0
     vas = tuple(float(np.clip(evidence + generator.normal(0, sd), 0, 100)) for _ in range(2))
     return LgeSlice(
-        psir=(psir * SIGNAL_SCALE).astype(np.float32),
-        magnitude=(magnitude * SIGNAL_SCALE).astype(np.float32),
+        psir=(psir * a.signal_scale).astype(np.float32),
+        magnitude=(magnitude * a.signal_scale).astype(np.float32),
         pixel_spacing=ps,
         kind=kind,
         vas=(vas[0], vas[1]),
@@ -224,7 +240,7 @@ def lge_slice(
         patient_id=patient_id,
         slice_index=slice_index,
         slice_location=float(slice_index * 10.0),
-        extra={"noise_sd": sigma, "myocardium": myo_level},
+        extra={"noise_sd": sigma, "myocardium": myo_level, "signal_scale": a.signal_scale},
     )
 
 
@@ -270,11 +286,26 @@ def phantom_uid(*parts: object) -> str:
     return f"2.25.{int.from_bytes(digest[:15], 'big')}"
 
 
-def _stored(values: np.ndarray, vendor: str) -> tuple[np.ndarray, int, float]:
-    """(stored pixels, PixelRepresentation, RescaleIntercept) in the vendor's habit."""
+def _stored(values: np.ndarray, vendor: str, slope: float = 1.0) -> tuple[np.ndarray, int, float]:
+    """(stored pixels, PixelRepresentation, RescaleIntercept) in the vendor's habit; stored values
+    are `values` / `slope` (Philips real images often carry a non-unit RescaleSlope)."""
     if vendor == "siemens":  # unsigned with a -4096 intercept
         return np.clip(np.rint(values + 4096), 0, 8191).astype(np.uint16), 0, -4096.0
-    return np.clip(np.rint(values), -32768, 32767).astype(np.int16), 1, 0.0
+    return np.clip(np.rint(values / slope), -32768, 32767).astype(np.int16), 1, 0.0
+
+
+def _philips_slope(item: LgeSlice) -> float:
+    """A per-patient Philips rescale slope (deterministic from the patient id)."""
+    return (1.0, 0.5, 1.2216, 2.4432)[hashlib.sha256(item.patient_id.encode()).digest()[0] % 4]
+
+
+def _window(values: np.ndarray, vendor: str) -> tuple[float, float]:
+    """(WindowCenter, WindowWidth) as a vendor's console would set it for a PSIR/magnitude image:
+    Siemens and GE about the 0.5-99.5 % range, Philips a symmetric window about zero."""
+    lo, hi = (float(v) for v in np.percentile(values, [0.5, 99.5]))
+    if vendor == "philips":
+        return 0.0, max(2.0, 2.0 * max(abs(lo), abs(hi)))
+    return (lo + hi) / 2.0, max(2.0, hi - lo)
 
 
 def _common(ds: Dataset, *, study_uid: str, series_uid: str, series_number: int, vendor: str,
@@ -371,7 +402,10 @@ def psir_dataset(
     ds.ImageOrientationPatient = ["0.7", "0.6", "-0.38", "-0.45", "0.77", "0.45"]
     ds.PixelSpacing = [f"{item.pixel_spacing:.4f}", f"{item.pixel_spacing:.4f}"]
     ds.AcquisitionNumber = 1
-    stored, representation, intercept = _stored(item.psir if real else item.magnitude, vendor)
+    values = item.psir if real else item.magnitude
+    slope = _philips_slope(item) if vendor == "philips" else 1.0
+    stored, representation, intercept = _stored(values, vendor, slope)
+    centre, width = _window(values, vendor)
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.Rows, ds.Columns = stored.shape
@@ -380,8 +414,10 @@ def psir_dataset(
     ds.HighBit = 15
     ds.PixelRepresentation = representation
     ds.RescaleIntercept = f"{intercept:g}"
-    ds.RescaleSlope = "1"
+    ds.RescaleSlope = f"{slope:g}"
     ds.RescaleType = "US"
+    ds.WindowCenter = f"{centre:.1f}"
+    ds.WindowWidth = f"{width:.1f}"
     ds.PixelData = stored.tobytes()
     return ds
 
