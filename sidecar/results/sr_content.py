@@ -4,9 +4,11 @@ Designed for what a reader sees, in a PACS viewer or OHIF (which starts its SR v
 first measurement group and lists only NUM items as labels):
 
 - Groups: detections first (TID 1410 planar ROIs, a closed SCOORD polyline of the box on the
-  source image); then per-image answers, each a TID 1410 planar ROI over its whole image (the
-  region the answer is about); then the series summary and measurement-only groups (TID 1501).
-  So the first group always carries a region: a viewer that starts there draws an image.
+  source image); then per-image answers and per-image measurements, each a TID 1410 planar ROI
+  over its whole image (the region the answer is about); then the series summary, a planar ROI
+  over the image whose result it repeats (or the first image). Every group carries a region:
+  OHIF 3.12's SR viewport fails ("Something went wrong") on an SR holding a TID 1501 group
+  without one, and starts at the first group, so each group is an image it can draw.
 - Every answer is there three ways: the group's tracking identifier says it in words
   ("lge_qa image 3: low certainty"), a CODE evaluation names it with a coded value, and NUMs a
   viewer lists: one named by the coded answer's own meaning, valued the answer's probability in
@@ -301,6 +303,17 @@ class ReportBuilder:
             return f"{what}: {self.vocabulary.text(g.classifications[0].label)}"
         return what
 
+    def summary_image(self) -> ImageRef | None:
+        """The image the series summary is drawn over: the one whose result it repeats (models
+        summarise by their highest-graded or most-flagged image), else the first image."""
+        f = self.findings
+        if f.summary is not None:
+            for c in f.classifications:
+                if c.source is not None and dict(c.probabilities) == dict(f.summary.probabilities):
+                    return c.source
+        refs = self.all_source_refs()
+        return refs[0] if refs else None
+
     def whole_image(self, ref: ImageRef) -> hd.sr.ImageRegion:
         """The image's own extent as a closed polyline: the region a per-image answer is about."""
         ds = self.index.get(ref)
@@ -345,9 +358,10 @@ class ReportBuilder:
         finding_type = question if (g.classifications or g.not_assessed) else None
         algorithm = self.algorithm if number == 1 else None
         sites = self.finding_sites(site, lat)
-        if g.key != "series" and len(g.refs) == 1 and (g.classifications or g.not_assessed):
+        drawn_on = self.summary_image() if g.key == "series" else (g.refs[0] if len(g.refs) == 1 else None)
+        if drawn_on is not None:
             return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-                tracking_identifier=tracking, referenced_region=self.whole_image(g.refs[0]),
+                tracking_identifier=tracking, referenced_region=self.whole_image(drawn_on),
                 finding_type=finding_type, algorithm_id=algorithm, finding_sites=sites,
                 measurements=measurements or None, qualitative_evaluations=evaluations or None,
             )

@@ -261,7 +261,7 @@ class TestStructuredReport:
         assert "Algorithm Version" in meanings(back)
 
     def test_series_summary_references_every_source_image(self, tmp_path: Path) -> None:
-        """A series-mode SR has a group per classified slice and a summary over all slices."""
+        """A series-mode SR has a group per classified slice, a summary, and every slice in its library."""
         series = make_mr_series(4, seed=3)
         per_slice = tuple(
             Classification(
@@ -292,8 +292,9 @@ class TestStructuredReport:
         ]
         assert len(groups) == 5
         summary = groups[-1]  # per-image answers (ROIs over each image) first, then the series
-        sources = [i for i in summary.ContentSequence if i.ValueType == "IMAGE"]
-        assert len(sources) == 4
+        assert any(i.ValueType == "SCOORD" for i in summary.ContentSequence)  # drawn over an image
+        library = next(i for i in back.ContentSequence if i.ConceptNameCodeSequence[0].CodeMeaning == "Image Library")
+        assert len([i for i in walk(library.ContentSequence) if i.ValueType == "IMAGE"]) == 4
         assert numbers(back)["Uncertain slice fraction"] == pytest.approx(0.5)
 
     def test_detections_on_dx_are_planar_rois_with_box_grade_and_laterality(

@@ -79,6 +79,7 @@ def written(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # pixelmed compiles its XSLT templates first (~20 s idle, minutes under load)
 def test_pixelmed_reports_no_error_and_only_explained_warnings(written: dict[str, Path]) -> None:
     """pixelmed's DicomSRValidator: 0 errors on every model's SR; warnings only the explained kind."""
     report = pixelmed_sr_lines(list(written.values()))
@@ -134,9 +135,9 @@ def test_hand_joints_first_group_is_a_region_and_every_joint_is_a_graded_roi() -
     """Hands: each joint's box is a closed polyline on the radiograph with its grade as a NUM."""
     case = EVERY_MODEL["hand_joints"]()
     sr = built(case)[0]
-    rois = [g for g in groups(sr) if any(i.ValueType == "SCOORD" for i in g.ContentSequence)]
-    assert len(rois) == len(case.findings.detections)
-    assert groups(sr)[0] is rois[0]
+    every = groups(sr)
+    assert all(any(i.ValueType == "SCOORD" for i in g.ContentSequence) for g in every)  # all drawable
+    rois = every[: len(case.findings.detections)]  # the joints come first
     grade = case.card.vocabulary.grade_concept.meaning
     assert [nums(g)[grade] for g in rois] == [2.0, 0.0]
     assert [tracking_text(g) for g in rois] == ["hand_joints MCP2 KL 2", "hand_joints PIP3 KL 0"]
