@@ -385,7 +385,8 @@ class ReportBuilder:
             if assessed:
                 measurements += self.answer_numbers(d.grade, grade_concept)
                 label = f"{d.label} {self.vocabulary.text(d.grade.label)}"
-            measurements += self.probabilities(d.grade)
+            # no per-class probabilities on a joint: a viewer labels every NUM of every ROI, and
+            # fifteen joints' full probability lists bury the grades (seen in OHIF)
             site = d.grade.finding_site
         if not assessed:
             label = f"{d.label}: {NOT_ASSESSED_TEXT}"

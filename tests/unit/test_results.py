@@ -328,7 +328,7 @@ class TestStructuredReport:
         names = meanings(back)
         assert {"MCP2", "PIP3", "Hand joint grade (SHS narrowing or KL)", "2", "Left"} <= names
         assert numbers(back)["Certainty of Finding"] in (pytest.approx(0.91), pytest.approx(0.55))
-        assert numbers(back)["Probability of 2"] == pytest.approx(0.7)
+        assert numbers(back)["2"] == pytest.approx(70.0)  # the grade answer, its probability in percent
 
     def test_multiframe_source_is_referenced_by_frame(self, tmp_path: Path) -> None:
         """A classification of one frame of a cine references that frame number."""
