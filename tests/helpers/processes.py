@@ -110,8 +110,15 @@ class SidecarProcess:
         from tests.helpers.dcmtk import echoscu
 
         assert self.proc is not None, "spawn() first"
+
+        def answers() -> bool:
+            try:
+                return echoscu(self.port, called_aet="SIDECAR", timeout_s=5).returncode == 0
+            except subprocess.TimeoutExpired:  # a slow start on a loaded machine: not ready yet
+                return False
+
         try:
-            wait_until_ready(self.proc, lambda: echoscu(self.port, called_aet="SIDECAR", timeout_s=5).returncode == 0,
+            wait_until_ready(self.proc, answers,
                              name="sidecar", timeout_s=self.start_timeout_s, log_tail=self.log_tail)
         except NotReady:
             self.kill()
