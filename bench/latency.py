@@ -212,6 +212,8 @@ def job_cost_by_series_size(size: int, counts: tuple[int, ...] = (1, 4, 16, 32),
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--isolation", choices=("thread", "process"), default="process",
+                    help="worker lanes in the service process, or worker processes (default: process)")
     ap.add_argument("--series", type=int, default=20, help="series for series mode (default 20)")
     ap.add_argument("--slices", type=int, default=16, help="slices per series (default 16)")
     ap.add_argument("--size", type=int, default=256, help="matrix size (default 256)")
@@ -240,10 +242,10 @@ def main() -> None:
                 destinations=[{"kind": "dicom", "name": "pacs", "host": "127.0.0.1", "port": pacs_port,
                                "ae_title": "PACS"}],
                 alert_channels=[{"kind": "dicom", "destination": "pacs"}],
-                sender={"echo_on_start": False}, worker={"torch_threads": 1},
+                sender={"echo_on_start": False}, worker={"torch_threads": 1, "isolation": args.isolation},
             )
             sidecar = start_python("tests.helpers.serve_with_test_models", [str(cfg)], work, "sidecar")
-            wait_echo(sidecar, port, "SIDECAR")
+            wait_echo(sidecar, port, "SIDECAR", timeout_s=240.0)  # worker processes load their models first
             wait_idle(sidecar.pid)
             pacs = Pacs(work / "pacs")
 

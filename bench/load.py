@@ -223,6 +223,8 @@ def _settled(journal: Path) -> bool:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--isolation", choices=("thread", "process"), default="process",
+                    help="worker lanes in the service process, or worker processes (default: process)")
     ap.add_argument("--clients", type=int, default=8, help="concurrent storescu clients (default 8)")
     ap.add_argument("--instances", type=int, default=200, help="instances per client (default 200)")
     ap.add_argument("--size", type=int, default=256, help="matrix size (default 256)")
@@ -270,12 +272,12 @@ def main() -> int:
                 work / "conf", port=port, routes=routes, models=models,
                 destinations=[{"kind": "dicom", "name": "pacs", "host": "127.0.0.1", "port": pacs_port,
                                "ae_title": "PACS"}],
-                sender={"echo_on_start": False}, worker={"torch_threads": 2},
+                sender={"echo_on_start": False}, worker={"torch_threads": 2, "isolation": args.isolation},
                 web={"enabled": True, "port": web_port},
             )
             journal = cfg / "var" / "journal.sqlite"
             sidecar = start_python("tests.helpers.serve_with_test_models", [str(cfg)], logs, "sidecar")
-            wait_echo(sidecar, port, "SIDECAR")
+            wait_echo(sidecar, port, "SIDECAR", timeout_s=240.0)  # worker processes load their models first
             wait_idle(sidecar.pid)
             rss = RssSampler(sidecar.pid)
             rss.start()
