@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -32,11 +33,11 @@ class DeviceTorch:
 
     name = "device-torch"
 
-    def __init__(self, net: object, device: str) -> None:
+    def __init__(self, net: Any, device: str) -> None:
         import torch
 
         self.torch, self.device = torch, torch.device(device)
-        self.net = net.to(self.device).eval()  # type: ignore[attr-defined]
+        self.net = net.to(self.device).eval()
 
     def run(self, inputs: np.ndarray) -> np.ndarray:
         with self.torch.inference_mode():
@@ -59,10 +60,10 @@ def _pct(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
-def bare_forward(net: object, shape: tuple[int, ...], device: str, repeats: int) -> None:
+def bare_forward(net: Any, shape: tuple[int, ...], device: str, repeats: int) -> None:
     import torch
 
-    net = net.to(device).eval()  # type: ignore[attr-defined]
+    net = net.to(device).eval()
     print(f"bare forward on {device} (input {shape[1:]} per slice, median of {repeats}):")
     for batch in (1, 8, 32, 64):
         x = torch.randn(batch, *shape[1:], device=device)
