@@ -96,7 +96,7 @@ def through_sidecar(device: str, n_slices: int, max_batch: int) -> None:
         journal = Journal(f"sqlite:///{work / 'journal.sqlite'}")
         route = Route.model_validate({"name": "lge", "model": "lge_qa", "mode": "instance",
                                       "outputs": ["sr"], "destinations": ["pacs"]})
-        slices = []
+        slices: list[Any] = []
         while len(slices) < n_slices:
             slices.extend(demo_series(seed=len(slices), n_slices=min(16, n_slices - len(slices))))
         for ds in slices:
