@@ -20,7 +20,7 @@ from typing import Any
 import structlog
 
 from sidecar.errors import JournalError, JournalFull
-from sidecar.journal.schema import POSTGRES, SCHEMA_VERSION, Dialect, statements
+from sidecar.journal.schema import ADDED_COLUMNS, POSTGRES, SCHEMA_VERSION, Dialect, statements
 from sidecar.journal.tx import Tx
 
 _log = structlog.get_logger("sidecar.journal")
@@ -75,6 +75,10 @@ class PostgresBackend:
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
                 for stmt in statements(self.dialect):
                     conn.execute(stmt)
+                for table, columns in ADDED_COLUMNS.items():  # a journal made by an older version
+                    for name, kind in columns:
+                        conn.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {name}"
+                                     f" {kind.format(real=self.dialect.real)}")
                 conn.execute(
                     "INSERT INTO meta(key, value) VALUES ('schema_version', %s) ON CONFLICT (key) DO NOTHING",
                     (str(SCHEMA_VERSION),),

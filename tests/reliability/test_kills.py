@@ -47,6 +47,9 @@ KILLS = 10
 CLIENTS = 3
 INSTANCES_PER_SERIES = 3
 QUIET_S = 1.0
+# A series short of its known count waits this long before quiet time completes it: longer than a
+# kill and restart on a loaded machine, so a cut series waits for the client's resend.
+SHORT_GRACE_S = 120.0
 UP_S = (0.2, 2.0)  # how long the sidecar lives after it answers C-ECHO, before the next kill
 START_TIMEOUT_S = 90.0  # a start under a loaded CI machine (imports, model warm-up)
 DELIVERY_TIMEOUT_S = 90.0
@@ -223,10 +226,10 @@ def test_sigkill_storm_loses_nothing_and_reports_every_series_once(tmp_path: Pat
     with StoreSCP(tmp_path / "pacs", ae_title="PACS", extra_args=["+uf"]) as pacs:
         routes = [{"name": "brightness-lge", "model": "brightness", "mode": "instance",
                    "match": {"modality": ["MR"], "description_regex": "LGE"}, "outputs": ["sr"],
-                   "destinations": ["pacs"], "quiet_s": QUIET_S},
+                   "destinations": ["pacs"], "quiet_s": QUIET_S, "short_grace_s": SHORT_GRACE_S},
                   {"name": "brightness-mr", "model": "brightness", "mode": "series",
                    "match": {"modality": ["MR"]}, "outputs": ["sr"], "destinations": ["pacs"],
-                   "quiet_s": QUIET_S}]
+                   "quiet_s": QUIET_S, "short_grace_s": SHORT_GRACE_S}]
         config = write_config(tmp_path / "conf", routes=routes, log_level="info", destinations=[
             {"kind": "dicom", "name": "pacs", "host": "127.0.0.1", "port": pacs.port, "ae_title": "PACS",
              "timeout_s": 5}])
