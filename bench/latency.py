@@ -133,7 +133,7 @@ def series_mode(work: Path, port: int, pacs: Pacs, n_series: int, n_slices: int,
     for i, files in enumerate(datasets):
         storescu(files, port, "SIDECAR")
         t_exit = time.time()
-        got = pacs.wait_for(1, timeout_s=20)
+        got = pacs.wait_for(1, timeout_s=60)
         sr = [a for a in got if a.modality == "SR"]
         latencies.append(min(a.mtime for a in sr) - t_exit)
         print(f"  series {i + 1:>2}: SR at the PACS {latencies[-1] * 1000:7.1f} ms after storescu exited",
@@ -163,7 +163,7 @@ def stream_mode(port: int, pacs: Pacs, n: int, size: int, per_series: int = 10) 
             t_ack = time.time()
             if int(status.Status) != 0:
                 raise RuntimeError(f"C-STORE of slice {k} answered 0x{int(status.Status):04x}")
-            got = pacs.wait_for(1, timeout_s=10, linger_s=0.5)
+            got = pacs.wait_for(1, timeout_s=60, linger_s=0.5)
             sr_lat.extend(a.mtime - t_ack for a in got if a.modality == "SR")
             alert_lat.extend(a.mtime - t_ack for a in got if a.modality != "SR")
             time.sleep(0.05)
