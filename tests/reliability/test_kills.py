@@ -236,7 +236,10 @@ def test_sigkill_storm_loses_nothing_and_reports_every_series_once(tmp_path: Pat
                   {"name": "brightness-mr", "model": "brightness", "mode": "series",
                    "match": {"modality": ["MR"]}, "outputs": ["sr"], "destinations": ["pacs"],
                    "quiet_s": QUIET_S, "short_grace_s": SHORT_GRACE_S}]
-        config = write_config(tmp_path / "conf", routes=routes, log_level="info", destinations=[
+        # Every kill that lands while a job runs counts as one of its attempts (that is how a job
+        # that keeps killing its worker ends in quarantine); here the kills are the test, not the job.
+        config = write_config(tmp_path / "conf", routes=routes, log_level="info",
+                              worker={"poll_s": 0.05, "torch_threads": 1, "max_attempts": 100}, destinations=[
             {"kind": "dicom", "name": "pacs", "host": "127.0.0.1", "port": pacs.port, "ae_title": "PACS",
              "timeout_s": 5}])
         db = Path(yaml.safe_load((config / "sidecar.yaml").read_text())["data_dir"]) / "journal.sqlite"
