@@ -84,8 +84,7 @@ SAMPLERS: dict[str, Sampler] = {
 
 #: default number of phantom inputs to fit on and to calibrate on (cines are slower to make)
 DEFAULT_N: dict[str, tuple[int, int]] = {
-    "lge_qa": (400, 200), "gout_mtp1": (300, 150), "synovitis_dgs": (80, 40), "synovitis_dpd": (60, 40),
-    "hand_joints": (80, 40), "breast_elastography": (100, 50),
+    "lge_qa": (400, 200), "synovitis_dgs": (40, 30), "synovitis_dpd": (40, 30),
 }
 
 
@@ -306,7 +305,7 @@ def run_fit_guard(req: FitGuardRequest) -> DomainGuard:
     from models.registry import ModelSpec, build_model
 
     model = build_model(ModelSpec(req.model_id, req.checkpoint, None, {}))
-    n_fit, n_cal = DEFAULT_N.get(req.model_id, (150, 80))
+    n_fit, n_cal = DEFAULT_N.get(req.model_id, (60, 40))
     n_fit, n_cal = req.n_fit or n_fit, req.n_calibration or n_cal
     if req.manifest is not None:
         train, cal, test = manifest_inputs(req.manifest, "train"), manifest_inputs(req.manifest, "val"), []
@@ -314,7 +313,7 @@ def run_fit_guard(req: FitGuardRequest) -> DomainGuard:
     else:
         train = phantom_inputs(req.model_id, req.seed, n_fit)
         cal = phantom_inputs(req.model_id, req.seed + 1, n_cal)
-        test = phantom_inputs(req.model_id, req.seed + 2, max(40, n_cal // 2))
+        test = phantom_inputs(req.model_id, req.seed + 2, max(20, n_cal // 2))
         source = f"phantoms, seeds {req.seed}/{req.seed + 1}"
     fit = fit_guard(model, train, cal, quantile=req.quantile, source=source)
     figures = dict(fit.guard.calibration)
