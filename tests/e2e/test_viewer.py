@@ -366,19 +366,11 @@ def _displays(measurement: dict[str, Any] | None, answer: str) -> bool:
 
 MODELS = sorted(DEMO_SAMPLES)
 
-#: What OHIF 3.12 does not show yet with the SRs as they are (issue 16). Each is an expected
-#: failure with its reason printed in the report (pytest -rxX), not a skip: when the SRs change
-#: and a check passes it shows as XPASS, and its entry here goes. Each failure's message (OHIF's
-#: console errors and "Show Details" text included): --runxfail.
-_GROUP_WITHOUT_REGION = (
-    "OHIF's SR viewport throws on a measurement group without an image region (TypeError reading "
-    "'ReferencedSOPSequence' in _checkIfCanAddMeasurementsToDisplaySet; seen for gout, synovitis and hands: the "
-    "series-level and image-level groups) and draws nothing")
-KNOWN_GAPS: dict[tuple[str, str], str] = {
-    ("rois", "hand_joints"): _GROUP_WITHOUT_REGION + ", so none of the ROIs is drawn",
-    **{("viewport", m): _GROUP_WITHOUT_REGION
-       for m in ("gout_mtp1", "hand_joints", "synovitis_dgs", "synovitis_dpd", "synovitis_sgs", "synovitis_spd")},
-}
+#: What OHIF 3.12 does not show yet with the SRs as they are (issue 16): none since the SR
+#: redesign. An entry, (check, model) -> reason, makes that case an expected failure with its
+#: reason printed in the report (pytest -rxX), not a skip; --runxfail shows its message (OHIF's
+#: console errors and "Show Details" text included).
+KNOWN_GAPS: dict[tuple[str, str], str] = {}
 
 
 def _cases(check: str) -> list[Any]:
