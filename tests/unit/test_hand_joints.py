@@ -235,7 +235,8 @@ class TestDemoWeights:
         sr = build_sr(findings, [ds], demo_model.card, input_uid=str(ds.SeriesInstanceUID), kind="series")
         back = assert_valid_dicom(sr)
         scoords = [item for item in _content_items(back) if item.get("ValueType") == "SCOORD"]
-        assert len(scoords) == len(findings.detections)
+        # one planar ROI per joint, plus the image's own ROI (every SR group carries a region)
+        assert len(scoords) == len(findings.detections) + 1
         for item in scoords:
             pts = np.asarray(item.GraphicData, dtype=float).reshape(-1, 2)
             assert (pts[:, 0] >= 0).all() and (pts[:, 0] <= ds.Columns).all()
