@@ -39,6 +39,7 @@ from sidecar.egress.transport import StoreTransport
 from sidecar.pipeline.budgets import DecodeBudget
 from sidecar.pipeline.failures import RetryPolicy
 from sidecar.pipeline.lanes import LaneStatus
+from sidecar.pipeline.model_set import load_models
 from sidecar.pipeline.procs import WorkerPool
 from sidecar.pipeline.worker import Worker
 from sidecar.routing import validate_routes
@@ -62,30 +63,6 @@ class Seams:
     transports: Mapping[str, StoreTransport] | None = None
     timers: Timers | None = None
     clock: Any = time.time
-
-
-def load_models(settings: Settings, routes: list[Route], factories: Mapping[str, str | Factory]) -> tuple[
-    dict[str, ClinicalModel], dict[str, str]
-]:
-    """Build every model a route needs; returns (models, {model_id: why unavailable})."""
-    wanted = {r.model for r in routes if r.enabled}
-    models: dict[str, ClinicalModel] = {}
-    unavailable: dict[str, str] = {}
-    for model_id in sorted(wanted):
-        entry = settings.models.get(model_id)
-        if entry is None:
-            unavailable[model_id] = "not listed in models.yaml"
-            continue
-        if not entry.enabled:
-            unavailable[model_id] = "disabled in models.yaml"
-            continue
-        spec = ModelSpec(model_id, settings.model_weights(model_id), entry.sha256, entry.options,
-                         settings.model_backend(model_id))
-        try:
-            models[model_id] = build_model(spec, {**factories, model_id: entry.factory} if entry.factory else factories)
-        except ModelUnavailable as exc:
-            unavailable[model_id] = str(exc)
-    return models, unavailable
 
 
 class Sidecar:

@@ -11,11 +11,12 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from models.registry import load_predicate_explainers, load_predicates
-from sidecar.app import Sidecar, load_models, serve_until_signalled
+from sidecar.app import Sidecar, serve_until_signalled
 from sidecar.assembly.assembler import SeriesAssembler
 from sidecar.assembly.timers import FakeTimers
 from sidecar.journal import Journal
 from sidecar.logging import configure_logging
+from sidecar.pipeline.model_set import load_models
 from sidecar.pipeline.worker import Worker
 from sidecar.routing import explain, route
 from sidecar.settings import load_settings

@@ -28,7 +28,7 @@ import httpx
 from pydicom import dcmread
 
 from sidecar.dicom.status import StoreStatus
-from sidecar.egress.transport import SendOutcome, classify_store_status
+from sidecar.egress.outcome import SendOutcome, classify_store_status
 from sidecar.errors import DeliveryError
 from sidecar.settings import DicomwebDestination
 from sidecar.tls import client_context

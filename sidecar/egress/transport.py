@@ -39,6 +39,8 @@ from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from sidecar.dicom.status import EchoStatus, StoreStatus
+from sidecar.egress.outcome import SendOutcome, classify_store_status
+from sidecar.egress.stow import DicomwebTransport
 from sidecar.errors import DeliveryError
 from sidecar.tls import client_context
 from sidecar.settings import DicomDestination, DicomwebDestination, FolderDestination
@@ -46,37 +48,6 @@ from sidecar.settings import DicomDestination, DicomwebDestination, FolderDestin
 #: pynetdicom (and PS3.8) allow at most 128 presentation contexts per association request.
 MAX_CONTEXTS = 128
 _FALLBACK_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
-_DELIVERED_WARNINGS = frozenset(
-    {
-        StoreStatus.COERCION_OF_DATA_ELEMENTS,
-        StoreStatus.ELEMENTS_DISCARDED,
-        StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS_WARNING,
-    }
-)
-
-
-@dataclass(frozen=True)
-class SendOutcome:
-    """What happened to one file: delivered, worth retrying, or not."""
-
-    ok: bool
-    retryable: bool = False
-    status: int | None = None  # the DIMSE status when the peer answered
-    error: str = ""
-
-    @classmethod
-    def delivered(cls, status: int | None = None) -> SendOutcome:
-        return cls(ok=True, retryable=False, status=status)
-
-    @classmethod
-    def retry(cls, error: str, status: int | None = None) -> SendOutcome:
-        return cls(ok=False, retryable=True, status=status, error=error)
-
-    @classmethod
-    def failed(cls, error: str, status: int | None = None) -> SendOutcome:
-        return cls(ok=False, retryable=False, status=status, error=error)
-
-
 @runtime_checkable
 class StoreTransport(Protocol):
     """Delivers files to one destination."""
@@ -88,26 +59,6 @@ class StoreTransport(Protocol):
     def send(self, paths: Sequence[str]) -> list[SendOutcome]:
         """Send every file (one association for DICOM); one outcome per path, in order."""
         ...
-
-
-def classify_store_status(status: int, comment: str = "") -> SendOutcome:
-    """Map a C-STORE response status to an outcome (see the module docstring)."""
-    detail = f"status 0x{status:04X}" + (f" ({comment})" if comment else "")
-    if status == StoreStatus.SUCCESS or status in _DELIVERED_WARNINGS:
-        return SendOutcome.delivered(status)
-    if status == StoreStatus.DUPLICATE_SOP_INSTANCE:
-        return SendOutcome.delivered(status)
-    if status & 0xFF00 == StoreStatus.REFUSED_OUT_OF_RESOURCES & 0xFF00:
-        return SendOutcome.retry(f"peer out of resources: {detail}", status)
-    if status == StoreStatus.PROCESSING_FAILURE:
-        return SendOutcome.retry(f"peer processing failure: {detail}", status)
-    if status & 0xFF00 == StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS & 0xFF00:
-        return SendOutcome.failed(f"peer says data set does not match SOP class: {detail}", status)
-    if status & 0xF000 == StoreStatus.CANNOT_UNDERSTAND & 0xF000:
-        return SendOutcome.failed(f"peer cannot understand: {detail}", status)
-    if status & 0xF000 == 0xB000:  # another warning: the peer stored it
-        return SendOutcome.delivered(status)
-    return SendOutcome.failed(f"peer refused: {detail}", status)
 
 
 # -- DICOM ---------------------------------------------------------------------------------
@@ -435,7 +386,6 @@ def make_transport(
     if isinstance(dest, DicomDestination):
         return DicomTransport(dest, calling_ae)
     if isinstance(dest, DicomwebDestination):
-        from sidecar.egress.stow import DicomwebTransport  # stow.py imports this module
 
         return DicomwebTransport(dest)
     return FolderTransport(dest)

@@ -91,7 +91,7 @@ class _ForwardingObserver:
 
 def worker_main(spec: WorkerSpec, out: MpQueue[Message], wake: MpEvent, stop: MpEvent) -> None:
     """The body of a worker process (spawned: imports models and torch here, not in the listener)."""
-    from sidecar.app import load_models
+    from sidecar.pipeline.model_set import load_models
     from sidecar.logging import configure_logging
     from sidecar.pipeline.budgets import DecodeBudget
     from sidecar.pipeline.worker import Worker

@@ -85,7 +85,7 @@ class TestEnvironment:
 class TestModelBackends:
     def test_backend_in_models_yaml_reaches_the_model_factory(self, tmp_path: Path) -> None:
         """A model that only runs in process is refused when models.yaml asks for ONNX Runtime."""
-        from sidecar.app import load_models
+        from sidecar.pipeline.model_set import load_models
         from sidecar.settings import load_settings
 
         weights = REPO / "models" / "hand_joints" / "weights" / "demo.pt"

@@ -12,8 +12,9 @@ import pytest
 from structlog.testing import capture_logs
 
 from sidecar.dicom.status import StoreStatus
+from sidecar.egress.outcome import SendOutcome, classify_store_status
 from sidecar.egress.sender import Sender
-from sidecar.egress.transport import FakeTransport, FolderTransport, SendOutcome, classify_store_status
+from sidecar.egress.transport import FakeTransport, FolderTransport
 from sidecar.journal import InstanceRecord, Journal, OutboxItem
 from sidecar.settings import DicomDestination, FolderDestination, Sender as SenderSettings
 
