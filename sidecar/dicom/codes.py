@@ -17,7 +17,7 @@ import re
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from highdicom.sr import CodedConcept
 
-from models.base import PRIVATE_SCHEME, private_code as _model_private_code
+from models.base import PRIVATE_SCHEME as PRIVATE_SCHEME, private_code as _model_private_code
 
 # --- Coding schemes -------------------------------------------------------------------------
 

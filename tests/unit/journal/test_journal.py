@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections import Counter
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -29,62 +27,7 @@ from sidecar.journal import (
 from sidecar.journal.ports import PORTS
 from sidecar.journal.sqlite import SqliteBackend
 from tests.helpers.journal_fakes import FailingJournal, failing_connect, fill, port_methods, small_disk
-from tests.helpers.postgres import require_postgres
-
-LEASE_S = 30.0
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
-def _rec(sop: str, series: str = "1.2.3", expected: int | None = None) -> InstanceRecord:
-    return InstanceRecord(sop, "1.2.840.10008.5.1.4.1.1.4", series, "1.2", "MR", f"/spool/{sop}.dcm", 10,
-                          "CONSOLE", expected)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def journal_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A fresh, empty journal URL on each backend."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'j.sqlite'}"
-    return require_postgres().fresh_url()
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def open_node(journal_url: str, clock: Clock) -> Iterator[Callable[[str], Journal]]:
-    """Open the journal as a named node (a sidecar); all are closed at the end."""
-    opened: list[Journal] = []
-
-    def _open(node: str) -> Journal:
-        j = Journal(journal_url, clock=clock, node=node, lease_s=LEASE_S, heartbeat_s=0)
-        opened.append(j)
-        return j
-
-    yield _open
-    for j in opened:
-        j.close()
-
-
-@pytest.fixture
-def journal(open_node: Callable[[str], Journal]) -> Journal:
-    return open_node("a")
-
-
-def _job(journal: Journal, instance: str = "", priority: int = 10, series: str = "1.2.3") -> int:
-    jid = journal.enqueue_job(series_uid=series, instance_uid=instance, model_id="m", model_version="1",
-                              revision=0, route="r", priority=priority)
-    assert jid is not None
-    return jid
+from tests.unit.journal.cases import Clock, _job, _rec
 
 
 class TestIngest:
@@ -131,7 +74,7 @@ class TestIngest:
 class TestUrls:
     def test_unsupported_url_is_a_clear_error(self) -> None:
         """Only sqlite:/// and postgresql:// URLs are served; anything else names both."""
-        with pytest.raises(JournalError, match="sqlite:///.*postgresql://"):
+        with pytest.raises(JournalError, match=r"sqlite:///.*postgresql://"):
             Journal("mysql://x")
 
     def test_version_1_sqlite_file_gains_lease_columns_and_keeps_its_rows(self, tmp_path: Path) -> None:
@@ -188,8 +131,8 @@ class TestJobs:
     def test_enqueue_is_idempotent_on_its_key(self, journal: Journal) -> None:
         """The same (series, instance, model, version, revision) is queued once."""
         journal.record_instance(_rec("1.1"))
-        kw = dict(series_uid="1.2.3", instance_uid="", model_id="m", model_version="1", revision=0, route="r",
-                  priority=10)
+        kw = {"series_uid": "1.2.3", "instance_uid": "", "model_id": "m", "model_version": "1", "revision": 0,
+              "route": "r", "priority": 10}
         assert journal.enqueue_job(**kw) is not None  # type: ignore[arg-type]
         assert journal.enqueue_job(**kw) is None  # type: ignore[arg-type]
 
@@ -263,167 +206,6 @@ class TestOutbox:
         assert s["series"] == {"receiving": 1}
         assert s["jobs"] == {"done": 1}
         assert s["outbox"] == {"pacs/pending": 1}
-
-
-class TestClaimsAcrossNodes:
-    def test_two_nodes_never_claim_the_same_job(self, open_node: Callable[[str], Journal]) -> None:
-        """Each queued job goes to exactly one node."""
-        a, b = open_node("a"), open_node("b")
-        a.record_instance(_rec("1.1"))
-        first, second = _job(a, "1.1", priority=0), _job(a, "")
-        got_a, got_b = a.claim_job(), b.claim_job()
-        assert got_a is not None and got_b is not None
-        assert {got_a.id, got_b.id} == {first, second}
-        assert a.claim_job() is None and b.claim_job() is None
-
-    def test_job_of_a_dead_node_is_reclaimed_after_its_lease(
-        self, open_node: Callable[[str], Journal], clock: Clock
-    ) -> None:
-        """A running job whose node stopped renewing is taken over once the lease runs out."""
-        a, b = open_node("a"), open_node("b")
-        a.record_instance(_rec("1.1"))
-        jid = _job(a)
-        assert a.claim_job() is not None
-        clock.t += LEASE_S - 1
-        assert b.claim_job() is None
-        clock.t += 2
-        again = b.claim_job()
-        assert again is not None and again.id == jid and again.attempts == 2
-        assert "reclaimed" in [e.kind for e in b.events("1.2.3")]
-
-    def test_renewed_lease_keeps_a_long_job_with_its_node(
-        self, open_node: Callable[[str], Journal], clock: Clock
-    ) -> None:
-        """The heartbeat's renewal stops a live node's long job from being taken over."""
-        a, b = open_node("a"), open_node("b")
-        a.record_instance(_rec("1.1"))
-        _job(a)
-        assert a.claim_job() is not None
-        clock.t += LEASE_S - 1
-        assert a.renew_leases() == 1
-        clock.t += 2
-        assert b.claim_job() is None
-
-    def test_recover_frees_only_this_nodes_claims(self, open_node: Callable[[str], Journal]) -> None:
-        """A node starting up leaves the jobs another live node is running alone."""
-        a, b = open_node("a"), open_node("b")
-        a.record_instance(_rec("1.1"))
-        _job(a)
-        assert a.claim_job() is not None
-        assert b.recover() == 0
-        assert a.recover() == 1
-
-    def test_series_is_completed_by_one_node_only(self, open_node: Callable[[str], Journal]) -> None:
-        """Two nodes' quiet timers firing for one series: one completion, one timeline entry."""
-        a, b = open_node("a"), open_node("b")
-        a.record_instance(_rec("1.1"))
-        assert a.mark_complete("1.2.3", "quiet") is True
-        assert b.mark_complete("1.2.3", "quiet") is False
-        assert [e.kind for e in a.events("1.2.3")].count("complete") == 1
-
-    def test_concurrent_claims_take_each_job_once(self, open_node: Callable[[str], Journal]) -> None:
-        """Threads of two nodes claiming at once never share a job and leave none behind."""
-        nodes = [open_node("a"), open_node("b")]
-        nodes[0].record_instance(_rec("1.1"))
-        wanted = {_job(nodes[0], f"1.1.{i}", priority=0) for i in range(40)}
-        taken: list[int] = []
-        lock = threading.Lock()
-
-        def drain(j: Journal) -> None:
-            while (job := j.claim_job()) is not None:
-                with lock:
-                    taken.append(job.id)
-                j.complete_job(job.id, [])
-
-        threads = [threading.Thread(target=drain, args=(nodes[i % 2],)) for i in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
-        assert sorted(taken) == sorted(wanted)
-
-    def test_concurrent_ingest_of_one_series_counts_every_instance_once(
-        self, open_node: Callable[[str], Journal]
-    ) -> None:
-        """Two nodes receiving one series (with resends) count each instance once; one is first."""
-        nodes = [open_node("a"), open_node("b")]
-        results: list[tuple[bool, bool]] = []
-        lock = threading.Lock()
-
-        def send(j: Journal, offset: int) -> None:
-            for i in range(20):
-                r = j.record_instance(_rec(f"1.1.{(i + offset) % 20}"))
-                with lock:
-                    results.append((r.new, r.first_of_series))
-
-        threads = [threading.Thread(target=send, args=(nodes[i % 2], i * 5)) for i in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
-        counts = Counter(results)
-        assert counts[(True, True)] == 1 and counts[(True, False)] == 19
-        row = nodes[0].series("1.2.3")
-        assert row is not None and row.n_instances == 20
-
-
-class TestOutboxAcrossNodes:
-    def _owed(self, journal: Journal) -> int:
-        journal.record_instance(_rec("1.1"))
-        jid = _job(journal)
-        journal.complete_job(jid, [("pacs", "9.9", "/r/9.9.dcm")])
-        return journal.outbox()[0].id
-
-    def test_due_item_is_sent_by_one_node_at_a_time(self, open_node: Callable[[str], Journal]) -> None:
-        """An item one node is sending is not due for another; it stays due for its own node."""
-        a, b = open_node("a"), open_node("b")
-        item = self._owed(a)
-        assert [i.id for i in a.due_outbox("pacs")] == [item]
-        assert b.due_outbox("pacs") == []
-        assert [i.id for i in a.due_outbox("pacs")] == [item]
-
-    def test_item_of_a_dead_node_is_taken_over_after_its_lease(
-        self, open_node: Callable[[str], Journal], clock: Clock
-    ) -> None:
-        """A node that died mid-send loses its outbox claim when the lease runs out."""
-        a, b = open_node("a"), open_node("b")
-        item = self._owed(a)
-        assert a.due_outbox("pacs")
-        assert b.next_due_at("pacs") == pytest.approx(clock.t + LEASE_S)
-        clock.t += LEASE_S + 1
-        assert [i.id for i in b.due_outbox("pacs")] == [item]
-        b.mark_sent(item)
-        assert a.due_outbox("pacs") == [] and a.series_delivered("1.2.3")
-
-    def test_retried_item_is_free_for_any_node(self, open_node: Callable[[str], Journal], clock: Clock) -> None:
-        """After a failed attempt the item belongs to nobody; whichever node is due first sends it."""
-        a, b = open_node("a"), open_node("b")
-        item = self._owed(a)
-        assert a.due_outbox("pacs")
-        a.mark_retry(item, "refused", next_attempt_at=clock.t + 5)
-        assert b.next_due_at("pacs") == pytest.approx(clock.t + 5)
-        clock.t += 5
-        assert [i.id for i in b.due_outbox("pacs")] == [item]
-
-
-class TestWakeUps:
-    def test_job_queued_on_one_node_wakes_another(self, journal_url: str) -> None:
-        """PostgreSQL NOTIFY reaches the other node's callback; SQLite has nobody to tell."""
-        if not journal_url.startswith("postgresql"):
-            pytest.skip("SQLite journals serve one process, which wakes its own threads")
-        woken = threading.Event()
-        a = Journal(journal_url, node="a")
-        b = Journal(journal_url, node="b")
-        try:
-            b.on_remote_work(jobs=woken.set, results=lambda: None)
-            assert woken.wait(5)  # the catch-up call when listening starts
-            woken.clear()
-            a.record_instance(_rec("1.1"))
-            _job(a)
-            assert woken.wait(5)
-        finally:
-            a.close()
-            b.close()
 
 
 class TestFullDisk:

@@ -1,13 +1,10 @@
-"""Result writers: every object is written, read back strictly and validated with dciodvfy."""
+"""The SR writer: TID 1500 content, references and identity; every SR written, read back strictly and
+validated with dciodvfy."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 from pydicom import Dataset
 
@@ -16,18 +13,13 @@ from models.findings import (
     Classification,
     Detection,
     Findings,
-    GeneratedImage,
-    ImageRef,
     Measurement,
 )
-from models.hand_joints.concepts import VOCABULARY as HAND_VOCABULARY
-from models.lge_qa.concepts import VOCABULARY as LGE_VOCABULARY
 from models.synovitis.concepts import VOCABULARY as SYNOVITIS_VOCABULARY
 from sidecar.dicom import codes
 from sidecar.dicom.uids import result_uid
 from sidecar.errors import ResultError
-from sidecar.results import build_alert_image, build_results, build_sc, build_sr
-from sidecar.results.alert_image import mask_patient_name
+from sidecar.results import build_sr
 from tests.helpers.dicom_factory import (
     FAKE_PATIENT_NAME,
     make_dx,
@@ -36,138 +28,20 @@ from tests.helpers.dicom_factory import (
     make_us,
     make_us_cine,
 )
-from tests.helpers.validate import assert_valid_dicom, read_strict
-
-LGE_CARD = ModelCard(
-    id="lge_qa",
-    version="1.0.0",
-    name="LGE CMR slice certainty",
-    manufacturer="Sidecar demo models",
-    intended_use="Flag LGE slices to repeat while the patient is in the scanner",
-    labels=("certain", "uncertain"),
-    vocabulary=LGE_VOCABULARY,
+from tests.unit.results.cases import (
+    JSN_CARD,
+    LGE_CARD,
+    dsrdump,
+    lge_findings,
+    meanings,
+    measurement_items,
+    numbers,
+    ref,
+    referenced_sop_uids,
+    texts,
+    walk,
+    written,
 )
-JSN_CARD = ModelCard(
-    id="hand_joints",
-    version="0.3.0",
-    name="Hand joint space narrowing",
-    manufacturer="Sidecar demo models",
-    intended_use="Grade joint space narrowing on hand radiographs",
-    labels=("0", "1", "2", "3"),
-    vocabulary=HAND_VOCABULARY,
-)
-ELASTO_CARD = ModelCard(
-    id="virtual_elasto",
-    version="0.1.0",
-    name="Virtual elastography",
-    manufacturer="Sidecar demo models",
-    intended_use="Synthetic elastography from B-mode",
-    labels=("soft", "stiff"),
-)
-
-
-def ref(ds: Dataset, frame: int | None = None) -> ImageRef:
-    """An ImageRef to `ds`."""
-    return ImageRef(str(ds.SOPClassUID), str(ds.SOPInstanceUID), frame)
-
-
-def walk(items: Iterator[Dataset] | list[Dataset]) -> Iterator[Dataset]:
-    """Every content item of an SR content tree, depth first."""
-    for item in items:
-        yield item
-        yield from walk(item.get("ContentSequence", []))
-
-
-def meanings(sr: Dataset) -> set[str]:
-    """Concept name meanings and coded value meanings anywhere in the content tree."""
-    found = set()
-    for item in walk(sr.ContentSequence):
-        for seq in ("ConceptNameCodeSequence", "ConceptCodeSequence"):
-            if seq in item:
-                found.add(str(item[seq][0].CodeMeaning))
-    return found
-
-
-def texts(sr: Dataset) -> list[str]:
-    """Values of all TEXT content items."""
-    return [str(i.TextValue) for i in walk(sr.ContentSequence) if i.ValueType == "TEXT"]
-
-
-def measurement_items(sr: Dataset) -> list[Dataset]:
-    """NUM items the report CONTAINS (not the image library's acquisition context)."""
-    return [
-        i
-        for i in walk(sr.ContentSequence)
-        if i.ValueType == "NUM" and i.RelationshipType == "CONTAINS"
-    ]
-
-
-def numbers(sr: Dataset) -> dict[str, float]:
-    """Measurement values by concept name meaning."""
-    return {
-        str(i.ConceptNameCodeSequence[0].CodeMeaning): float(
-            i.MeasuredValueSequence[0].NumericValue
-        )
-        for i in measurement_items(sr)
-    }
-
-
-def referenced_sop_uids(sr: Dataset) -> set[str]:
-    """SOP Instance UIDs referenced by IMAGE content items."""
-    return {
-        str(i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
-        for i in walk(sr.ContentSequence)
-        if i.ValueType == "IMAGE"
-    }
-
-
-def written(ds: Dataset, tmp_path: Path, name: str) -> Dataset:
-    """`ds` saved under tmp_path, validated, and read back strictly."""
-    path = tmp_path / name
-    ds.save_as(path, enforce_file_format=True)
-    return assert_valid_dicom(path)
-
-
-def dsrdump(path: Path) -> str:
-    """dcmtk's rendering of an SR with long values in full."""
-    exe = shutil.which("dsrdump")
-    assert exe is not None, "dsrdump (Debian package dcmtk) is required to read our SRs"
-    return subprocess.run(
-        [exe, "+Pl", str(path)], capture_output=True, text=True, check=True, timeout=60
-    ).stdout
-
-
-def lge_findings(mr: Dataset, *, uncertain: bool = True) -> Findings:
-    """One LGE slice classified as uncertain, with one measurement."""
-    return Findings(
-        model_id="lge_qa",
-        model_version="1.0.0",
-        classifications=(
-            Classification(
-                label="uncertain",
-                probabilities={"certain": 0.23, "uncertain": 0.77},
-                source=ref(mr),
-                uncertain=uncertain,
-                finding_site="left ventricle",
-            ),
-        ),
-        measurements=(Measurement("Enhanced myocardium fraction", 0.12, "1", ref(mr)),),
-    )
-
-
-@pytest.fixture(scope="module")
-def mr() -> Dataset:
-    return make_mr(seed=7)
-
-
-@pytest.fixture(scope="module")
-def dx() -> Dataset:
-    return make_dx(seed=11)
-
-
-@pytest.fixture(scope="module")
-def us() -> Dataset:
-    return make_us(seed=5)
 
 
 class TestSourceFactory:
@@ -431,178 +305,3 @@ class TestStructuredReport:
                 lge_findings(mr), [mr, other], LGE_CARD, input_uid=mr.SOPInstanceUID,
                 kind="series",
             )
-
-
-class TestSecondaryCapture:
-    """build_sc writes a generated image as a Secondary Capture."""
-
-    def test_rgb_generated_image_is_valid_sc_in_source_study(
-        self, us: Dataset, tmp_path: Path
-    ) -> None:
-        """An RGB picture becomes a valid SC in the source study, marked not for clinical use."""
-        pixels = np.random.default_rng(1).integers(0, 256, (96, 128, 3), dtype=np.uint8)
-        image = GeneratedImage(pixels, "virtual elastography", ref(us), photometric="RGB")
-        sc = build_sc(image, us, ELASTO_CARD, input_uid=us.SOPInstanceUID, index=1)
-        back = written(sc, tmp_path, "rgb.dcm")
-        assert back.PhotometricInterpretation == "RGB"
-        assert back.StudyInstanceUID == us.StudyInstanceUID
-        assert "[NOT FOR CLINICAL USE]" in back.SeriesDescription
-        assert "NOT FOR CLINICAL USE" in back.ImageComments
-        assert back.BurnedInAnnotation == "YES"
-        assert back.SourceImageSequence[0].ReferencedSOPInstanceUID == us.SOPInstanceUID
-        assert back.pixel_array.shape == (96, 128, 3)
-
-    def test_grey_generated_image_is_valid_sc_with_orientation(
-        self, mr: Dataset, tmp_path: Path
-    ) -> None:
-        """A MONOCHROME2 picture of an MR slice keeps the slice's orientation."""
-        pixels = np.full((64, 64), 128, dtype=np.uint8)
-        image = GeneratedImage(pixels, "LGE heat map", ref(mr))
-        sc = build_sc(image, mr, LGE_CARD, input_uid=mr.SOPInstanceUID, index=2)
-        back = written(sc, tmp_path, "grey.dcm")
-        assert back.PhotometricInterpretation == "MONOCHROME2"
-        assert list(back.PatientOrientation) == ["L", "P"]
-        assert back.InstanceNumber == 2
-        assert (back.pixel_array[40:, :] == 128).all()  # notice drawn only in the top band
-
-    def test_sc_uids_are_deterministic_and_change_with_revision(self, us: Dataset) -> None:
-        """Same input, same UIDs; revision 1 gets a new instance UID in the same series."""
-        pixels = np.zeros((32, 32), dtype=np.uint8)
-        image = GeneratedImage(pixels, "map", ref(us))
-        a = build_sc(image, us, ELASTO_CARD, input_uid=us.SOPInstanceUID, index=1)
-        b = build_sc(image, us, ELASTO_CARD, input_uid=us.SOPInstanceUID, index=1)
-        c = build_sc(image, us, ELASTO_CARD, input_uid=us.SOPInstanceUID, index=1, revision=1)
-        assert a.SOPInstanceUID == b.SOPInstanceUID == result_uid(
-            us.SOPInstanceUID, ELASTO_CARD.id, ELASTO_CARD.version, "sc:1", 0
-        )
-        assert c.SOPInstanceUID != a.SOPInstanceUID
-        assert c.SeriesInstanceUID == a.SeriesInstanceUID
-
-    def test_sc_for_a_different_source_raises(self, us: Dataset, mr: Dataset) -> None:
-        """The image's own source must be the dataset given."""
-        image = GeneratedImage(np.zeros((8, 8), dtype=np.uint8), "map", ref(us))
-        with pytest.raises(ResultError):
-            build_sc(image, mr, ELASTO_CARD, input_uid=us.SOPInstanceUID, index=1)
-
-
-class TestAlertImage:
-    """build_alert_image renders a QA alert the console can show."""
-
-    def test_alert_is_valid_sc_in_new_marked_series(self, mr: Dataset, tmp_path: Path) -> None:
-        """The alert is a 512x512 MONOCHROME2 SC in its own series, marked AI QA ALERT."""
-        alert = build_alert_image(
-            ["Slice 5: LGE certainty low (0.41)", "Consider repeating the slice"],
-            mr,
-            input_uid=mr.SOPInstanceUID,
-            model_id="lge_qa",
-            model_version="1.0.0",
-        )
-        back = written(alert, tmp_path, "alert.dcm")
-        assert back.SeriesDescription.startswith("AI QA ALERT")
-        assert back.SeriesInstanceUID != mr.SeriesInstanceUID
-        assert back.StudyInstanceUID == mr.StudyInstanceUID
-        assert back.BurnedInAnnotation == "YES"
-        pixels = back.pixel_array
-        assert pixels.shape == (512, 512)
-        assert pixels[0, :].min() == 255  # border
-        assert 0.01 < (pixels[20:-20, 20:-20] > 0).mean() < 0.5  # text drawn, mostly black
-
-    def test_alert_uids_are_deterministic_and_change_with_revision(self, mr: Dataset) -> None:
-        """Same input, same UIDs; a revision gets a new instance."""
-        args = {"input_uid": mr.SOPInstanceUID, "model_id": "lge_qa", "model_version": "1"}
-        a = build_alert_image(["x"], mr, **args)
-        b = build_alert_image(["x"], mr, **args)
-        c = build_alert_image(["x"], mr, revision=1, **args)
-        assert a.SOPInstanceUID == b.SOPInstanceUID != c.SOPInstanceUID
-        assert a.SeriesInstanceUID == c.SeriesInstanceUID
-
-    def test_patient_name_in_alert_text_is_masked(self, mr: Dataset) -> None:
-        """Whole-word parts of the patient's name are masked; other words are kept."""
-        lines = mask_patient_name(["Repeat slice for PHANTOM test", "Phantoms^Testing ok"], mr)
-        assert lines == ["Repeat slice for *** ***", "Phantoms^Testing ok"]
-        alert = build_alert_image(
-            ["Repeat slice for Phantom"],
-            mr,
-            input_uid=mr.SOPInstanceUID,
-            model_id="lge_qa",
-            model_version="1",
-        )
-        assert "Phantom" not in alert.ImageComments
-
-    def test_alert_without_text_raises(self, mr: Dataset) -> None:
-        """An alert needs something to say."""
-        with pytest.raises(ResultError, match="at least one line"):
-            build_alert_image(
-                ["  "], mr, input_uid=mr.SOPInstanceUID, model_id="lge_qa", model_version="1"
-            )
-
-
-class TestBuildResults:
-    """build_results dispatches a route's outputs to the writers."""
-
-    def test_sr_and_one_sc_per_generated_image(self, us: Dataset, tmp_path: Path) -> None:
-        """outputs ["sr", "sc"] give one SR and one SC per image, all valid."""
-        grey = np.zeros((16, 16), dtype=np.uint8)
-        findings = Findings(
-            model_id=ELASTO_CARD.id,
-            model_version=ELASTO_CARD.version,
-            classifications=(
-                Classification("stiff", {"soft": 0.3, "stiff": 0.7}, source=ref(us)),
-            ),
-            images=(
-                GeneratedImage(grey, "map a", ref(us)),
-                GeneratedImage(grey + 5, "map b", ref(us)),
-            ),
-        )
-        results = build_results(
-            findings, [us], ELASTO_CARD, ["sr", "sc", "gsps"], input_uid=us.SOPInstanceUID,
-            kind="instance",
-        )
-        # derived images keep the source's modality (SC Equipment module, PS3.3 C.8.6.1)
-        assert [r.Modality for r in results] == ["SR", "US", "US"]
-        assert [r.InstanceNumber for r in results[1:]] == [1, 2]
-        assert len({r.SOPInstanceUID for r in results}) == 3
-        for n, result in enumerate(results):
-            written(result, tmp_path, f"r{n}.dcm")
-
-    def test_generated_image_of_unknown_source_raises(self, us: Dataset, mr: Dataset) -> None:
-        """An image about an instance outside the job is a ResultError."""
-        findings = Findings(
-            model_id=ELASTO_CARD.id,
-            model_version=ELASTO_CARD.version,
-            images=(GeneratedImage(np.zeros((8, 8), dtype=np.uint8), "m", ref(mr)),),
-        )
-        with pytest.raises(ResultError, match="not among the job's sources"):
-            build_results(
-                findings, [us], ELASTO_CARD, ["sc"], input_uid=us.SOPInstanceUID, kind="instance"
-            )
-
-
-class TestCodes:
-    """Coded concepts come from one module and never crash on unknown labels."""
-
-    def test_unknown_label_gets_stable_private_code(self) -> None:
-        """An unknown label maps to the same short private code every time."""
-        a = codes.label_concept("m", "weird label / with symbols")
-        assert a == codes.label_concept("m", "weird label / with symbols")
-        assert a.scheme_designator == codes.PRIVATE_SCHEME
-        assert len(a.value) <= 16
-        assert a.meaning == "weird label / with symbols"
-        assert a != codes.label_concept("other_model", "weird label / with symbols")
-
-    def test_standard_labels_use_snomed(self) -> None:
-        """Labels with a standard meaning use SNOMED CT codes."""
-        assert codes.label_concept("any", "Normal").value == "17621005"
-        assert codes.label_concept("any", "present").scheme_designator == "SCT"
-
-    def test_long_label_meaning_fits_lo(self) -> None:
-        """Code meanings are cut to 64 characters."""
-        assert len(codes.label_concept("m", "x" * 200).meaning) == 64
-
-
-def test_read_strict_rejects_nothing_we_write(mr: Dataset, tmp_path: Path) -> None:
-    """Strict read-back of a written SR returns the same SOP instance."""
-    sr = build_sr(lge_findings(mr), [mr], LGE_CARD, input_uid=mr.SOPInstanceUID, kind="instance")
-    path = tmp_path / "sr.dcm"
-    sr.save_as(path, enforce_file_format=True)
-    assert read_strict(path).SOPInstanceUID == sr.SOPInstanceUID
