@@ -86,12 +86,25 @@ def luminance(rgb: np.ndarray) -> np.ndarray:
     return result
 
 
+def square_opening(mask: np.ndarray, k: int) -> np.ndarray:
+    """Binary opening by a k x k square (k odd), outside the image counted as background.
+
+    The same result as `ndimage.binary_opening(mask, structure=np.ones((k, k)))`, computed as
+    separable minimum and maximum filters: linear in the image size instead of k² per pixel, which
+    matters on the large frames (2,000-line radiographs, say) a misrouted image can bring.
+    """
+    u8 = mask.astype(np.uint8)
+    eroded = ndimage.minimum_filter(u8, size=(k, k), mode="constant", cval=0)
+    opened: np.ndarray = ndimage.maximum_filter(eroded, size=(k, k), mode="constant", cval=0) > 0
+    return opened
+
+
 def find_sector(rgb: np.ndarray, margin: float = 8.0) -> tuple[int, int, int, int, np.ndarray]:
     """(x0, y0, x1, y1, mask) of the image sector in a frame without region calibration."""
     lum = ndimage.gaussian_filter(luminance(rgb), 2.0)
     threshold = max(10.0, float(np.percentile(lum, 5)) + margin)
     k = max(5, int(min(lum.shape) / 32) | 1)  # 15 px on a 480-line frame: text lines drop off
-    fg = ndimage.binary_opening(lum > threshold, structure=np.ones((k, k), bool))
+    fg = square_opening(lum > threshold, k)
     labels, n = ndimage.label(fg)
     if n == 0:
         rows, cols = lum.shape

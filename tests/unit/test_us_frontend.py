@@ -16,6 +16,7 @@ from models.us.frontend import (
     FrontEndConfig,
     letterbox,
     sample_frames,
+    square_opening,
     still_channels,
     uniform_indices,
 )
@@ -174,3 +175,17 @@ class TestHelpers:
         """A header without PixelData raises UsDecodeError, not a pydicom internals error."""
         with pytest.raises(UsDecodeError):
             decode_frame(pydicom.dcmread(_file("US1_UNCR.dcm"), stop_before_pixels=True))
+
+
+class TestSquareOpening:
+    @pytest.mark.parametrize(("shape", "k", "p"), [((64, 80), 5, 0.6), ((121, 97), 15, 0.7), ((300, 200), 9, 0.5)])
+    def test_same_as_scipy_binary_opening_with_a_square(self, shape: tuple[int, int], k: int, p: float) -> None:
+        """The separable filters give scipy's square opening exactly, borders included."""
+        from scipy import ndimage
+
+        rng = np.random.default_rng(k)
+        mask = rng.random(shape) < p
+        mask[5:30, 5:50] = True
+        expected = ndimage.binary_opening(mask, structure=np.ones((k, k), bool))
+        assert np.array_equal(square_opening(mask, k), expected)
+        assert expected.any() and not expected.all()  # the case removes some pixels and keeps others
