@@ -12,7 +12,7 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
@@ -20,22 +20,21 @@ from typing import Any
 import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from models.base import ClinicalModel
-from models.registry import Factory, ModelSpec, ModelUnavailable, Predicate, build_model, load_predicates
+from models.registry import Factory, Predicate, load_predicates
 from sidecar.alerts.fanout import AlertChannel, AlertFanout, DashboardChannel, LogChannel, WebhookChannel
 from sidecar.assembly.assembler import SeriesAssembler
 from sidecar.assembly.orphans import QuietGuard, adopt_orphans
 from sidecar.assembly.timers import SchedulerTimers, Timers
-from sidecar.journal import Journal
-from sidecar.logging import register_phi
+from sidecar.egress.sender import Sender
+from sidecar.egress.transport import StoreTransport
 from sidecar.handoff import InstanceReceived
 from sidecar.ingest.admission import AdmissionLimits
 from sidecar.ingest.listener import Listener, ListenerConfig
 from sidecar.ingest.reconcile import reconcile_spool, retention_sweep
-from sidecar.egress.sender import Sender
 from sidecar.ingest.spool import Spool
 from sidecar.ingest.stow import StowReceiver
-from sidecar.egress.transport import StoreTransport
+from sidecar.journal import Journal
+from sidecar.logging import register_phi
 from sidecar.pipeline.budgets import DecodeBudget
 from sidecar.pipeline.failures import RetryPolicy
 from sidecar.pipeline.lanes import LaneStatus
@@ -43,7 +42,6 @@ from sidecar.pipeline.model_set import load_models
 from sidecar.pipeline.procs import WorkerPool
 from sidecar.pipeline.worker import Worker
 from sidecar.routing import validate_routes
-from sidecar.routing.rules import Route
 from sidecar.settings import DicomAlertChannel, LogAlertChannel, Settings, WebhookAlertChannel
 from sidecar.web.app import WebContext, create_app
 from sidecar.web.events import EventHub, LiveFeed
@@ -265,7 +263,7 @@ class Sidecar:
         """Every supervised long-lived part: worker lanes, sender, assembler, alert fan-out."""
         out = list(self.worker.lanes())
         if self._started:
-            senders = [t for t in getattr(self.sender, "_threads", [])]
+            senders = list(getattr(self.sender, "_threads", []))
             out.append(LaneStatus("sender", all(t.is_alive() for t in senders), self._restarts.get("sender", 0)))
             out.append(LaneStatus("assembler", self._assembler_alive(), self._restarts.get("assembler", 0)))
             out.append(LaneStatus("alert-fanout", self.fanout.alive(), self.fanout.restarts))

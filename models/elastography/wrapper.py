@@ -31,10 +31,10 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from pydicom import Dataset
 
-from models.elastography.concepts import VOCABULARY
 from models.checkpoint import apply_torch_threads, card_from_metadata, load_checkpoint, untrained_metadata
 from models.elastography import transforms as T
 from models.elastography.box import StrainBox, place_box, relative_to_box
+from models.elastography.concepts import VOCABULARY
 from models.elastography.net import DEFAULT_CHANNELS, N_TSUKUBA, ElastographyGenerator
 from models.findings import Classification, Findings, GeneratedImage, ImageRef
 from models.guard import DomainGuard, guard_verdicts

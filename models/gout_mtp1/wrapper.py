@@ -20,12 +20,12 @@ import numpy as np
 import torch
 from pydicom import Dataset
 
-from models.gout_mtp1.concepts import VOCABULARY
 from models.checkpoint import apply_torch_threads, card_from_metadata, load_checkpoint, untrained_metadata
 from models.findings import Classification, Findings, ImageRef
-from models.guard import DomainGuard, guard_verdicts
+from models.gout_mtp1.concepts import VOCABULARY
 from models.gout_mtp1.net import GoutNet
 from models.gout_mtp1.transforms import GoutTransform, to_input, view_of
+from models.guard import DomainGuard, guard_verdicts
 from models.us.headers import laterality
 
 MODEL_ID = "gout_mtp1"

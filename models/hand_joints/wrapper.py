@@ -30,14 +30,17 @@ import numpy as np
 import torch
 from pydicom import Dataset
 
-from models.hand_joints.concepts import VOCABULARY
 from models.checkpoint import (
-    apply_torch_threads, card_from_metadata, float_state, read_checkpoint, untrained_metadata,
+    apply_torch_threads,
+    card_from_metadata,
+    float_state,
+    read_checkpoint,
+    untrained_metadata,
 )
 from models.findings import Classification, Detection, Findings, ImageRef, Measurement
 from models.guard import DomainGuard, guard_verdicts
-from models.hand_joints import joints as J
-from models.hand_joints import transforms as T
+from models.hand_joints import joints as J, transforms as T
+from models.hand_joints.concepts import VOCABULARY
 from models.hand_joints.net import DetectorConfig, JointGrader, build_detector
 
 MODEL_ID = "hand_joints"
@@ -135,7 +138,7 @@ def locate(detector: torch.nn.Module, grids: np.ndarray) -> tuple[np.ndarray, np
     """
     with torch.inference_mode():
         prob = spatial_softmax(detector(torch.from_numpy(np.ascontiguousarray(grids))).float()).double()
-    n, k, h, w = prob.shape
+    _n, _k, h, w = prob.shape
     xs = torch.arange(w, dtype=torch.float64)
     ys = torch.arange(h, dtype=torch.float64)
     px, py = prob.sum(2), prob.sum(3)  # marginals over rows -> (N, K, W), over columns -> (N, K, H)
@@ -254,7 +257,7 @@ class HandJointsModel:
                         probs = j.p_shs if scheme == J.SHS else j.p_kl
                         grade = int(np.argmax(probs))
                         grades.append(grade)
-                        three = J.three_class_probabilities(scheme, probs)
+                        three = J.three_class_probabilities(scheme, [float(v) for v in probs])
                         p = {lab: float(np.clip(v, 0, 1)) for lab, v in zip(J.grade_labels(scheme), probs, strict=True)}
                         p.update({lab: float(np.clip(v, 0, 1)) for lab, v in zip(J.THREE_CLASSES, three, strict=True)})
                         detections.append(Detection(

@@ -26,12 +26,12 @@ import torch
 from pydicom import Dataset
 
 from models import checkpoint
-from models.lge_qa.concepts import VOCABULARY
 from models.backends import TensorBackend, TensorSignature
 from models.backends.inprocess import InProcessTorch
 from models.checkpoint import card_from_metadata
 from models.findings import Classification, Findings, ImageRef
 from models.guard import DomainGuard, guard_verdicts
+from models.lge_qa.concepts import VOCABULARY
 from models.lge_qa.labels import HIGH_CERTAINTY, LABELS, LOW_CERTAINTY
 from models.lge_qa.net import DEFAULT_SIZE, EfficientNetV2
 from models.lge_qa.transforms import TransformConfig, n_frames, slice_to_tensor
@@ -88,6 +88,13 @@ def _refs_and_tensors(ds: Dataset, config: TransformConfig) -> tuple[list[ImageR
     return refs, [slice_to_tensor(ds, i, config) for i in range(frames)]
 
 
+def _two_floats(value: object) -> tuple[float, float]:
+    """A (low, high) pair from the checkpoint's metadata (untyped JSON)."""
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise ValueError(f"percentiles must be two numbers, not {value!r}")
+    return float(value[0]), float(value[1])
+
+
 class LgeQaModel:
     """EfficientNetV2 LGE slice-certainty model; `predict` answers per slice and for the batch."""
 
@@ -107,7 +114,7 @@ class LgeQaModel:
         self.config = TransformConfig(
             spacing_mm=float(metadata.get("spacing_mm", TransformConfig.spacing_mm)),
             size=int(metadata.get("input_size", TransformConfig.size)),
-            percentiles=tuple(metadata.get("percentiles", TransformConfig.percentiles)),  # type: ignore[arg-type]
+            percentiles=_two_floats(metadata.get("percentiles", TransformConfig.percentiles)),
         )
         self.card = card_from_metadata(
             metadata, id=MODEL_ID, name=NAME, manufacturer=MANUFACTURER, intended_use=INTENDED_USE,

@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from pydicom import Dataset
 
-from models.synovitis.concepts import VOCABULARY
 from models.checkpoint import apply_torch_threads, card_from_metadata, load_checkpoint, untrained_metadata
 from models.findings import Classification, Findings, ImageRef
 from models.guard import DomainGuard, guard_verdicts
+from models.synovitis.concepts import VOCABULARY
 from models.synovitis.net import SynovitisNet
 from models.synovitis.transforms import VARIANTS, SynovitisTransform, joint_site, to_input
 from models.us.headers import laterality

@@ -5,7 +5,7 @@ from __future__ import annotations
 import heapq
 import threading
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -29,7 +29,7 @@ class SchedulerTimers:
         self._clock = clock
 
     def arm(self, key: str, delay_s: float, fn: Callable[[], None]) -> None:
-        run_at = datetime.now(timezone.utc) + timedelta(seconds=max(0.0, delay_s))
+        run_at = datetime.now(UTC) + timedelta(seconds=max(0.0, delay_s))
         self._scheduler.add_job(
             fn, "date", run_date=run_at, id=f"quiet:{key}", replace_existing=True,
             misfire_grace_time=None, coalesce=True,

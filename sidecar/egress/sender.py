@@ -24,11 +24,10 @@ from collections.abc import Callable, Mapping, Sequence
 
 import structlog
 
+from sidecar.egress.transport import SendOutcome, StoreTransport, make_transport
 from sidecar.errors import DeliveryError, JournalError
 from sidecar.journal import Journal, OutboxItem
-from sidecar.egress.transport import SendOutcome, StoreTransport, make_transport
-from sidecar.settings import DicomDestination, DicomwebDestination, FolderDestination
-from sidecar.settings import Sender as SenderSettings
+from sidecar.settings import DicomDestination, DicomwebDestination, FolderDestination, Sender as SenderSettings
 
 log = structlog.get_logger("sidecar.sender")
 

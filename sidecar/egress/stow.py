@@ -84,7 +84,7 @@ class DicomwebTransport:
             try:
                 data = Path(path).read_bytes()
                 uid = str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
-            except Exception as exc:  # noqa: BLE001 - boundary: an unreadable file fails alone, never the batch
+            except Exception as exc:
                 outcomes[i] = SendOutcome.failed(f"cannot read {Path(path).name}: {type(exc).__name__}"[:500])
                 continue
             files.append(_File(i, uid, data))

@@ -35,15 +35,16 @@ from pydicom import Dataset, dcmread
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
+from pynetdicom.events import EventHandlerType
 from pynetdicom.presentation import PresentationContext, build_context
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.sop_class import Verification
 
 from sidecar.dicom.status import EchoStatus, StoreStatus
 from sidecar.egress.outcome import SendOutcome, classify_store_status
 from sidecar.egress.stow import DicomwebTransport
 from sidecar.errors import DeliveryError
-from sidecar.tls import client_context
 from sidecar.settings import DicomDestination, DicomwebDestination, FolderDestination
+from sidecar.tls import client_context
 
 #: pynetdicom (and PS3.8) allow at most 128 presentation contexts per association request.
 MAX_CONTEXTS = 128
@@ -105,7 +106,7 @@ class DicomTransport:
     def _associate(self, ae: AE, contexts: list[PresentationContext]) -> Association:
         """An established association, or DeliveryError (retryable) / _NoContext (not) saying why."""
         seen: set[str] = set()
-        handlers = [
+        handlers: list[EventHandlerType] = [
             (evt.EVT_CONN_OPEN, lambda event: seen.add("connected")),
             (evt.EVT_ACCEPTED, lambda event: seen.add("accepted")),
         ]
@@ -117,7 +118,7 @@ class DicomTransport:
             return assoc
         where = f"{self.dest.ae_title}@{self.dest.host}:{self.dest.port}"
         if "accepted" in seen and not assoc.accepted_contexts:
-            offered = sorted({UID(cx.abstract_syntax).name for cx in contexts})
+            offered = sorted({UID(str(cx.abstract_syntax)).name for cx in contexts})
             raise _NoContext(f"{where} accepted no presentation context for {', '.join(offered)}")
         if "connected" not in seen:
             how = "TLS handshake failed, refused or timed out" if self._tls_args else "refused or timed out"
@@ -392,10 +393,10 @@ def make_transport(
 
 
 __all__ = [
+    "MAX_CONTEXTS",
     "DicomTransport",
     "FakeTransport",
     "FolderTransport",
-    "MAX_CONTEXTS",
     "SendOutcome",
     "StoreTransport",
     "classify_store_status",

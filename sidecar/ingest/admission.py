@@ -22,6 +22,7 @@ association slot, and
 
 from __future__ import annotations
 
+import contextlib
 import select
 import socket
 import struct
@@ -114,14 +115,10 @@ class AdmissionGate:
     def _drop(self, w: _Waiting) -> None:
         fd = w.sock.fileno()
         self._waiting.pop(fd, None)
-        try:
+        with contextlib.suppress(OSError, ValueError):
             self._epoll.unregister(fd)
-        except (OSError, ValueError):
-            pass
-        try:
+        with contextlib.suppress(OSError):
             w.sock.close()
-        except OSError:
-            pass
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -136,14 +133,12 @@ class AdmissionGate:
                     if w is None or verdict is None:
                         continue
                     self._waiting.pop(fd, None)
-                    try:
+                    with contextlib.suppress(OSError, ValueError):
                         self._epoll.unregister(fd)
-                    except (OSError, ValueError):
-                        pass
                 if verdict:
                     try:
                         self._hand_over(w.sock, w.address)
-                    except Exception as exc:  # noqa: BLE001  # boundary: one bad socket must not stop the gate
+                    except Exception as exc:  # boundary: one bad socket must not stop the gate
                         log.error("hand_over_failed", error_type=type(exc).__name__)
                         w.sock.close()
                 else:

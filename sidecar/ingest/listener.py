@@ -19,35 +19,35 @@ from typing import Any, Protocol
 import structlog
 from pydicom import Dataset
 from pydicom.uid import (
+    JPEG2000,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
-    JPEG2000,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
-    JPEGLosslessSV1,
     JPEGLossless,
+    JPEGLosslessSV1,
     JPEGLSLossless,
     JPEGLSNearLossless,
     RLELossless,
 )
 from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import Verification, register_uid, uid_to_service_class
 
 from sidecar.dicom.status import EchoStatus, ProviderRejectReason, RejectReason, RejectResult, RejectSource, StoreStatus
-from sidecar.handoff import AssociationReleased, InstanceReceived
 from sidecar.errors import SpoolFull
-from sidecar.journal import Journal
+from sidecar.handoff import AssociationReleased, InstanceReceived
 from sidecar.ingest.admission import AdmissionLimits, AdmittingServer
 from sidecar.ingest.receive import SpoolingDimse, install
 from sidecar.ingest.service import IngestService, Outcome
 from sidecar.ingest.spool import Spool
-from sidecar.tls import LazyHandshakeContext, server_context
+from sidecar.journal import Journal
 from sidecar.settings import Access, AllowedPeer
-from sidecar.tls import ListenerTls
+from sidecar.tls import LazyHandshakeContext, ListenerTls, server_context
 
 log = structlog.get_logger("sidecar.listener")
 
@@ -315,6 +315,8 @@ class Listener:
             return _refusal(StoreStatus.REFUSED_OUT_OF_RESOURCES,
                             f"instance exceeds the limit of {self.config.max_instance_bytes} bytes", calling_ae)
         request: Any = event.request  # a C_STORE primitive (EVT_C_STORE)
+        request = event.request
+        assert isinstance(request, C_STORE)  # the C-STORE handler's event
         return self.service.ingest(
             path, calling_ae=calling_ae, context_sop_class=str(event.context.abstract_syntax),
             affected_sop_class=str(request.AffectedSOPClassUID),
@@ -371,5 +373,11 @@ def _peer(event: evt.Event) -> str:
         return ""
 
 
-__all__ = ["AssociationReleased", "InstanceReceived", "Listener", "ListenerConfig", "RETIRED_STORAGE",
-           "TRANSFER_SYNTAXES"]
+__all__ = [
+    "RETIRED_STORAGE",
+    "TRANSFER_SYNTAXES",
+    "AssociationReleased",
+    "InstanceReceived",
+    "Listener",
+    "ListenerConfig",
+]

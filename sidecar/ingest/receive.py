@@ -19,6 +19,7 @@ the spool's disk, and never checks a size). Two small pieces, installed per asso
 
 from __future__ import annotations
 
+import contextlib
 import os
 from io import BytesIO
 from pathlib import Path
@@ -102,10 +103,8 @@ class SpoolFile:
 
     def _give_back(self) -> None:
         """Free the disk at once; the rest of the instance is read and dropped."""
-        try:
+        with contextlib.suppress(OSError):
             self.file.truncate(0)
-        except OSError:
-            pass
 
     def close(self) -> None:
         self.file.close()
@@ -173,10 +172,8 @@ class SpoolingDimse(DIMSEServiceProvider):
         n = 0
         for name, spooled in list(self.files.items()):
             self.files.pop(name, None)
-            try:
+            with contextlib.suppress(OSError):
                 spooled.close()
-            except OSError:
-                pass
             if name != os.devnull:
                 Path(name).unlink(missing_ok=True)
                 n += 1

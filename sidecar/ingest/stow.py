@@ -129,7 +129,7 @@ class StowReceiver:
                     return _error(413, f"request body over {self.max_body_bytes} bytes")
                 await run_in_threadpool(parser.write, chunk)
             parser.finalize()
-        except Exception as exc:  # noqa: BLE001  # boundary: a malformed body is a 400, never a crash
+        except Exception as exc:  # boundary: a malformed body is a 400, never a crash
             body.discard()
             return _error(400, f"body is not multipart/related: {type(exc).__name__}")
         if not body.parts:
@@ -188,7 +188,7 @@ def _uids(path: Path | None) -> tuple[str, str]:
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID", "SOPInstanceUID"])
         return str(ds.get("SOPClassUID", "") or ""), str(ds.get("SOPInstanceUID", "") or "")
-    except Exception:  # noqa: BLE001  # unreadable: the ingest answer says why
+    except Exception:  # unreadable: the ingest answer says why
         return "", ""
 
 

@@ -21,6 +21,8 @@ when the lease runs out and another node takes them over; on start `recover()` f
 own claims at once.
 """
 
+from typing import Any
+
 from sidecar.journal.core import (
     DEFAULT_LEASE_S,
     JOBS_CHANNEL,
@@ -35,14 +37,32 @@ from sidecar.journal.schema import SCHEMA_VERSION
 from sidecar.journal.sqlite import sqlite_path
 
 
-def open_journal(url: str, **kwargs: object) -> Journal:
+def open_journal(url: str, **kwargs: Any) -> Journal:
     """The journal at `url` (`sqlite:///...` or `postgresql://...`); keyword arguments as `Journal`."""
-    return Journal(url, **kwargs)  # type: ignore[arg-type]
+    return Journal(url, **kwargs)
 
 
 __all__ = [
-    "AlertLedger", "AssemblyJournal", "InstanceLog", "JobQueue", "ResultOutbox", "Timeline",
-    "DEFAULT_LEASE_S", "JOBS_CHANNEL", "OUTBOX_CHANNEL", "SCHEMA_VERSION", "Event", "EventObserver",
-    "InstanceRecord", "Job", "Journal", "OutboxItem", "Recorded", "SeriesRow", "StoredInstance",
-    "default_node", "open_journal", "sqlite_path",
+    "DEFAULT_LEASE_S",
+    "JOBS_CHANNEL",
+    "OUTBOX_CHANNEL",
+    "SCHEMA_VERSION",
+    "AlertLedger",
+    "AssemblyJournal",
+    "Event",
+    "EventObserver",
+    "InstanceLog",
+    "InstanceRecord",
+    "Job",
+    "JobQueue",
+    "Journal",
+    "OutboxItem",
+    "Recorded",
+    "ResultOutbox",
+    "SeriesRow",
+    "StoredInstance",
+    "Timeline",
+    "default_node",
+    "open_journal",
+    "sqlite_path",
 ]

@@ -20,15 +20,15 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 
 from sidecar.errors import JournalError
 from sidecar.journal.postgres import PREFIXES as _PG_PREFIXES
 from sidecar.journal.queries import JournalQueries
-from sidecar.journal.retries import JobRetries
 from sidecar.journal.records import Event, InstanceRecord, Job, OutboxItem, Recorded
+from sidecar.journal.retries import JobRetries
 from sidecar.journal.schema import Dialect
 from sidecar.journal.scrub import scrub_stored
 from sidecar.journal.sqlite import SqliteBackend
@@ -55,7 +55,7 @@ class Backend(Protocol):
 
     def transaction(self) -> AbstractContextManager[Tx]: ...
 
-    def query(self, sql: str, args: Sequence[object] = ()) -> list[tuple]: ...  # type: ignore[type-arg]
+    def query(self, sql: str, args: Sequence[object] = ()) -> list[tuple[Any, ...]]: ...
 
     def listen(self, callbacks: dict[str, Callable[[], None]]) -> None: ...
 
@@ -152,7 +152,7 @@ class Journal(JournalQueries, JobRetries):
                 except Exception as exc:  # boundary: an observer never breaks a journal write
                     _log.error("journal_observer_failed", error_type=type(exc).__name__, error=str(exc)[:200])
 
-    def _query(self, sql: str, args: Sequence[object] = ()) -> list[tuple]:  # type: ignore[type-arg]
+    def _query(self, sql: str, args: Sequence[object] = ()) -> list[tuple[Any, ...]]:
         return self._backend.query(sql, args)
 
     def close(self) -> None:

@@ -121,7 +121,7 @@ class PostgresBackend:
             kind = JournalFull if getattr(exc, "sqlstate", None) == _DISK_FULL else JournalError
             raise kind(f"journal write failed: {type(exc).__name__}: {exc}") from exc
 
-    def query(self, sql: str, args: Sequence[object] = ()) -> list[tuple]:  # type: ignore[type-arg]
+    def query(self, sql: str, args: Sequence[object] = ()) -> list[tuple[Any, ...]]:
         try:
             with self._connection() as conn:
                 rows: list[tuple[Any, ...]] = conn.execute(_pg(sql), args).fetchall()

@@ -27,7 +27,7 @@ def _job(row: tuple[Any, ...]) -> Job:
 class JournalQueries:
     """Read-only queries; mixed into `Journal`."""
 
-    def _query(self, sql: str, args: Sequence[object] = ()) -> list[tuple]:  # type: ignore[type-arg]
+    def _query(self, sql: str, args: Sequence[object] = ()) -> list[tuple[Any, ...]]:
         raise NotImplementedError
 
     # -- series and instances ---------------------------------------------------------------

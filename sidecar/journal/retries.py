@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
+from typing import Any
 
 from sidecar.journal.records import Job
 from sidecar.journal.scrub import scrub_stored
@@ -29,7 +30,7 @@ class JobRetries:
     def _tx(self) -> AbstractContextManager[Tx]:
         raise NotImplementedError
 
-    def _query(self, sql: str, args: Sequence[object] = ()) -> list[tuple]:  # type: ignore[type-arg]
+    def _query(self, sql: str, args: Sequence[object] = ()) -> list[tuple[Any, ...]]:
         raise NotImplementedError
 
     def _event(self, db: Tx, series_uid: str, kind: str, detail: str = "") -> None:

@@ -24,6 +24,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -143,7 +144,7 @@ class SqliteBackend:
             self._opened.append(conn)
         return conn
 
-    def query(self, sql: str, args: Sequence[object] = ()) -> list[tuple]:  # type: ignore[type-arg]
+    def query(self, sql: str, args: Sequence[object] = ()) -> list[tuple[Any, ...]]:
         """One SELECT on a read connection (never waits for the write lock)."""
         if self._closed:
             raise JournalError("journal is closed")

@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from models.base import ClinicalModel
-from models.registry import Factory, ModelSpec, ModelUnavailable, build_model
+from models.checkpoint import ModelUnavailable
+from models.registry import Factory, ModelSpec, build_model
 from sidecar.routing.rules import Route
 from sidecar.settings import Settings
 

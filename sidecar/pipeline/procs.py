@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from multiprocessing.context import SpawnProcess
 from multiprocessing.queues import Queue as MpQueue
 from multiprocessing.synchronize import Event as MpEvent
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 
@@ -64,7 +64,7 @@ class WorkerSpec:
     settings: Any  # sidecar.settings.Settings (pydantic, picklable)
     factories: Mapping[str, Any] = field(default_factory=dict)
     log_level: str = "info"
-    log_format: str = "json"
+    log_format: Literal["auto", "json", "console"] = "json"
 
 
 class _ForwardingFanout(AlertFanout):
@@ -91,9 +91,9 @@ class _ForwardingObserver:
 
 def worker_main(spec: WorkerSpec, out: MpQueue[Message], wake: MpEvent, stop: MpEvent) -> None:
     """The body of a worker process (spawned: imports models and torch here, not in the listener)."""
-    from sidecar.pipeline.model_set import load_models
     from sidecar.logging import configure_logging
     from sidecar.pipeline.budgets import DecodeBudget
+    from sidecar.pipeline.model_set import load_models
     from sidecar.pipeline.worker import Worker
     from sidecar.settings import DicomAlertChannel
 

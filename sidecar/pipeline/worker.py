@@ -41,9 +41,9 @@ from sidecar.journal import Job, Journal
 from sidecar.pipeline.budgets import DecodeBudget, check_budget
 from sidecar.pipeline.failures import RetryPolicy, describe, is_transient
 from sidecar.pipeline.lanes import Lane, LaneStatus, Supervisor
-from sidecar.results.store import ResultStore
 from sidecar.results import build_results
 from sidecar.results.alert_image import build_alert_image
+from sidecar.results.store import ResultStore
 from sidecar.routing.rules import Route
 
 log = structlog.get_logger("sidecar.worker")
@@ -432,7 +432,9 @@ def _trial_facts(job: Job, rule: Route, findings: Findings) -> str:
 
 
 def _int_or_none(v: object) -> int | None:
+    if not isinstance(v, (int, float, str, bytes)):
+        return None
     try:
-        return int(v)  # type: ignore[arg-type]
+        return int(v)
     except (TypeError, ValueError):
         return None

@@ -81,7 +81,7 @@ def render_alert(text_lines: list[str]) -> np.ndarray:
     room_px = ALERT_SIZE_PX - 2 * _MARGIN_PX
     wrapped = [w for line in text_lines for w in _wrap(line, room_px, text_font)]
     if len(wrapped) > _MAX_LINES:
-        wrapped = wrapped[: _MAX_LINES - 1] + ["..."]
+        wrapped = [*wrapped[:_MAX_LINES - 1], "..."]
     for line in wrapped:
         draw.text((_MARGIN_PX, y), line, fill=255, font=text_font)
         y += _TEXT_PX + _LINE_GAP_PX

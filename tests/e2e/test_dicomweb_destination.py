@@ -22,6 +22,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from pydantic import SecretStr
 from pydicom import dcmread
 
 from sidecar.app import Sidecar
@@ -120,7 +121,7 @@ class TestStowToOrthanc:
         path = Path(loop.orthanc.workdir) / "resend.dcm"
         path.write_bytes(loop.orthanc.instance_file(sr_id))
         dest = DicomwebDestination(kind="dicomweb", name="bad-auth", url=loop.orthanc.dicomweb_url,
-                                   auth=_basic(USER, "wrong"))  # type: ignore[arg-type]  # pydantic coerces to SecretStr
+                                   auth=SecretStr(_basic(USER, "wrong")))
         transport = DicomwebTransport(dest)
         try:
             (outcome,) = transport.send([str(path)])
@@ -219,8 +220,8 @@ class TestStowOverTls:
     ) -> None:
         """With the destination's ca_file the https server is trusted and the instance is stored."""
         orthanc, url, ca = https_orthanc.orthanc, https_orthanc.url, https_orthanc.ca
-        dest = DicomwebDestination(kind="dicomweb", name="tls", url=url, auth=_basic(USER, PASSWORD),  # type: ignore[arg-type]
-                                   tls={"ca_file": ca})  # type: ignore[arg-type]  # validated into DestinationTls
+        dest = DicomwebDestination.model_validate({"kind": "dicomweb", "name": "tls", "url": url,
+                                                   "auth": _basic(USER, PASSWORD), "tls": {"ca_file": ca}})
         (mr,) = make_mr_series(1, seed=162)
         path = tmp_path / "mr.dcm"
         mr.save_as(path, enforce_file_format=True)
@@ -241,7 +242,7 @@ class TestStowOverTls:
         (mr,) = make_mr_series(1, seed=163)
         path = tmp_path / "mr.dcm"
         mr.save_as(path, enforce_file_format=True)
-        dest = DicomwebDestination(kind="dicomweb", name="tls-untrusted", url=url, tls={})  # type: ignore[arg-type]
+        dest = DicomwebDestination.model_validate({"kind": "dicomweb", "name": "tls-untrusted", "url": url, "tls": {}})
         transport = DicomwebTransport(dest)
         try:
             with pytest.raises(DeliveryError, match="cannot reach"):

@@ -23,6 +23,7 @@ from sidecar.errors import ConfigError
 from sidecar.settings import Access, load_settings
 from tests.helpers.dcmtk import echoscu
 from tests.helpers.dicom_factory import FAKE_PATIENT_ID, FAKE_PATIENT_NAME, make_mr
+from tests.helpers.expect import present
 from tests.helpers.sidecar import running_sidecar, write_config
 
 pytestmark = pytest.mark.integration
@@ -65,7 +66,7 @@ def _associate(app: Sidecar, ae_title: str, source: str = HOST, called: str = "S
 
 def _assert_rejected_as_unknown_caller(assoc: Association) -> None:
     assert assoc.is_rejected and not assoc.is_established
-    rj = assoc.acceptor.primitive
+    rj = present(assoc.acceptor.primitive)
     assert (rj.result, rj.result_source, rj.diagnostic) == (0x01, 0x01, 0x03), (
         "expected rejected-permanent, service-user, calling AE title not recognized")
 
@@ -114,7 +115,7 @@ class TestAllowListByAeTitle:
         """An allowed caller that names another called AE title is rejected with diagnostic 7."""
         assoc = _associate(guarded, "ANYWHERE", called="NOTME")
         assert assoc.is_rejected
-        assert assoc.acceptor.primitive.diagnostic == 0x07
+        assert present(assoc.acceptor.primitive).diagnostic == 0x07
 
 
 @pytest.mark.skipif(not _can_bind(OTHER_SOURCE), reason=f"cannot bind a client to {OTHER_SOURCE}")
@@ -151,14 +152,14 @@ class TestAccessSettings:
         assert access.admits("V6", "::1") and access.admits("V6", "fd00::42")
         assert not access.admits("V6", "127.0.0.1") and not access.admits("V6", "not-an-address")
 
-    def test_bad_network_is_a_config_error_naming_the_key(self, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    def test_bad_network_is_a_config_error_naming_the_key(self, tmp_path) -> None:
         """A malformed address stops the start with access.allowed.0.addresses named."""
         config = write_config(tmp_path / "conf", routes=[],
                               access={"allowed": [{"ae_title": "X", "addresses": ["10.0.0.300"]}]})
         with pytest.raises(ConfigError, match=r"access\.allowed\.0\.addresses"):
             load_settings(config)
 
-    def test_unrestricted_sidecar_admits_any_title(self, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    def test_unrestricted_sidecar_admits_any_title(self, tmp_path) -> None:
         """Without an allow-list any calling AE title associates."""
         with running_sidecar(write_config(tmp_path / "conf", routes=[])) as app:
             _assert_accepted(_associate(app, "WHOEVER"))
@@ -180,7 +181,7 @@ class TestWebHostHeader:
     """The web side port answers only Host names it is configured for (DNS rebinding guard)."""
 
     @pytest.fixture
-    def web(self, tmp_path) -> Iterator[Sidecar]:  # type: ignore[no-untyped-def]
+    def web(self, tmp_path) -> Iterator[Sidecar]:
         cfg = write_config(tmp_path / "conf", routes=[], web={"enabled": True, "port": 0})
         with running_sidecar(cfg) as app:
             yield app
@@ -197,7 +198,7 @@ class TestWebHostHeader:
         assert web.web is not None
         assert _get(web.web.port, name) == 400
 
-    def test_configured_name_is_answered(self, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    def test_configured_name_is_answered(self, tmp_path) -> None:
         """`web.allowed_hosts` replaces the loopback names."""
         cfg = write_config(tmp_path / "conf", routes=[],
                            web={"enabled": True, "port": 0, "allowed_hosts": ["sidecar.hospital.example"]})

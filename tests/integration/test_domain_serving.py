@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -51,9 +52,9 @@ def _destinations(pacs: StoreSCP, console: StoreSCP) -> list[dict[str, object]]:
             {"kind": "dicom", "name": "console", "host": "127.0.0.1", "port": console.port, "ae_title": "CONSOLE"}]
 
 
-def _jobs_done(app: object, series_uid: str) -> Callable[[], bool]:
+def _jobs_done(app: Any, series_uid: str) -> Callable[[], bool]:
     def done() -> bool:
-        jobs = app.journal.jobs(series_uid)  # type: ignore[attr-defined]
+        jobs = app.journal.jobs(series_uid)
         return bool(jobs) and all(j.state in ("done", "failed") for j in jobs)
     return done
 
@@ -61,7 +62,7 @@ def _jobs_done(app: object, series_uid: str) -> Callable[[], bool]:
 class TestOutOfDomainLge:
     def test_foreign_mr_slice_gets_a_not_assessed_sr_and_no_alert(self, tmp_path: Path) -> None:
         """A vendor MR image that is no LGE slice comes back as an SR saying "not assessed"; no alert."""
-        src = Path(get_testdata_file("MR_small.dcm"))  # type: ignore[arg-type]
+        src = Path(str(get_testdata_file("MR_small.dcm")))
         ds = pydicom.dcmread(src)
         ds.SeriesDescription = "LGE PSIR SAX"  # headers that route it to lge_qa; pixels are a head MR
         files = write_series(tmp_path / "in", [ds], name=lambda d: "slice.dcm")

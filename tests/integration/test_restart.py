@@ -222,8 +222,9 @@ class TestWorkerProcesses:
             sidecar = SidecarProcess(cfg, tmp_path / "sidecar-w.log", start_timeout_s=180.0).start()
             try:
                 assert sidecar.proc is not None
-                wait_for(lambda: len(_worker_pids(sidecar.proc.pid)) == 2, 60, "two worker processes")  # type: ignore[union-attr]
-                before = _worker_pids(sidecar.proc.pid)
+                pid_of_service = sidecar.proc.pid
+                wait_for(lambda: len(_worker_pids(pid_of_service)) == 2, 60, "two worker processes")
+                before = _worker_pids(pid_of_service)
                 sent = storescu(files, sidecar.port, called_aet="SIDECAR")
                 assert sent.returncode == 0, sent.stderr
                 journal = _journal(cfg)
@@ -232,8 +233,8 @@ class TestWorkerProcesses:
                              "the series job running in a worker process")
                     for pid in before:
                         os.kill(pid, signal.SIGKILL)
-                    wait_for(lambda: bool(_worker_pids(sidecar.proc.pid))  # type: ignore[union-attr]
-                             and not (_worker_pids(sidecar.proc.pid) & before), 60,  # type: ignore[union-attr]
+                    wait_for(lambda: bool(_worker_pids(pid_of_service))
+                             and not (_worker_pids(pid_of_service) & before), 60,
                              "replacement worker processes")
                     pacs.wait_for_files(1, timeout=90)
                     time.sleep(SETTLE_S)

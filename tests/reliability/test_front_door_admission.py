@@ -6,6 +6,7 @@ allowed scanner. Every peer here stops by itself: drips end when the test ends, 
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import threading
@@ -72,10 +73,8 @@ class _Drippers:
     def _drip(self) -> None:
         while not self._stop.wait(DRIP_EVERY_S):
             for s in self.socks:
-                try:
+                with contextlib.suppress(OSError):  # dropped by the gate: what it should do
                     s.sendall(b"\x00")
-                except OSError:
-                    pass  # dropped by the gate: what it should do
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()

@@ -179,7 +179,7 @@ def _journal_rows(db: Path, sql: str) -> list[tuple[object, ...]]:
 
 
 def _check_acknowledged_kept(db: Path, acknowledged: set[str]) -> None:
-    rows = dict(_journal_rows(db, "SELECT sop_instance_uid, path FROM instances"))
+    rows = {str(uid): path for uid, path in _journal_rows(db, "SELECT sop_instance_uid, path FROM instances")}
     missing = [uid for uid in acknowledged if uid not in rows]
     assert not missing, f"{len(missing)} acknowledged instances are not in the journal after SIGKILL"
     lost = [uid for uid in acknowledged if not Path(str(rows[uid])).is_file()]
@@ -189,7 +189,7 @@ def _check_acknowledged_kept(db: Path, acknowledged: set[str]) -> None:
 def _current_results(db: Path) -> dict[str, tuple[int, str]]:
     """Series UID -> (current revision, the SR UID that revision must have)."""
     rows = _journal_rows(db, "SELECT series_uid, revision FROM series")
-    return {str(s): (int(r), result_uid(str(s), CARD.id, CARD.version, "sr-series", int(r))) for s, r in rows}
+    return {str(s): (int(str(r)), result_uid(str(s), CARD.id, CARD.version, "sr-series", int(str(r)))) for s, r in rows}
 
 
 _SEEN: dict[Path, str] = {}  # PACS file -> its SOP Instance UID (each file is read once)
@@ -201,7 +201,7 @@ def _pacs_uids(pacs: StoreSCP) -> Counter[str]:
         if path not in _SEEN:
             try:
                 _SEEN[path] = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
-            except Exception:  # noqa: BLE001 (a file storescp is still writing; counted next round)
+            except Exception:
                 continue
         uids[_SEEN[path]] += 1
     return uids
@@ -217,7 +217,7 @@ def _expected_srs(series: dict[str, list[str]], streaming: set[str], db: Path) -
     UID) -> the SR UIDs that may stand for it. A series-mode series has one SR, of revision 0. A
     streaming slice has one SR, of the revision its job ran at (a slice resent after a kill may
     land in a re-opened series: a new revision for that slice alone, still one SR for it)."""
-    revisions = {str(s): int(r) for s, r in _journal_rows(db, "SELECT series_uid, revision FROM series")}
+    revisions = {str(s): int(str(r)) for s, r in _journal_rows(db, "SELECT series_uid, revision FROM series")}
     out: dict[str, set[str]] = {}
     for series_uid, instances in series.items():
         if series_uid in streaming:

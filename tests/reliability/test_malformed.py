@@ -13,7 +13,6 @@ acknowledged. Each kind's answer is pinned to the one docs/conformance.md 1.6 do
 
 from __future__ import annotations
 
-import socket
 import struct
 import zlib
 from collections.abc import Callable, Iterator
@@ -29,12 +28,9 @@ from pydicom.uid import (
     JPEGBaseline8Bit,
     RLELossless,
 )
-from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import MRImageStorage, UltrasoundImageStorage, Verification
 
 from sidecar.dicom.status import StoreStatus
-from tests.helpers.dicom_factory import make_mr, make_us
-from tests.helpers.sidecar import running_sidecar
 from tests.helpers.bad_input import (
     A_ABORT,
     RAW_AE,
@@ -52,6 +48,8 @@ from tests.helpers.bad_input import (
     _send_bytes,
     _store_command,
 )
+from tests.helpers.dicom_factory import encoded, make_mr, make_us
+from tests.helpers.sidecar import running_sidecar
 
 pytestmark = [
     pytest.mark.reliability,
@@ -107,8 +105,8 @@ def _command_without(keyword: str) -> bytes:
     cmd.AffectedSOPInstanceUID = "1.2.826.0.1.3680043.9.9999.77"
     delattr(cmd, keyword)
     cmd.CommandGroupLength = 0
-    cmd.CommandGroupLength = len(encode(cmd, True, True)) - 12
-    return bytes(encode(cmd, True, True))
+    cmd.CommandGroupLength = len(encoded(cmd, True, True)) - 12
+    return encoded(cmd, True, True)
 
 
 def _command_field(value: int) -> bytes:
@@ -118,11 +116,11 @@ def _command_field(value: int) -> bytes:
     cmd.MessageID = 1
     cmd.CommandDataSetType = 0x0101
     cmd.CommandGroupLength = 0
-    cmd.CommandGroupLength = len(encode(cmd, True, True)) - 12
-    return bytes(encode(cmd, True, True))
+    cmd.CommandGroupLength = len(encoded(cmd, True, True)) - 12
+    return encoded(cmd, True, True)
 
 
-_GOOD_DATA = bytes(encode(make_mr(seed=77), False, True))
+_GOOD_DATA = encoded(make_mr(seed=77), False, True)
 _STORE = _store_command(MRImageStorage, "1.2.826.0.1.3680043.9.9999.77")
 
 PDU_KINDS: list[tuple[str, list[bytes], set[str]]] = [
@@ -179,7 +177,7 @@ def _exchange(service: Service, pdus: list[bytes]) -> str:
                 continue
             try:
                 got = _read_pdu(sock)
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 answer = SILENT
                 continue
             answer = CLOSED if got is None else _PDU_NAMES.get(got[0], f"PDU 0x{got[0]:02X}")
@@ -350,11 +348,11 @@ SYNTAX_KINDS: list[tuple[str, str, Callable[[], bytes], set[int]]] = [
     ("deflate-truncated-stream", DeflatedExplicitVRLittleEndian,
      lambda: zlib.compress(_GOOD_DATA)[: len(zlib.compress(_GOOD_DATA)) // 3], {CU}),
     ("implicit-bytes-in-an-explicit-context", ExplicitVRLittleEndian,
-     lambda: bytes(encode(make_mr(seed=531), True, True)), {CU}),
+     lambda: encoded(make_mr(seed=531), True, True), {CU}),
     ("little-endian-bytes-in-a-big-endian-context", ExplicitVRBigEndian,
-     lambda: bytes(encode(make_mr(seed=532), False, True)), {CU}),
+     lambda: encoded(make_mr(seed=532), False, True), {CU}),
     ("jpeg-context-with-uncompressed-pixel-data", JPEGBaseline8Bit,
-     lambda: bytes(encode(make_mr(seed=533), False, True)), {CU}),
+     lambda: encoded(make_mr(seed=533), False, True), {CU}),
 ]
 
 
@@ -406,7 +404,7 @@ class TestDatasetLayer:
         service.assert_still_serving()
 
 
-def _us_association(service: Service):  # type: ignore[no-untyped-def]
+def _us_association(service: Service):
     from contextlib import contextmanager
 
     @contextmanager

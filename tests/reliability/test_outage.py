@@ -31,8 +31,8 @@ from sidecar.app import Seams, Sidecar
 from tests.helpers.dcmtk import StoreSCP
 from tests.helpers.dicom_factory import make_mr_series
 from tests.helpers.models import BrightnessModel
-from tests.helpers.processes import wait_for
 from tests.helpers.ports import free_port
+from tests.helpers.processes import wait_for
 from tests.helpers.sidecar import running_sidecar, write_config
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]
@@ -124,7 +124,7 @@ class GatedModel(BrightnessModel):
     gate = threading.Event()
     started = threading.Event()
 
-    def predict(self, batch):  # type: ignore[no-untyped-def]
+    def predict(self, batch):
         GatedModel.started.set()
         assert GatedModel.gate.wait(60.0)
         return super().predict(batch)
@@ -137,7 +137,7 @@ def _gated(weights: Path | None = None, options: dict[str, Any] | None = None) -
 def _ready(app: Sidecar) -> tuple[int, dict[str, Any]]:
     assert app.web is not None
     try:
-        with urllib.request.urlopen(app.web.url + "/readyz", timeout=10) as rsp:  # noqa: S310 (loopback)
+        with urllib.request.urlopen(app.web.url + "/readyz", timeout=10) as rsp:
             return rsp.status, json.loads(rsp.read())
     except urllib.error.HTTPError as err:
         return err.code, json.loads(err.read())

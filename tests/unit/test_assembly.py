@@ -15,6 +15,7 @@ from sidecar.journal import InstanceRecord, Journal
 from sidecar.journal.sqlite import SqliteBackend
 from sidecar.routing.rules import Route
 from tests.helpers.dicom_factory import make_mr_series, make_us
+from tests.helpers.expect import present
 from tests.helpers.journal_fakes import FailingConnection, FailingJournal, failing_connect
 
 
@@ -59,9 +60,9 @@ class TestCompletion:
             h.receive(ds)
         uid = str(series[0].SeriesInstanceUID)
         h.timers.advance(9.0)
-        assert h.journal.series(uid).state == "receiving"  # type: ignore[union-attr]
+        assert present(h.journal.series(uid)).state == "receiving"
         h.timers.advance(1.1)
-        assert h.journal.series(uid).state == "complete"  # type: ignore[union-attr]
+        assert present(h.journal.series(uid)).state == "complete"
         jobs = h.journal.jobs(uid)
         assert [(j.instance_uid, j.priority, j.revision) for j in jobs] == [("", PRIORITY_SERIES, 0)]
 
@@ -72,9 +73,9 @@ class TestCompletion:
         for ds in series:
             h.receive(ds)
             h.timers.advance(4.0)
-        assert h.journal.series(str(series[0].SeriesInstanceUID)).state == "receiving"  # type: ignore[union-attr]
+        assert present(h.journal.series(str(series[0].SeriesInstanceUID))).state == "receiving"
         h.timers.advance(1.0)
-        assert h.journal.series(str(series[0].SeriesInstanceUID)).state == "complete"  # type: ignore[union-attr]
+        assert present(h.journal.series(str(series[0].SeriesInstanceUID))).state == "complete"
 
     def test_route_expected_count_completes_immediately(self, tmp_path: Path) -> None:
         """A route's expected_count completes the series at the last instance without waiting."""
@@ -82,7 +83,7 @@ class TestCompletion:
         series = make_mr_series(2, seed=3)
         for ds in series:
             h.receive(ds)
-        assert h.journal.series(str(series[0].SeriesInstanceUID)).state == "complete"  # type: ignore[union-attr]
+        assert present(h.journal.series(str(series[0].SeriesInstanceUID))).state == "complete"
 
     def test_single_multiframe_object_is_a_whole_series(self, tmp_path: Path) -> None:
         """NumberOfFrames > 1 in one object means the series is complete on arrival."""
@@ -91,7 +92,7 @@ class TestCompletion:
         ds.NumberOfFrames = 2
         ds.PixelData = ds.PixelData * 2
         h.receive(ds)
-        assert h.journal.series(str(ds.SeriesInstanceUID)).state == "complete"  # type: ignore[union-attr]
+        assert present(h.journal.series(str(ds.SeriesInstanceUID))).state == "complete"
 
     def test_release_completes_when_route_says_so(self, tmp_path: Path) -> None:
         """complete_on_release ends the series when the association is released."""
@@ -102,7 +103,7 @@ class TestCompletion:
         uid = str(series[0].SeriesInstanceUID)
         h.asm.on_release(AssociationReleased("CONSOLE", frozenset({uid})))
         h.asm.process_pending()
-        assert h.journal.series(uid).state == "complete"  # type: ignore[union-attr]
+        assert present(h.journal.series(uid)).state == "complete"
 
     def test_late_instance_gives_a_superseding_revision(self, tmp_path: Path) -> None:
         """An instance after completion re-opens the series and queues revision 1."""
@@ -134,7 +135,7 @@ class TestRouting:
         ds = make_mr_series(1, seed=8)[0]
         h.receive(ds)
         h.timers.advance(100)
-        assert h.journal.series(str(ds.SeriesInstanceUID)).state == "unrouted"  # type: ignore[union-attr]
+        assert present(h.journal.series(str(ds.SeriesInstanceUID))).state == "unrouted"
         assert h.journal.jobs(str(ds.SeriesInstanceUID)) == []
 
     def test_route_of_unavailable_model_is_skipped(self, tmp_path: Path) -> None:
@@ -142,7 +143,7 @@ class TestRouting:
         h = Harness(tmp_path, [_route(name="a", model="missing"), _route(name="b")])
         ds = make_mr_series(1, seed=9)[0]
         h.receive(ds)
-        assert h.journal.series(str(ds.SeriesInstanceUID)).route == "b"  # type: ignore[union-attr]
+        assert present(h.journal.series(str(ds.SeriesInstanceUID))).route == "b"
 
     def test_recover_rearms_timers_and_requeues(self, tmp_path: Path) -> None:
         """After a restart, a receiving series still completes and its job is queued once."""
@@ -155,7 +156,7 @@ class TestRouting:
         fresh.recover()
         h.timers.advance(6)
         uid = str(series[0].SeriesInstanceUID)
-        assert h.journal.series(uid).state == "complete"  # type: ignore[union-attr]
+        assert present(h.journal.series(uid)).state == "complete"
         fresh.recover()
         assert len(h.journal.jobs(uid)) == 1
 
@@ -183,7 +184,7 @@ class TestShortSeries:
             h.receive(ds)
         uid = str(series[0].SeriesInstanceUID)
         h.timers.advance(50)
-        assert h.journal.series(uid).state == "receiving"  # type: ignore[union-attr]
+        assert present(h.journal.series(uid)).state == "receiving"
         for ds in series[:7]:  # the sender resends what it sent before its crash: nothing changes
             h.receive(ds)
         for ds in series[7:]:
@@ -201,9 +202,9 @@ class TestShortSeries:
             h.receive(ds)
         uid = str(series[0].SeriesInstanceUID)
         h.timers.advance(48)
-        assert h.journal.series(uid).state == "receiving"  # type: ignore[union-attr]
+        assert present(h.journal.series(uid)).state == "receiving"
         h.timers.advance(2)
-        assert h.journal.series(uid).state == "complete"  # type: ignore[union-attr]
+        assert present(h.journal.series(uid)).state == "complete"
         assert len(h.journal.jobs(uid)) == 1
         assert any("short of the expected count" in e.detail for e in h.journal.events(uid))
 
@@ -215,9 +216,9 @@ class TestShortSeries:
             h.receive(ds)
         uid = str(series[0].SeriesInstanceUID)
         h.timers.advance(18)
-        assert h.journal.series(uid).state == "receiving"  # type: ignore[union-attr]
+        assert present(h.journal.series(uid)).state == "receiving"
         h.timers.advance(2)
-        assert h.journal.series(uid).state == "complete"  # type: ignore[union-attr]
+        assert present(h.journal.series(uid)).state == "complete"
 
     def test_series_without_expected_count_keeps_the_quiet_time(self, tmp_path: Path) -> None:
         """No expected count known: the quiet time alone completes it, as before."""
@@ -226,7 +227,7 @@ class TestShortSeries:
         for ds in series:
             h.receive(ds)
         h.timers.advance(5)
-        assert h.journal.series(str(series[0].SeriesInstanceUID)).state == "complete"  # type: ignore[union-attr]
+        assert present(h.journal.series(str(series[0].SeriesInstanceUID))).state == "complete"
 
 
 class TestStreamingRecovery:
@@ -247,7 +248,7 @@ class TestStreamingRecovery:
         h.asm.on_instance(items[0])  # the assembler handled one, then the process was killed
         h.asm.process_pending()
         uid = str(series[0].SeriesInstanceUID)
-        assert h.journal.series(uid).state == "complete"  # type: ignore[union-attr]
+        assert present(h.journal.series(uid)).state == "complete"
         return h, uid
 
     def test_recover_queues_the_slice_the_crash_left_unqueued(self, tmp_path: Path) -> None:
@@ -294,7 +295,7 @@ class TestPriority:
         assert h.asm.pending() == 41
         assert h.asm.process_pending() == 41
         assert seen == [41]  # when its job was queued: the slice itself (in hand) and all 40 still waiting
-        assert h.journal.series(str(slice_.SeriesInstanceUID)).route == "stream"  # type: ignore[union-attr]
+        assert present(h.journal.series(str(slice_.SeriesInstanceUID))).route == "stream"
 
 
 class TestJournalFailures:
@@ -333,9 +334,9 @@ class TestJournalFailures:
         conn.fail_next["COMMIT"] = 1
         h.timers.advance(5)
         uid = str(ds.SeriesInstanceUID)
-        assert h.journal.series(uid).state == "receiving"  # type: ignore[union-attr]
+        assert present(h.journal.series(uid)).state == "receiving"
         h.timers.advance(1.0)
-        assert h.journal.series(uid).state == "complete"  # type: ignore[union-attr]
+        assert present(h.journal.series(uid)).state == "complete"
         assert len(h.journal.jobs(uid)) == 1
 
     def test_failed_enqueue_keeps_the_slice_until_the_journal_takes_it(self, tmp_path: Path) -> None:

@@ -22,11 +22,12 @@ def _images(seed: int, n: int, scale: float = 1.0) -> list[np.ndarray]:
 
 def _fitted(n: int = 200) -> DomainGuard:
     feats = np.stack([input_features(x) for x in _images(0, n)])
-    mean = feats.mean(0)
+    mean = feats.mean(0).astype(np.float64)
     cov = np.cov(feats, rowvar=False) + 1e-3 * np.eye(feats.shape[1])
-    g0 = DomainGuard(mean, np.linalg.inv(cov), threshold=1.0, quantile=0.99)
+    inv_cov = np.asarray(np.linalg.inv(cov), dtype=np.float64)
+    g0 = DomainGuard(mean, inv_cov, threshold=1.0, quantile=0.99)
     cal = g0.score_features(np.stack([input_features(x) for x in _images(1, 100)]))
-    return DomainGuard(mean, np.linalg.inv(cov), float(np.quantile(cal, 0.99)), 0.99, {"n_fit": n})
+    return DomainGuard(mean, inv_cov, float(np.quantile(cal, 0.99)), 0.99, {"n_fit": n})
 
 
 class TestInputFeatures:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pydicom
 import pytest
 
 from tests.helpers.validate import assert_valid_dicom
-from train.phantoms import dicom_writer as dw
-from train.phantoms import toolkit as tk
+from train.phantoms import dicom_writer as dw, toolkit as tk
 
 SHAPE = (64, 48)
 
@@ -140,12 +140,12 @@ class TestDicomWriter:
         assert np.array_equal(ds.pixel_array, frames)
 
     @pytest.mark.parametrize(("modality", "monochrome1"), [("CR", True), ("DX", False), ("DX", True)])
-    def test_radiographs_are_valid_with_window_and_laterality(self, tmp_path: Path, modality: str,
+    def test_radiographs_are_valid_with_window_and_laterality(self, tmp_path: Path, modality: Literal["CR", "DX"],
                                                              monochrome1: bool) -> None:
         """CR and DX For Presentation hands carry VOI window, laterality and photometric cues."""
         pixels = tk.radiograph_pixels(np.linspace(0.1, 1, 48 * 40).reshape(48, 40),
                                       monochrome1=monochrome1)
-        ds = _read(dw.write(dw.xray(pixels, modality=modality, monochrome1=monochrome1,  # type: ignore[arg-type]
+        ds = _read(dw.write(dw.xray(pixels, modality=modality, monochrome1=monochrome1,
                                     laterality="L", window_center=2048, window_width=4096),
                             tmp_path / "xr.dcm"))
         assert ds.Modality == modality and ds.ImageLaterality == "L"
@@ -184,7 +184,7 @@ class TestDemoSamples:
         assert set(DEMO_SAMPLES) == set(FACTORIES) and len(FACTORIES) == 8
         routes = load_settings(Path(__file__).resolve().parents[2] / "conf", env={}).routes
         predicates = load_predicates()
-        series_uids = set()
+        series_uids: set[str] = set()
         for model_id in sorted(FACTORIES):
             make = _sample(model_id)
             assert make is not None, model_id

@@ -298,7 +298,7 @@ class TestServer:
             hub = EventHub()
             j = Journal(f"sqlite:///{tmp_path / 'j.sqlite'}")
             ctx = WebContext(j, hub, Metrics(j), Flags().readiness())
-            with pytest.raises(ConfigError, match="web.port"):
+            with pytest.raises(ConfigError, match=r"web\.port"):
                 WebServer(create_app(ctx), "127.0.0.1", port, hub).start()
             j.close()
 

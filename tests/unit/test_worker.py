@@ -19,6 +19,7 @@ from sidecar.pipeline.lanes import Lane, Supervisor
 from sidecar.pipeline.worker import Worker
 from sidecar.routing.rules import Route
 from tests.helpers.dicom_factory import make_mr_series
+from tests.helpers.expect import present
 from tests.helpers.models import BrightnessModel, FailingModel
 
 
@@ -31,7 +32,7 @@ class RecordingChannel:
 
 
 class AlwaysUncertain(BrightnessModel):
-    def predict(self, batch):  # type: ignore[no-untyped-def]
+    def predict(self, batch):
         f = super().predict(batch)
         items = tuple(Classification(c.label, c.probabilities, c.source, uncertain=True) for c in f.classifications)
         return Findings(f.model_id, f.model_version, classifications=items)
@@ -52,7 +53,7 @@ class FlakyBackendModel(BrightnessModel):
         super().__init__()
         self.down = down
 
-    def predict(self, batch):  # type: ignore[no-untyped-def]
+    def predict(self, batch):
         if self.down > 0:
             self.down -= 1
             raise BackendUnavailable("every endpoint refused the connection (test)")
@@ -62,7 +63,7 @@ class FlakyBackendModel(BrightnessModel):
 class LeakyModel(BrightnessModel):
     """Fails with a message quoting a patient attribute, as pydicom's value errors do."""
 
-    def predict(self, batch):  # type: ignore[no-untyped-def]
+    def predict(self, batch):
         raise ValueError("Invalid value for DA: '1901-12-31' of Phantom^Patient")
 
 
@@ -203,7 +204,7 @@ class TestLanes:
         w = Worker(j, {"brightness": BrightnessModel()}, [route, sr_route], tmp_path / "results")
         [outcome] = w.run_once(streaming_only=True) or []
         assert outcome.job_id == slice_job
-        assert j.job(series_job).state == "queued"  # type: ignore[arg-type,union-attr]
+        assert present(j.job(present(series_job))).state == "queued"
         assert w.run_once(streaming_only=True) is None
 
     def test_started_worker_runs_both_kinds_and_stops(self, tmp_path: Path) -> None:
@@ -308,10 +309,10 @@ class TestFailures:
         assert w.run_once() is None  # not due yet
         clock.t += 2.0
         [second] = w.run_once() or []
-        assert second.outcome == "retry" and j.job(jid).not_before == clock.t + 4.0  # type: ignore[union-attr]
+        assert second.outcome == "retry" and present(j.job(jid)).not_before == clock.t + 4.0
         clock.t += 4.0
         [third] = w.run_once() or []
-        assert third.ok and j.job(jid).state == "done"  # type: ignore[union-attr]
+        assert third.ok and present(j.job(jid)).state == "done"
         assert len(j.outbox(str(series[0].SeriesInstanceUID))) == 1
 
     def test_transient_failures_end_in_quarantine_which_recover_leaves_alone(self, tmp_path: Path) -> None:
@@ -348,7 +349,7 @@ class TestFailures:
         w = Worker(j, {"brightness": model}, [route], tmp_path / "results", retry=RetryPolicy(max_attempts=2))
         [o] = w.run_once() or []
         assert o.outcome == "quarantined" and model.calls == 0
-        assert j.job(jid).state == "quarantined"  # type: ignore[union-attr]
+        assert present(j.job(jid)).state == "quarantined"
 
     def test_permanent_failure_reason_quotes_no_patient_data(self, tmp_path: Path) -> None:
         """An exception quoting tag values is stored by type and stage only."""
@@ -374,7 +375,7 @@ class TestFailures:
         budget = DecodeBudget(max_instance_bytes=64 << 20, max_job_bytes=128 << 20)
         [o] = Worker(j, {"brightness": model}, [route], tmp_path / "results", budget=budget).drain()
         assert o.outcome == "failed" and "BudgetExceeded" in o.reason and "MiB" in o.reason
-        assert model.calls == 0 and j.job(jid).state == "failed"  # type: ignore[union-attr]
+        assert model.calls == 0 and present(j.job(jid)).state == "failed"
 
 
 class TestQuarantineCommand:

@@ -267,7 +267,7 @@ def foreign_datasets() -> list[Dataset]:
 
     dirs = [os.path.join(os.path.dirname(pydicom.data.__file__), "test_files")]
     try:
-        import data_store  # type: ignore[import-untyped]  # pydicom-data ships no type information
+        import data_store
 
         dirs.append(os.path.join(os.path.dirname(data_store.__file__), "data"))
     except ImportError:
@@ -279,7 +279,7 @@ def foreign_datasets() -> list[Dataset]:
                 ds = pydicom.dcmread(f)
                 if str(ds.get("Modality", "")) not in ("MR", "CT", "US", "CR"):
                     continue
-                ds.pixel_array  # noqa: B018 - decodable pixels only
+                _ = ds.pixel_array  # decodable pixels only
             except Exception:  # a test file this pydicom cannot read is simply not used
                 continue
             out.append(ds)

@@ -361,7 +361,7 @@ def bmode_dataset(case: BreastCase, *, subject: Subject, series_uid: str, instan
     g = tk.rng(case.seed + 7)
     pixels, region = console_frame(case, rows, cols, colour, g)
     ds = us_image(pixels, regions=[region], doppler=False, subject=subject, anatomy="BREAST",
-                  body_part="BREAST", laterality=laterality,  # type: ignore[arg-type]
+                  body_part="BREAST", laterality=laterality,
                   series_description=desc, manufacturer=manufacturer, model_name=model,
                   transducer=probe, series_uid=series_uid, series_number=3,
                   instance_number=instance,

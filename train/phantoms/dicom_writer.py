@@ -25,6 +25,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
+    UID,
     ComputedRadiographyImageStorage,
     DigitalXRayImageStorageForPresentation,
     ExplicitVRLittleEndian,
@@ -380,7 +381,7 @@ def us_image(
     subject: Subject | None = None,
     anatomy: str = "ABDOMINAL",
     body_part: str = "",
-    laterality: Literal["L", "R", ""] = "",
+    laterality: str = "",  # L, R or empty: checked in _us_common
     series_description: str = "US PHANTOM",
     manufacturer: str = "GE Healthcare",
     model_name: str = "LOGIQ E10",
@@ -410,7 +411,7 @@ def us_cine(
     subject: Subject | None = None,
     anatomy: str = "TRANSTHORACIC",
     body_part: str = "",
-    laterality: Literal["L", "R", ""] = "",
+    laterality: str = "",  # L, R or empty: checked in _us_common
     series_description: str = "US CINE PHANTOM",
     manufacturer: str = "GE Healthcare",
     model_name: str = "Vivid E95",
@@ -539,8 +540,8 @@ def xray(
 def file_meta(sop_class_uid: str, sop_instance_uid: str) -> FileMetaDataset:
     """PS3.10 file meta for one object in Explicit VR Little Endian (PS3.10 7.1)."""
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class_uid
-    meta.MediaStorageSOPInstanceUID = sop_instance_uid
+    meta.MediaStorageSOPClassUID = UID(sop_class_uid)
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     return meta

@@ -484,7 +484,7 @@ def hand_image(seed: int, *, patient_id: str | None = None, n_hands: int | None 
     stored = toolkit.radiograph_pixels(noisy, monochrome1=mono1, bits_stored=12)
     lo, hi = np.percentile(stored, [0.5, 99.8])
     vendor = _VENDORS[int(g.integers(len(_VENDORS)))]
-    mod = modality or vendor[0]
+    mod: Literal["CR", "DX"] = modality or ("CR" if vendor[0] == "CR" else "DX")
     if modality is not None and vendor[0] != modality:
         vendor = next(v for v in _VENDORS if v[0] == modality)
     pid = patient_id or f"PH-HAND-{seed:06d}"

@@ -31,13 +31,13 @@ sometimes a caliper inside the region (annotations the front end must ignore).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from pydicom import Dataset
 from scipy import ndimage
 
-from train.phantoms import dicom_writer as W
-from train.phantoms import toolkit as T
+from train.phantoms import dicom_writer as W, toolkit as T
 
 REGION_ROWS, REGION_COLS = 112, 144
 MM_PER_PX = 0.25
@@ -180,8 +180,9 @@ def anatomy(case: JointCase, g: np.random.Generator) -> Anatomy:
     echo = np.where(syn, 0.03 + 0.01 * T.smooth_field((h, w), g, sigma_px=3), echo)
     cap = np.zeros((h, w), bool)
     if syn.any():
-        top_row = np.where(syn.any(axis=0), np.argmax(syn, axis=0), -10)
-        cap = (rows >= top_row[None, :] - 2) & (rows < top_row[None, :]) & syn.any(axis=0)[None, :]
+        has_syn = np.asarray(syn.any(axis=0), dtype=bool)
+        top_row = np.where(has_syn, np.argmax(syn, axis=0), -10)
+        cap = (rows >= top_row[None, :] - 2) & (rows < top_row[None, :]) & has_syn[None, :]
     echo = np.where(cap, 1.2, echo)
     # cartilage over the head, bone surfaces, shadows
     cart = left[None, :] & (rows >= surf[None, :] - 3) & (rows < surf[None, :] - 0.5) & (cols > xa - 30)
@@ -310,16 +311,16 @@ def case_dataset(case: JointCase, *, doppler: bool, cine: bool, instance_number:
     description = f"{token} {case.laterality} DORSAL LONG {mode}".strip()
     subject = W.Subject(patient_id=case.patient_id, patient_name="PHANTOM^RA",
                         study_uid=W.phantom_uid("ra-study", case.patient_id))
-    common = dict(regions=regions, doppler=doppler, subject=subject, anatomy="MUSCULOSKELETAL",
-                  body_part=body_part, laterality=case.laterality, series_description=description,
-                  manufacturer=manufacturer, model_name=model, transducer=probe,
-                  series_uid=W.phantom_uid("ra-series", case.case_id, str(doppler), str(cine)),
-                  instance_number=instance_number,
-                  sop_instance_uid=W.phantom_uid("ra-image", case.case_id, str(doppler), str(cine)))
+    common: dict[str, Any] = {"regions": regions, "doppler": doppler, "subject": subject, "anatomy": "MUSCULOSKELETAL",
+                  "body_part": body_part, "laterality": case.laterality, "series_description": description,
+                  "manufacturer": manufacturer, "model_name": model, "transducer": probe,
+                  "series_uid": W.phantom_uid("ra-series", case.case_id, str(doppler), str(cine)),
+                  "instance_number": instance_number,
+                  "sop_instance_uid": W.phantom_uid("ra-image", case.case_id, str(doppler), str(cine))}
     if cine:
-        ds = W.us_cine(display, FRAME_TIME_MS, **common)  # type: ignore[arg-type]
+        ds = W.us_cine(display, FRAME_TIME_MS, **common)
     else:
-        ds = W.us_image(display[0], **common)  # type: ignore[arg-type]
+        ds = W.us_image(display[0], **common)
     ds.UltrasoundColorDataPresent = 1 if doppler else 0
     return W.with_file_meta(ds)
 

@@ -28,8 +28,7 @@ from pydicom import Dataset
 from pydicom.dataset import Dataset as Item
 from pydicom.sequence import Sequence as DicomSequence
 
-from train.phantoms import dicom_writer as W
-from train.phantoms import toolkit as T
+from train.phantoms import dicom_writer as W, toolkit as T
 from train.phantoms.joint_us import (
     FRAME_COLS,
     FRAME_ROWS,
@@ -184,7 +183,7 @@ def case_dataset(case: Mtp1Case, instance_number: int = 1) -> Dataset:
     subject = W.Subject(patient_id=case.patient_id, patient_name="PHANTOM^GOUT",
                         study_uid=W.phantom_uid("gout-study", case.patient_id))
     ds = W.us_image(display, regions=regions, doppler=False, subject=subject, anatomy="MUSCULOSKELETAL",
-                    body_part="FOOT", laterality=case.laterality,  # type: ignore[arg-type]
+                    body_part="FOOT", laterality=case.laterality,
                     series_description=f"MTP1 {case.laterality} {case.view.upper()} LONG",
                     manufacturer=manufacturer, model_name=model, transducer=probe,
                     series_uid=W.phantom_uid("gout-series", case.case_id),

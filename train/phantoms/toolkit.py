@@ -9,6 +9,7 @@ The per-task generators live with their model issues and build on this module.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -106,16 +107,17 @@ def elastic_field(shape: tuple[int, int], generator: np.random.Generator, *, alp
                      for _ in range(2)])
 
 
-def warp(image: npt.ArrayLike, field: FloatArray, *, order: int = 1) -> FloatArray:
+def warp(image: npt.ArrayLike, field: FloatArray, *, order: Literal[0, 1, 2, 3, 4, 5] = 1) -> FloatArray:
     """Resample `image` at (row + field[0], col + field[1]); order 0 for label maps."""
     img = np.asarray(image, dtype=np.float64)
     rows, cols = _grid(img.shape[:2])
     coords = np.stack([rows + field[0], cols + field[1]])
-    return ndimage.map_coordinates(img, coords, order=order, mode="reflect")
+    warped: FloatArray = ndimage.map_coordinates(img, coords.astype(np.float64), order=order, mode="reflect")
+    return warped
 
 
 def elastic_deform(image: npt.ArrayLike, generator: np.random.Generator, *,
-                   alpha_px: float = 4.0, sigma_px: float = 8.0, order: int = 1) -> FloatArray:
+                   alpha_px: float = 4.0, sigma_px: float = 8.0, order: Literal[0, 1, 2, 3, 4, 5] = 1) -> FloatArray:
     """Simard-style elastic deformation of one image (use `elastic_field` + `warp` to apply
     the same deformation to an image and its labels)."""
     img = np.asarray(image, dtype=np.float64)

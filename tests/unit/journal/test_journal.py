@@ -10,6 +10,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,6 +27,7 @@ from sidecar.journal import (
 )
 from sidecar.journal.ports import PORTS
 from sidecar.journal.sqlite import SqliteBackend
+from tests.helpers.expect import present
 from tests.helpers.journal_fakes import FailingJournal, failing_connect, fill, port_methods, small_disk
 from tests.unit.journal.cases import Clock, _job, _rec
 
@@ -50,7 +52,7 @@ class TestIngest:
         assert journal.mark_complete("1.2.3", "quiet")
         r = journal.record_instance(_rec("1.2"))
         assert r.reopened and r.revision == 1
-        assert journal.series("1.2.3").state == "receiving"  # type: ignore[union-attr]
+        assert present(journal.series("1.2.3")).state == "receiving"
 
     def test_survives_reopen_of_the_journal(self, journal_url: str) -> None:
         """What was recorded is there after the journal is closed and opened again."""
@@ -124,27 +126,27 @@ class TestJobs:
                                 revision=0, route="r", priority=10)
         i = journal.enqueue_job(series_uid="1.2.3", instance_uid="1.1", model_id="m", model_version="1",
                                 revision=0, route="r", priority=0)
-        assert journal.claim_job().id == i  # type: ignore[union-attr]
-        assert journal.claim_job().id == s  # type: ignore[union-attr]
+        assert present(journal.claim_job()).id == i
+        assert present(journal.claim_job()).id == s
         assert journal.claim_job() is None
 
     def test_enqueue_is_idempotent_on_its_key(self, journal: Journal) -> None:
         """The same (series, instance, model, version, revision) is queued once."""
         journal.record_instance(_rec("1.1"))
-        kw = {"series_uid": "1.2.3", "instance_uid": "", "model_id": "m", "model_version": "1", "revision": 0,
+        kw: dict[str, Any] = {"series_uid": "1.2.3", "instance_uid": "", "model_id": "m", "model_version": "1", "revision": 0,
               "route": "r", "priority": 10}
-        assert journal.enqueue_job(**kw) is not None  # type: ignore[arg-type]
-        assert journal.enqueue_job(**kw) is None  # type: ignore[arg-type]
+        assert journal.enqueue_job(**kw) is not None
+        assert journal.enqueue_job(**kw) is None
 
     def test_recover_requeues_running_jobs(self, journal: Journal) -> None:
         """A job running at a crash goes back to the queue."""
         journal.record_instance(_rec("1.1"))
         journal.enqueue_job(series_uid="1.2.3", instance_uid="", model_id="m", model_version="1", revision=0,
                             route="r", priority=10)
-        job = journal.claim_job()
+        job = present(journal.claim_job())
         assert journal.recover() == 1
         again = journal.claim_job()
-        assert again is not None and again.id == job.id and again.attempts == 2  # type: ignore[union-attr]
+        assert again is not None and again.id == job.id and again.attempts == 2
 
     def test_complete_job_queues_each_result_once_per_destination(self, journal: Journal) -> None:
         """A rerun's identical result UIDs do not queue a second delivery."""
@@ -156,14 +158,14 @@ class TestJobs:
         journal.complete_job(jid, results)
         journal.complete_job(jid, results)
         assert len(journal.outbox("1.2.3")) == 2
-        assert journal.job(jid).state == "done"  # type: ignore[union-attr]
+        assert present(journal.job(jid)).state == "done"
 
     def test_failed_job_keeps_its_reason(self, journal: Journal) -> None:
         """A failed job is visible with why it failed."""
         journal.record_instance(_rec("1.1"))
         jid = journal.enqueue_job(series_uid="1.2.3", instance_uid="", model_id="m", model_version="1",
                                   revision=0, route="r", priority=10)
-        journal.fail_job(jid, "ModelError: boom")  # type: ignore[arg-type]
+        journal.fail_job(present(jid), "ModelError: boom")
         assert journal.failed_jobs()[0].reason == "ModelError: boom"
 
 
@@ -172,7 +174,7 @@ class TestOutbox:
         journal.record_instance(_rec("1.1"))
         jid = journal.enqueue_job(series_uid="1.2.3", instance_uid="", model_id="m", model_version="1",
                                   revision=0, route="r", priority=10)
-        journal.complete_job(jid, [("pacs", "9.9", "/r/9.9.dcm")])  # type: ignore[arg-type]
+        journal.complete_job(present(jid), [("pacs", "9.9", "/r/9.9.dcm")])
         return journal.outbox()[0].id
 
     def test_retry_hides_item_until_due(self, journal: Journal) -> None:
@@ -306,7 +308,7 @@ class TestStoredText:
             db.execute("UPDATE jobs SET state = 'failed', reason = ? WHERE id = ?", (LEGACY_DATE_ERROR, jid))
             db.execute("INSERT INTO events(series_uid, kind, at, detail) VALUES ('1.2.3', 'failed', 1, ?)",
                        (LEGACY_DATE_ERROR,))
-        assert "1901-12-31" not in (journal.job(jid).reason or "")  # type: ignore[union-attr]
+        assert "1901-12-31" not in (present(journal.job(jid)).reason or "")
         assert not any("1901-12-31" in e.detail for e in journal.events("1.2.3"))
 
 
