@@ -271,13 +271,17 @@ def sample_frames(ds: Dataset, n: int, mode: Sampling = "uniform",
             chosen = sorted(ranked[:n])
             while len(chosen) < n:  # fewer candidates than n: repeat, still in order
                 chosen = sorted(chosen + chosen[: n - len(chosen)])
-            return [frame_channels(decoded[i], layout, config) for i in chosen]
+            made = {i: frame_channels(decoded[i], layout, config) for i in set(chosen)}
+            return [made[i] for i in chosen]
     cache: dict[int, np.ndarray] = {0: first}
+    channels: dict[int, FrameChannels] = {}  # a repeated index (fewer frames than n) is made once
     out = []
     for i in uniform_indices(total, n):
-        if i not in cache:
-            cache[i] = decode_frame(ds, i)
-        out.append(frame_channels(cache[i], layout, config))
+        if i not in channels:
+            if i not in cache:
+                cache[i] = decode_frame(ds, i)
+            channels[i] = frame_channels(cache[i], layout, config)
+        out.append(channels[i])
     return out
 
 
