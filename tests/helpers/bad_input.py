@@ -222,3 +222,24 @@ def _raw_peer(service: Service) -> socket.socket:
 
 __all__ = ["A_ABORT", "HOST", "HTJ2K_LOSSLESS", "MAX_INSTANCE_BYTES", "PRIVATE_SOP_CLASS", "RAW_AE", "SCU_AE",
            "Service", "bad_input_service"]
+
+
+#: The marks of every bad-input module: the in-process sidecar decodes the crafted datasets, and
+#: pydicom warns about the UIDs they broke.
+BAD_INPUT_MARKS = [
+    pytest.mark.integration,
+    pytest.mark.filterwarnings("ignore:Invalid value for VR UI:UserWarning"),
+    pytest.mark.filterwarnings("ignore:The value length .* exceeds the maximum length:UserWarning"),
+]
+
+
+def module_service(name: str) -> Callable[[pytest.TempPathFactory], Iterator[Service]]:
+    """A module-scoped `service` fixture: one bad-input sidecar for the whole module."""
+
+    @pytest.fixture(scope="module", name="service")
+    def _service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+        with bad_input_service(tmp_path_factory, name) as svc:
+            yield svc
+
+    return _service
+

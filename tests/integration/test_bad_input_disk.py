@@ -15,26 +15,19 @@ import yaml
 
 from sidecar.dicom.status import StoreStatus
 from tests.helpers.bad_input import (
+    BAD_INPUT_MARKS,
     Service,
     _assert_refused,
     _config_for,
-    bad_input_service,
+    module_service,
 )
 from tests.helpers.dicom_factory import make_mr
 from tests.helpers.sidecar import running_sidecar
 
-pytestmark = [
-    pytest.mark.integration,
-    # The in-process sidecar decodes the crafted datasets; pydicom warns about the UIDs we broke.
-    pytest.mark.filterwarnings("ignore:Invalid value for VR UI:UserWarning"),
-    pytest.mark.filterwarnings("ignore:The value length .* exceeds the maximum length:UserWarning"),
-]
+pytestmark = BAD_INPUT_MARKS
 
 
-@pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    with bad_input_service(tmp_path_factory, "bad-input-disk") as svc:
-        yield svc
+service = module_service("bad-input-disk")
 
 
 # -- a full disk ------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ Each case gets its named DIMSE status and ErrorComment; the service goes on (tes
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,6 +16,7 @@ from pynetdicom.sop_class import UltrasoundImageStorage
 
 from sidecar.dicom.status import StoreStatus
 from tests.helpers.bad_input import (
+    BAD_INPUT_MARKS,
     MAX_INSTANCE_BYTES,
     Service,
     _assert_refused,
@@ -24,22 +25,14 @@ from tests.helpers.bad_input import (
     _file_bytes,
     _send_bytes,
     _set,
-    bad_input_service,
+    module_service,
 )
 from tests.helpers.dicom_factory import fake_uid, make_mr
 
-pytestmark = [
-    pytest.mark.integration,
-    # The in-process sidecar decodes the crafted datasets; pydicom warns about the UIDs we broke.
-    pytest.mark.filterwarnings("ignore:Invalid value for VR UI:UserWarning"),
-    pytest.mark.filterwarnings("ignore:The value length .* exceeds the maximum length:UserWarning"),
-]
+pytestmark = BAD_INPUT_MARKS
 
 
-@pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    with bad_input_service(tmp_path_factory, "bad-input-headers") as svc:
-        yield svc
+service = module_service("bad-input-headers")
 
 
 class TestRefusedHeaders:

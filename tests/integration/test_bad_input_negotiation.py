@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,26 +24,19 @@ from pynetdicom.sop_class import MRImageStorage, UltrasoundImageStorage, Verific
 
 from sidecar.dicom.status import StoreStatus
 from tests.helpers.bad_input import (
+    BAD_INPUT_MARKS,
     HTJ2K_LOSSLESS,
     PRIVATE_SOP_CLASS,
     SCU_AE,
     Service,
-    bad_input_service,
+    module_service,
 )
 from tests.helpers.dicom_factory import fake_uid, make_mr, make_us
 
-pytestmark = [
-    pytest.mark.integration,
-    # The in-process sidecar decodes the crafted datasets; pydicom warns about the UIDs we broke.
-    pytest.mark.filterwarnings("ignore:Invalid value for VR UI:UserWarning"),
-    pytest.mark.filterwarnings("ignore:The value length .* exceeds the maximum length:UserWarning"),
-]
+pytestmark = BAD_INPUT_MARKS
 
 
-@pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    with bad_input_service(tmp_path_factory, "bad-input-negotiation") as svc:
-        yield svc
+service = module_service("bad-input-negotiation")
 
 
 class TestNegotiation:

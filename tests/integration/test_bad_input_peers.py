@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import socket
 import struct
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,28 +18,21 @@ from pynetdicom.sop_class import MRImageStorage
 
 from tests.helpers.bad_input import (
     A_ABORT,
+    BAD_INPUT_MARKS,
     Service,
     _associate_rq,
     _p_data,
     _raw_peer,
     _read_pdu,
     _store_command,
-    bad_input_service,
+    module_service,
 )
 from tests.helpers.dicom_factory import make_mr
 
-pytestmark = [
-    pytest.mark.integration,
-    # The in-process sidecar decodes the crafted datasets; pydicom warns about the UIDs we broke.
-    pytest.mark.filterwarnings("ignore:Invalid value for VR UI:UserWarning"),
-    pytest.mark.filterwarnings("ignore:The value length .* exceeds the maximum length:UserWarning"),
-]
+pytestmark = BAD_INPUT_MARKS
 
 
-@pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    with bad_input_service(tmp_path_factory, "bad-input-peers") as svc:
-        yield svc
+service = module_service("bad-input-peers")
 
 
 def _answer_to_garbage(sock: socket.socket) -> int | None:
