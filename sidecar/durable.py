@@ -24,6 +24,15 @@ def free_bytes(folder: Path) -> int:
     return shutil.disk_usage(folder).free
 
 
+def fsync_folder(folder: Path) -> None:
+    """fsync a folder, so a rename or a new file in it survives a power loss."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_durably(path: Path, data: bytes, *, min_free_bytes: int = 0, what: str = "spool") -> None:
     """Write `data` to `path` durably; raises SpoolFull (with sizes, never content) on no space."""
     folder = path.parent
@@ -43,11 +52,7 @@ def write_durably(path: Path, data: bytes, *, min_free_bytes: int = 0, what: str
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        dfd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        fsync_folder(folder)
     except OSError as exc:
         raise SpoolFull(f"{what} write failed: {exc.strerror or exc}") from exc
 

@@ -40,6 +40,7 @@ from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.sop_class import Verification
 
 from sidecar.dicom.status import EchoStatus, StoreStatus
+from sidecar.durable import fsync_folder
 from sidecar.egress.outcome import SendOutcome, classify_store_status
 from sidecar.egress.stow import DicomwebTransport
 from sidecar.errors import DeliveryError
@@ -280,19 +281,13 @@ class FolderTransport:
                     out.flush()
                     os.fsync(out.fileno())
                 os.replace(tmp, folder / src.name)
-                _fsync_dir(folder)
+                fsync_folder(folder)
             except OSError as exc:
                 Path(tmp).unlink(missing_ok=True)
                 return SendOutcome.retry(f"cannot write {src.name} into folder {self.dest.name}: {exc.strerror}")
         return SendOutcome.delivered()
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # -- fake ----------------------------------------------------------------------------------

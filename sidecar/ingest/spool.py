@@ -18,6 +18,7 @@ from sidecar.durable import (
     PARTIAL_PREFIX,
     PARTIAL_SUFFIX,
     free_bytes,
+    fsync_folder,
     sweep_partials,
     write_durably,
 )
@@ -73,10 +74,10 @@ class Spool:
             created = not path.parent.exists()
             path.parent.mkdir(parents=True, exist_ok=True)
             os.replace(temp, path)
-            _fsync_folder(path.parent)
+            fsync_folder(path.parent)
             if created:  # new study/series folders: their entries must survive a crash too
-                _fsync_folder(path.parent.parent)
-                _fsync_folder(self.root)
+                fsync_folder(path.parent.parent)
+                fsync_folder(self.root)
         except OSError as exc:
             raise SpoolFull(f"spool write failed: {exc.strerror or exc}") from exc
 
@@ -95,9 +96,3 @@ class Spool:
         return sweep_partials(self.root)
 
 
-def _fsync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
