@@ -9,7 +9,6 @@ association thread: the assembler is told through a callback that only enqueues.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -308,7 +307,7 @@ class Listener:
             with fh:
                 fh.write(event.encoded_dataset(include_meta=True))
         elif spooled.refused:
-            if spooled.name != os.devnull:
+            if spooled.on_disk:
                 path.unlink(missing_ok=True)
             if spooled.write_failed:
                 raise SpoolFull(spooled.write_failed)

@@ -20,7 +20,7 @@ the spool's disk, and never checks a size). Two small pieces, installed per asso
 from __future__ import annotations
 
 import contextlib
-import os
+import uuid
 from io import BytesIO
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -65,11 +65,28 @@ class BoundedSocket(AssociationSocket):
         return super().recv(nr_bytes)
 
 
+class _Discard:
+    """Where a refused instance's data set goes while the rest of it is read off the socket."""
+
+    def write(self, data: bytes) -> int:
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def truncate(self, size: int = 0) -> int:
+        return size
+
+    def close(self) -> None:
+        pass
+
+
 class SpoolFile:
     """The file a C-STORE data set is written to (what pynetdicom expects of its temp file)."""
 
-    def __init__(self, path: Path, fh: Any, limit: int) -> None:
+    def __init__(self, path: Path, fh: Any, limit: int, *, on_disk: bool = True) -> None:
         self.name = str(path)
+        self.on_disk = on_disk  # False: a refused instance read into a sink, no file behind the name
         self.file = fh  # unbuffered: pynetdicom calls .file.flush() after each fragment
         self.limit = limit
         self.written = 0
@@ -143,8 +160,10 @@ class SpoolingDimse(DIMSEServiceProvider):
             fh, path = self._spool.incoming()
         except SpoolFull as exc:
             log.warning("spool_full_on_receive", reason=str(exc))
-            fh, path = open(os.devnull, "wb", buffering=0), Path(os.devnull)  # noqa: SIM115  # closed by pynetdicom
-            spooled = SpoolFile(path, fh, 0)
+            # pynetdicom unlinks the data set file's name after the handler: never hand it a real
+            # file (it once removed /dev/null), only a name below the spool that is never created
+            path = self._spool.root / f".refused-{uuid.uuid4().hex}"
+            spooled = SpoolFile(path, _Discard(), 0, on_disk=False)
             spooled.write_failed = str(exc)
         else:
             spooled = SpoolFile(path, fh, self._limit)
@@ -174,7 +193,7 @@ class SpoolingDimse(DIMSEServiceProvider):
             self.files.pop(name, None)
             with contextlib.suppress(OSError):
                 spooled.close()
-            if name != os.devnull:
+            if spooled.on_disk:
                 Path(name).unlink(missing_ok=True)
                 n += 1
         return n

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -90,6 +91,9 @@ class TestFullDisk:
             _assert_refused(status, StoreStatus.REFUSED_OUT_OF_RESOURCES, "watermark")
             assert not svc.app.journal.has_instance(str(ds.SOPInstanceUID))
             assert svc.spooled_files() == set()
+        # pynetdicom unlinks the data set file's name after the handler; the refused instance's
+        # sink once carried the name /dev/null, which then vanished for every later process
+        assert stat.S_ISCHR(os.stat(os.devnull).st_mode), f"{os.devnull} is no longer a character device"
 
     def test_full_small_filesystem_is_out_of_resources_until_space_is_freed(
         self, tmp_path: Path, small_tmpfs: Path,
