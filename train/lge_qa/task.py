@@ -78,6 +78,7 @@ class DemoConfig:
     torch_threads: int = 1
     mix: tuple[tuple[str, float], ...] = tuple(TRAINING_MIX.items())
     init: Path | None = None  # continue from these weights (same size and crop), a new schedule
+    patience: int = 4  # early stopping: epochs without a better validation AUC (0: never)
 
 
 @dataclass(frozen=True)
@@ -214,7 +215,7 @@ def demo_weights(cfg: DemoConfig = DemoConfig(), out: Path = DEMO_WEIGHTS,
                               batch_size=cfg.batch_size, shuffle=True, generator=loader_gen)
     val_loader = DataLoader(_Augmented(data.x[idx["val"]], data.y[idx["val"]], False),
                             batch_size=64)
-    fit = FitConfig(epochs=cfg.epochs, lr=cfg.lr, seed=cfg.seed, patience=4, progress=False,
+    fit = FitConfig(epochs=cfg.epochs, lr=cfg.lr, seed=cfg.seed, patience=cfg.patience, progress=False,
                     scheduler="cosine")
     with tempfile.TemporaryDirectory() as tmp:  # the fit log (one JSON line per epoch) is in fit/
         fit_dir = report_dir / "fit" if report_dir is not None else Path(tmp)
@@ -520,10 +521,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--no-card", action="store_true", help="do not rewrite models/lge_qa/card.*")
     demo.add_argument("--init", type=Path, default=None, help="continue from these weights")
     demo.add_argument("--lr", type=float, default=DemoConfig.lr, help="peak learning rate")
+    demo.add_argument("--patience", type=int, default=DemoConfig.patience,
+                      help="stop after this many epochs without a better validation AUC (0: never)")
+    demo.add_argument("--net-size", default=DemoConfig.size, help="EfficientNetV2 size (tiny, b0, s)")
+    demo.add_argument("--crop", type=int, default=DEMO_TRANSFORM.size, help="input crop in pixels")
+    demo.add_argument("--spacing-mm", type=float, default=DEMO_TRANSFORM.spacing_mm, help="input pixel spacing")
+    demo.add_argument("--threads", type=int, default=DemoConfig.torch_threads, help="torch CPU threads")
     args = parser.parse_args(argv)
     if args.command == "demo-weights":
         cfg = DemoConfig(seed=args.seed, epochs=args.epochs, n_patients=args.patients, init=args.init,
-                         lr=args.lr)
+                         lr=args.lr, patience=args.patience, size=args.net_size, torch_threads=args.threads,
+                         transform=TransformConfig(spacing_mm=args.spacing_mm, size=args.crop))
         summary = demo_weights(cfg, args.out, args.report_dir, not args.no_card)
         print(json.dumps(summary, indent=2))
     return 0
