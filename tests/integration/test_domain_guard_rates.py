@@ -34,14 +34,6 @@ BUSI = next((p / "shared" / "data" / "busi256" for p in (REPO.parent, REPO.paren
 MODELS = ("lge_qa", "synovitis_sgs", "synovitis_dgs", "synovitis_spd", "synovitis_dpd", "gout_mtp1",
           "breast_elastography", "hand_joints")
 HELD_OUT_SEED = 9001
-#: measured misses of the bundled guards (fitted on 60 phantoms on a shared CPU); refit with more
-#: phantoms (python -m train <model> fit-guard --n-fit 300) and drop the entry
-KNOWN_OVER_5_PERCENT = {"gout_mtp1": "3 of 40 seed-9001 phantoms flagged (7.5 %): guard fitted on only 60 phantoms"}
-KNOWN_FOREIGN_MISSES = {
-    "synovitis_spd": "75 of 97 foreign images not assessed (77 %): threshold 160 from a 60-phantom fit",
-    "hand_joints": "48 flagged + 20 refused of 97 (70 %): threshold 10569 from a 60-phantom fit",
-    "synovitis_dpd": "53 of 97 foreign images not assessed (55 %): threshold 15858 from a 40-cine fit",
-}
 N_HELD_OUT = {"synovitis_dgs": 20, "synovitis_dpd": 20, "hand_joints": 20, "breast_elastography": 20}
 
 
@@ -80,11 +72,9 @@ class TestDomainGuardRates:
         guard = _model(model_id).guard
         assert guard is not None and guard.threshold > 0 and guard.calibration.get("n_fit", 0) >= 40
 
-    def test_real_foreign_images_are_not_assessed(self, model_id: str, request: pytest.FixtureRequest) -> None:
+    def test_real_foreign_images_are_not_assessed(self, model_id: str) -> None:
         """>= 95 % of the vendor MR/CT/US/CR test images are flagged or refused; the guard flags
         >= 95 % of those `prepare` accepts."""
-        if model_id in KNOWN_FOREIGN_MISSES:
-            request.applymarker(pytest.mark.xfail(strict=True, reason=KNOWN_FOREIGN_MISSES[model_id]))
         model = _model(model_id)
         images = list(_foreign()) + (list(_busi()) if model_id != "breast_elastography" else [])
         flagged, refused, total = foreign_flagged(model.guard, model, images)
@@ -93,10 +83,8 @@ class TestDomainGuardRates:
         if total - refused:
             assert flagged / (total - refused) >= 0.95, (flagged, refused, total)
 
-    def test_held_out_in_domain_phantoms_pass(self, model_id: str, request: pytest.FixtureRequest) -> None:
+    def test_held_out_in_domain_phantoms_pass(self, model_id: str) -> None:
         """<= 5 % of phantoms from a seed used neither to fit nor to threshold are flagged."""
-        if model_id in KNOWN_OVER_5_PERCENT:
-            request.applymarker(pytest.mark.xfail(strict=True, reason=KNOWN_OVER_5_PERCENT[model_id]))
         model = _model(model_id)
         datasets = phantom_inputs(model_id, HELD_OUT_SEED, N_HELD_OUT.get(model_id, 40))
         flagged = 0
