@@ -1,4 +1,4 @@
-"""`python -m train <model> fit|evaluate|card|manifest|demo-weights|export|fit-guard|calibrate [options]`.
+"""`python -m train <model> fit|evaluate|card|manifest|demo-weights|export|fit-guard|calibrate|operating-point|phantom-manifest [options]`.
 
 Parses the command line into the typed requests of train.tasks and hands them to the model's
 registered task. Default folders: runs/<model>/fit (checkpoints, epochs.jsonl, phantoms),
@@ -174,6 +174,17 @@ def build_parser(tasks: dict[str, TaskSpec]) -> argparse.ArgumentParser:
     cb.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs (default 1000)")
     cb.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     cb.add_argument("--no-card", action="store_true", help="leave the model card as it is")
+    sub.add_parser("operating-point", help="write the operating-point section of an argmax model's card",
+                   description="For the models without a site threshold (synovitis grades, hand grades, the "
+                               "Tsukuba head): write the decision rule and the card's figures at it into the "
+                               "card's operating-point section. The binary models get theirs from calibrate.")
+    pm = sub.add_parser("phantom-manifest", help="labelled phantom validation files and manifest (for calibrate)",
+                        description="Write phantom DICOM files of a seed training never used, with their labels, "
+                                    "and a manifest CSV (split val) that calibrate reads. Binary models: "
+                                    "lge_qa, gout_mtp1. NOT FOR CLINICAL USE: figures from it describe phantoms.")
+    pm.add_argument("--out", type=Path, required=True, help="folder for dicom/ and the manifest CSV")
+    pm.add_argument("--seed", type=int, default=7300, help="phantom seed (default 7300, unused in training)")
+    pm.add_argument("--patients", type=int, default=60, help="phantom patients (default 60)")
     return parser
 
 
@@ -279,6 +290,20 @@ def run(spec: TaskSpec, args: argparse.Namespace) -> str:
         return (f"{op['target']}: threshold {op['threshold']} (CI {op['threshold_ci']}), sensitivity "
                 f"{op['sensitivity']}, specificity {op['specificity']}, alert rate {op['alert_rate']}, "
                 f"temperature {op['temperature']}; stored in {checkpoint}")
+    if args.command == "operating-point":
+        from train.common.calibrate import write_rule_card
+        from train.common.guard import CARD_DIRS
+
+        if spec.name not in CARD_DIRS:
+            raise ValueError(f"model {spec.name} has no bundled card")
+        op = write_rule_card(CARD_DIRS[spec.name], spec.name)
+        return f"operating point written into {CARD_DIRS[spec.name]}: {op['rule']} ({len(op['figures'])} figures)"
+    if args.command == "phantom-manifest":
+        from train.common.phantom_manifest import write_phantom_manifest
+
+        manifest = write_phantom_manifest(spec.name, args.out, seed=args.seed, n_patients=args.patients)
+        n = sum(1 for _ in manifest.open()) - 1
+        return f"{n} labelled phantom files and {manifest} (split val; NOT FOR CLINICAL USE)"
     if args.command == "fit-guard":
         from train.common.guard import CARD_DIRS, FitGuardRequest, run_fit_guard
 

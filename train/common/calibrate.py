@@ -155,7 +155,8 @@ def card_section(op: Mapping[str, Any]) -> str:
         return f"{op.get(name)} (95 % CI {lo}-{hi})"
     lines = [_BEGIN, "## Operating point", "",
              f"Chosen by the site with `python -m train <model> calibrate`, target **{op.get('target')}**, on "
-             f"{op.get('n')} validation cases ({op.get('n_positive')} positive); probabilities temperature-scaled "
+             f"{op.get('n')} validation cases ({op.get('n_positive')} positive) of `{op.get('manifest')}`; "
+             f"probabilities temperature-scaled "
              f"(T = {op.get('temperature')}).", "",
              "| figure | value |", "|---|---|",
              f"| threshold | {ci('threshold')} |", f"| sensitivity | {ci('sensitivity')} |",
@@ -179,6 +180,71 @@ def write_card(card_dir: Path, op: Mapping[str, Any], old_sha: str, new_sha: str
     else:
         text = text.rstrip("\n") + "\n\n" + card_section(op)
     md.write_text(text)
+
+
+#: the models without a site threshold: the decision rule serving applies, and the card metrics that
+#: are the figures at that rule (from the card's own evaluation on held-out data)
+ARGMAX_RULES: dict[str, tuple[str, tuple[str, ...]]] = {
+    **{f"synovitis_{v}": ("the grade with the highest probability (argmax over EULAR-OMERACT grades 0-3)",
+                          ("accuracy", "kappa.quadratic", *(f"{m}.grade_{g}" for g in range(4)
+                                                            for m in ("sensitivity", "specificity"))))
+       for v in ("sgs", "dgs", "spd", "dpd")},
+    "hand_joints": ("per detected joint, the SHS narrowing class and the KL class with the highest probability",
+                    ("detection.recall_mean", "ra.grade_accuracy", "ra.kappa_quadratic", "oa.grade_accuracy",
+                     "oa.kappa_quadratic")),
+    "breast_elastography": ("the Tsukuba score with the highest probability of the model's head; the generated "
+                            "elastogram itself is an image and has no threshold", ("ncc", "ssim")),
+}
+
+
+def rule_operating_point(model_id: str, card: Mapping[str, Any]) -> dict[str, Any]:
+    """The operating point of an argmax model: its rule and the card's figures at that rule."""
+    if model_id not in ARGMAX_RULES:
+        raise ValueError(f"{model_id!r} has a site threshold: use calibrate (binary models: {', '.join(POSITIVE)})")
+    rule, keys = ARGMAX_RULES[model_id]
+    metrics = card.get("metrics") or {}
+    figures = {k: {"label": metrics[k].get("label", k), "value": metrics[k].get("value"),
+                   "ci": [metrics[k].get("ci_low"), metrics[k].get("ci_high")]} for k in keys if k in metrics}
+    missing = [k for k in keys if k not in metrics]
+    if missing:
+        raise ValueError(f"the card of {model_id} lacks the figures {', '.join(missing)}: evaluate and write it first")
+    n = (card.get("evaluation") or {}).get("n_cases")
+    return {"rule": rule, "threshold": None, "n": n, "figures": figures,
+            "source": f"the card's evaluation on {n} held-out cases"}
+
+
+def rule_card_section(op: Mapping[str, Any]) -> str:
+    def fmt(v: Any) -> str:
+        return "—" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+    lines = [_BEGIN, "## Operating point", "",
+             f"Decision rule: {op['rule']}. There is no site threshold to move for this model "
+             f"(`calibrate` covers the binary models); the figures at this rule are from {op['source']}.", "",
+             "| figure | value | 95 % CI |", "|---|---|---|"]
+    for f in op["figures"].values():
+        lo, hi = f["ci"]
+        lines.append(f"| {f['label']} | {fmt(f['value'])} | "
+                     + ("—" if lo is None or hi is None else f"{fmt(lo)}–{fmt(hi)}") + " |")
+    return "\n".join([*lines, _END]) + "\n"
+
+
+def write_rule_card(card_dir: Path, model_id: str) -> dict[str, Any]:
+    """Write an argmax model's operating-point section into its card (card.md and card.yaml)."""
+    import yaml
+
+    y = card_dir / "card.yaml"
+    data = yaml.safe_load(y.read_text())
+    op = rule_operating_point(model_id, data)
+    data["operating_point"] = op
+    y.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    md = card_dir / "card.md"
+    text = md.read_text()
+    if _BEGIN in text and _END in text:
+        head, rest = text.split(_BEGIN, 1)
+        text = head + rule_card_section(op) + rest.split(_END, 1)[1].lstrip("\n")
+    else:
+        text = text.rstrip("\n") + "\n\n" + rule_card_section(op)
+    md.write_text(text)
+    return op
 
 
 @dataclass(frozen=True)
@@ -237,5 +303,6 @@ def run_calibrate(req: CalibrateRequest) -> dict[str, Any]:
     return op
 
 
-__all__ = ["POSITIVE", "TARGETS", "CalibrateRequest", "Target", "apply_temperature", "choose_threshold",
-           "fit_temperature", "operating_point", "run_calibrate", "served_probabilities"]
+__all__ = ["ARGMAX_RULES", "POSITIVE", "TARGETS", "CalibrateRequest", "Target", "apply_temperature", "choose_threshold",
+           "fit_temperature", "operating_point", "rule_operating_point", "run_calibrate", "served_probabilities",
+           "write_rule_card"]
