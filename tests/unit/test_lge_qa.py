@@ -240,9 +240,6 @@ class TestDemoWeights:
         assert len(data) < 3 * 1024 * 1024
         assert hashlib.sha256(data).hexdigest() == DEMO_SHA256
 
-    @pytest.mark.xfail(strict=True, reason="demo weights (72 px crop, 10 CPU epochs) give AUC 0.75 here, 0.79 on "
-                       "held-out phantoms: ghosting, poor nulling and low SNR are flagged, faint and thin "
-                       "enhancement are not learned yet; drop this mark when a longer run reaches 0.90")
     def test_demo_model_separates_clear_from_ambiguous_phantoms(self, demo_model) -> None:
         """On 64 fresh phantom slices (seed unseen in training, all vendors) the AUC is at least 0.90."""
         generator = np.random.default_rng(777)
