@@ -52,6 +52,8 @@ from tests.helpers.sidecar import write_config
 SERIES_DESC = "BENCH SERIES"
 STREAM_DESC = "BENCH STREAM"
 TARGET_S = 1.0
+#: issue 15: the streaming alert must reach the console within 150 ms of the slice's C-STORE response
+ALERT_TARGET_S = 0.150
 
 
 @dataclass
@@ -256,16 +258,17 @@ def main() -> None:
             sr_lat, alert_lat = stream_mode(port, pacs, args.stream, args.size)
             journal = cfg / "var" / "journal.sqlite"
 
-            print("\nTime to result (target < 1 s)")
+            print("\nTime to result (targets: SRs < 1 s, the streaming alert < 150 ms)")
             print(_stats("series: SR after storescu exit", series_lat))
             print("\n".join(_breakdown(journal, "series")))
             print(_stats("instance: SR after C-STORE rsp", sr_lat))
             print(_stats("instance: alert after C-STORE rsp", alert_lat))
             print("\n".join(_breakdown(journal, "instance")))
-            for label, values in (("series", series_lat), ("instance SR", sr_lat), ("instance alert", alert_lat)):
+            for label, values, target in (("series SR", series_lat, TARGET_S), ("instance SR", sr_lat, TARGET_S),
+                                          ("instance alert", alert_lat, ALERT_TARGET_S)):
                 if values:
                     p95 = percentile(values, 95)
-                    print(f"target p95 < {TARGET_S:.0f} s, {label}: {'MET' if p95 < TARGET_S else 'NOT MET'} "
+                    print(f"target p95 < {target * 1000:.0f} ms, {label}: {'MET' if p95 < target else 'NOT MET'} "
                           f"({p95 * 1000:.0f} ms)")
         finally:
             if sidecar is not None:

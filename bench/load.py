@@ -24,7 +24,8 @@ Measured:
   raised_at minus the instance's received_at, both from the alert message);
 - peak RSS of the sidecar process (VmHWM from /proc, target < 1.5 GiB);
 - zero lost: every storescu exited 0, every instance sent is in the journal and its spool file
-  exists, every result reached the PACS (no pending, no dead letters), every LGE slice alerted.
+  exists, every result reached the PACS (no pending, no dead letters), every LGE slice alerted
+  (or was answered "not assessed" by the domain guard, which is never an alert).
 
     python -m bench.load [--clients 8] [--instances 200] [--size 256] [--unloaded 20]
                          [--interval 0.25] [--model auto|lge_qa|brightness] [--load-route series|none]
@@ -92,6 +93,7 @@ class StreamWatch:
     url: str
     alerts: dict[str, AlertSeen] = field(default_factory=dict)
     slices: int = 0
+    not_assessed: set[str] = field(default_factory=set)  # slices its domain guard answered "not assessed"
     _stop: threading.Event = field(default_factory=threading.Event)
     _connected: threading.Event = field(default_factory=threading.Event)
 
@@ -118,6 +120,9 @@ class StreamWatch:
                         self.alerts[uid] = AlertSeen(now, float(data["raised_at"]), data.get("received_at"))
                 elif line.startswith("data: ") and event == "slice":
                     self.slices += 1
+                    data = json.loads(line[6:])
+                    if data.get("out_of_domain"):
+                        self.not_assessed.add(str(data.get("instance_uid", "")))
 
     def stop(self) -> None:
         self._stop.set()
@@ -157,11 +162,16 @@ class RssSampler:
 
 
 class LgeStream:
-    """One association, one slice every `interval_s`, as a scanner sends an LGE stack."""
+    """One association, one slice every `interval_s`, as a scanner sends an LGE stack.
 
-    def __init__(self, port: int, size: int, interval_s: float) -> None:
-        self.port, self.size, self.interval_s = port, size, interval_s
+    For lge_qa the slices are PSIR phantoms (train/phantoms/lge.py), inside the model's validated
+    input domain: a plain synthetic MR image is "not assessed" by its domain guard and never alerts.
+    """
+
+    def __init__(self, port: int, size: int, interval_s: float, psir: bool = False) -> None:
+        self.port, self.size, self.interval_s, self.psir = port, size, interval_s, psir
         self.sent: list[Slice] = []
+        self.lost: str = ""  # why the association ended before the stream did
         self._n = 0
         ae = AE(ae_title="BENCHLGE")
         ae.add_requested_context(MRImageStorage)
@@ -172,8 +182,11 @@ class LgeStream:
     def send_one(self, phase: str) -> Slice:
         self._n += 1
         series, number = divmod(self._n - 1, 12)  # a new stack every 12 slices
-        ds = make_mr(seed=8800 + series, study_uid=fake_uid("bench-load-lge-study"),
-                     series_uid=fake_uid("bench-load-lge", series), instance_number=number + 1, size=self.size)
+        if self.psir:
+            ds = _psir_slice(series, number)
+        else:
+            ds = make_mr(seed=8800 + series, study_uid=fake_uid("bench-load-lge-study"),
+                         series_uid=fake_uid("bench-load-lge", series), instance_number=number + 1, size=self.size)
         ds.SeriesDescription = LGE_DESC
         item = Slice(str(ds.SOPInstanceUID), phase)
         rsp = self.assoc.send_c_store(ds)
@@ -186,6 +199,9 @@ class LgeStream:
         k = 0
         next_at = time.monotonic()
         while (n is not None and k < n) or (until is not None and not until.is_set()):
+            if not self.assoc.is_established:
+                self.lost = self.lost or f"the sidecar's association ended after {len(self.sent)} slices ({phase})"
+                return
             self.send_one(phase)
             k += 1
             next_at += self.interval_s
@@ -193,6 +209,19 @@ class LgeStream:
 
     def close(self) -> None:
         self.assoc.release()
+
+
+def _psir_slice(series: int, number: int) -> Any:
+    """Slice `number` of PSIR phantom stack `series` (kind lge), the sidecar's LGE input."""
+    import numpy as np
+
+    from train.phantoms.lge import lge_slice, psir_dataset
+
+    item = lge_slice(np.random.default_rng(8800 + 100 * series + number), "lge", patient_id=f"PH-BENCH{series}",
+                     slice_index=number)
+    ds = psir_dataset(item, study_uid=fake_uid("bench-load-lge-study"), series_uid=fake_uid("bench-load-lge", series))
+    ds.InstanceNumber = number + 1
+    return ds
 
 
 def _storescu(files: list[Path], port: int, aet: str, log: Path) -> subprocess.Popen[bytes]:
@@ -283,7 +312,7 @@ def main() -> int:
             rss.start()
             watch = StreamWatch(f"http://127.0.0.1:{web_port}/api/events")
             watch.start()
-            stream = LgeStream(port, args.size, args.interval)
+            stream = LgeStream(port, args.size, args.interval, psir=model == "lge_qa")
 
             print(f"phase 1, unloaded: {args.unloaded} LGE slices, one every {args.interval} s "
                   f"(model {model})", flush=True)
@@ -325,6 +354,7 @@ def main() -> int:
             failed_jobs = _journal(journal, "SELECT COUNT(*) FROM jobs WHERE state = 'failed'")[0][0]
             lge_ok = sum(1 for s in stream.sent if s.status == 0)
             lge_alerted = sum(1 for s in stream.sent if s.sop_uid in watch.alerts)
+            lge_not_assessed = sum(1 for s in stream.sent if s.sop_uid in watch.not_assessed)
             pacs_files = sum(1 for p in (work / "pacs").iterdir() if p.is_file())
 
             def latencies(phase: str, kind: str) -> list[float]:
@@ -357,11 +387,14 @@ def main() -> int:
             print(f"  {'storescu exit codes':<34} {codes}")
             print(f"  {'load instances in the journal':<34} {sum(per_client)} of {n_load} {per_client}")
             print(f"  {'spool files missing':<34} {missing_files} of {len(paths)} journalled")
-            print(f"  {'LGE slices acked / alerted':<34} {lge_ok} / {lge_alerted} of {len(stream.sent)} "
+            print(f"  {'LGE slices acked / alerted':<34} {lge_ok} / {lge_alerted} of {len(stream.sent)}, "
+                  f"{lge_not_assessed} not assessed (domain guard: no alert due) "
                   f"({watch.slices} slice results on the stream)")
+            if stream.lost:
+                print(f"  {'LGE stream':<34} {stream.lost}")
             print(f"  {'outbox':<34} {outbox}  failed jobs: {failed_jobs}  files at the PACS: {pacs_files}")
             zero = (lost == 0 and all(c == 0 for c in codes) and outbox.get("pending", 0) == 0
-                    and outbox.get("dead", 0) == 0 and failed_jobs == 0 and lge_alerted == len(stream.sent))
+                    and outbox.get("dead", 0) == 0 and failed_jobs == 0 and lge_alerted + lge_not_assessed == len(stream.sent))
             print(f"  {'zero lost':<34} {'YES' if zero else 'NO'}")
             print("\n/metrics after the run (selected):")
             for line in metrics.splitlines():
@@ -381,7 +414,7 @@ def main() -> int:
 def _wait_alerts(watch: StreamWatch, stream: LgeStream, phase: str) -> None:
     deadline = time.monotonic() + ALERT_TIMEOUT_S
     want = [s.sop_uid for s in stream.sent if s.phase == phase and s.status == 0]
-    while time.monotonic() < deadline and any(u not in watch.alerts for u in want):
+    while time.monotonic() < deadline and any(u not in watch.alerts and u not in watch.not_assessed for u in want):
         time.sleep(0.05)
 
 
