@@ -52,6 +52,17 @@ _DEFER_BYTES = 64 * 1024  # elements larger than this (pixel data) are read only
 
 
 @dataclass(frozen=True)
+class _Inferred:
+    """A streaming job inferred and alerted, its results still to be built."""
+
+    job: Job
+    model: ClinicalModel
+    rule: Route
+    datasets: list[Dataset]
+    findings: Findings
+
+
+@dataclass(frozen=True)
 class JobOutcome:
     job_id: int
     ok: bool
@@ -179,6 +190,8 @@ class Worker:
                 given_up = [j for j in (job, *more) if j.attempts > self.retry.max_attempts]
                 out = [self._quarantine(j) for j in given_up]
                 runnable = [j for j in (job, *more) if j not in given_up]
+                if streaming_only and runnable:
+                    return out + self.run_streaming(runnable)
                 if len(runnable) > 1:
                     return out + self.run_batch(runnable)
                 return out + [self.run_job(j) for j in runnable]
@@ -258,6 +271,83 @@ class Worker:
                  ms=round((time.perf_counter() - started) * 1000, 1))
         self._on_results_queued()
         return outcomes
+
+    def run_streaming(self, jobs: list[Job]) -> list[JobOutcome]:
+        """The streaming lane: alerts ahead of SR builds, across slices as they arrive.
+
+        The claimed slices are inferred in one forward pass and their alerts published; then their
+        results are built one job at a time, and before each build any slice queued meanwhile is
+        claimed, inferred and alerted first. A slice's alert so waits for at most one result
+        build, not for every SR of the slices before it. Each job is completed only once its
+        results are queued, so a stop or a kill in between re-runs it (its alert key is already
+        journalled: the technologist is not told twice).
+        """
+        started = time.perf_counter()
+        pending: list[_Inferred] = []
+        outcomes = self._infer_and_alert(jobs, pending)
+        held = list(jobs)
+        with self._held_lock:
+            self._held.update(j.id for j in jobs)
+        try:
+            while pending:
+                item = pending.pop(0)
+                try:
+                    n = self._finish(item.job, item.model, item.rule, item.findings, item.datasets)
+                    outcomes.append(JobOutcome(item.job.id, True, n))
+                except Exception as exc:  # boundary: one slice's results failing never fails the rest
+                    outcomes.append(self._failed(item.job, exc, "results"))
+                self._on_results_queued()
+                if len(pending) < self.max_batch and not self._stop.is_set():
+                    newer = self._claim_streaming(self.max_batch - len(pending))
+                    if newer:
+                        with self._held_lock:
+                            self._held.update(j.id for j in newer)
+                        held.extend(newer)
+                        outcomes.extend(self._infer_and_alert(newer, pending))
+        finally:
+            with self._held_lock:
+                self._held.difference_update(j.id for j in held)
+        log.info("streaming_done", n_jobs=len(outcomes), ms=round((time.perf_counter() - started) * 1000, 1))
+        return outcomes
+
+    def _claim_streaming(self, limit: int) -> list[Job]:
+        """Streaming jobs queued while the lane was busy (one model's, up to `limit`)."""
+        first = self.journal.claim_job(streaming_only=True)
+        if first is None:
+            return []
+        more = self.journal.claim_batch(first, limit - 1) if limit > 1 else []
+        return [first, *more]
+
+    def _infer_and_alert(self, jobs: list[Job], pending: list[_Inferred]) -> list[JobOutcome]:
+        """Infer `jobs` (one forward pass when they share a model) and publish their alerts; the
+        jobs whose results are still to be built go to `pending`. Returns the outcomes of jobs
+        already ended here (quarantined, or run alone after the shared pass failed)."""
+        given_up = [j for j in jobs if j.attempts > self.retry.max_attempts]
+        out = [self._quarantine(j) for j in given_up]
+        jobs = [j for j in jobs if j not in given_up]
+        if not jobs:
+            return out
+        try:
+            loaded = [self._load(job) for job in jobs]
+            if len({id(m) for m, _, _ in loaded}) != 1:
+                raise ModelError("streaming jobs of more than one model in one pass")
+            model = loaded[0][0]
+            t0 = time.perf_counter()
+            findings = model.predict(model.prepare([ds for _, _, dss in loaded for ds in dss]))
+            self._observe("inferred", jobs[0].model_id, time.perf_counter() - t0)
+        except Exception as exc:  # boundary: run each job alone, which records its own failure
+            if len(jobs) > 1:
+                log.warning("batch_failed_running_singly", n_jobs=len(jobs), error_type=type(exc).__name__)
+            return out + [self.run_job(job) for job in jobs]
+        for job, (model, rule, dss) in zip(jobs, loaded, strict=True):
+            mine = _domain_policy(rule, findings.for_instance(job.instance_uid))
+            if "alert" in rule.outputs:
+                try:
+                    self._publish_alerts(job, mine, dss[0], live=rule.live)
+                except Exception as exc:  # boundary: the job's results still get built
+                    log.error("alert_publish_failed", job_id=job.id, error_type=type(exc).__name__)
+            pending.append(_Inferred(job, model, rule, dss, mine))
+        return out
 
     def _failed(self, job: Job, exc: Exception, stage: str = "") -> JobOutcome:
         """Record a failed run: back to the queue with backoff when transient, failed when not."""

@@ -404,6 +404,61 @@ class TestQuarantineCommand:
         assert job is not None and job.state == "queued" and job.attempts == 0
 
 
+class TestAlertsAhead:
+    def test_slice_arriving_during_an_sr_build_is_alerted_before_the_builds_queued_ahead_of_it(
+        self, tmp_path: Path,
+    ) -> None:
+        """The streaming lane: slices 1 and 2 are inferred and alerted together; slice 3, queued
+        while slice 1's results are being built, is alerted right after that build, before
+        slice 2's results are built. Every job ends done with its own SR and alert image."""
+        j, route, _ = _setup(tmp_path, "brightness", "instance", ["sr", "alert"])
+        series = make_mr_series(3, seed=7)
+        uid = str(series[0].SeriesInstanceUID)
+        for ds in series:
+            p = tmp_path / f"{ds.SOPInstanceUID}.dcm"
+            ds.save_as(p, enforce_file_format=True)
+            j.record_instance(InstanceRecord(str(ds.SOPInstanceUID), str(ds.SOPClassUID), uid,
+                                             str(ds.StudyInstanceUID), "MR", str(p), 1))
+        order: list[str] = []
+        names = {str(ds.SOPInstanceUID): f"slice {i + 1}" for i, ds in enumerate(series)}
+
+        class Channel:
+            def send(self, alert: Alert) -> None:
+                order.append(f"alert {names[alert.instance_uid]}")
+
+        fanout = AlertFanout([Channel()])
+        w = Worker(j, {"brightness": AlwaysUncertain()}, [route], tmp_path / "results", fanout=fanout,
+                   alert_destinations=["pacs"], max_batch=8)
+        sops = list(names)
+
+        def enqueue(sop: str) -> None:
+            j.enqueue_job(series_uid=uid, instance_uid=sop, model_id="brightness", model_version="1.0.0",
+                          revision=0, route="r", priority=0)
+
+        enqueue(sops[0])
+        enqueue(sops[1])
+        real_finish = w._finish
+
+        def finish(job, model, rule, findings, datasets):  # the seam: slice 3 arrives mid-build
+            assert fanout.flush(10.0)
+            if job.instance_uid == sops[0]:
+                enqueue(sops[2])
+            n = real_finish(job, model, rule, findings, datasets)
+            order.append(f"results {names[job.instance_uid]}")
+            return n
+
+        w._finish = finish  # type: ignore[method-assign]  # the seam under test
+        outcomes = w.run_once(streaming_only=True) or []
+        assert fanout.flush(10.0)
+        assert sorted(o.ok for o in outcomes) == [True, True, True]
+        assert order == ["alert slice 1", "alert slice 2", "results slice 1", "alert slice 3",
+                         "results slice 2", "results slice 3"]
+        assert len(j.outbox(uid)) == 6  # an SR and an alert image per slice
+        assert {present(j.job(o.job_id)).state for o in outcomes} == {"done"}
+        assert w.run_once(streaming_only=True) is None
+        assert w.held_jobs() == []
+
+
 class TestPriority:
     def test_streaming_job_is_claimed_before_an_older_series_job(self, tmp_path: Path) -> None:
         """The queue is not FIFO across priorities: the slice queued last is claimed first."""
