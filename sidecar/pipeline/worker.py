@@ -41,6 +41,7 @@ from sidecar.journal import Job, Journal
 from sidecar.pipeline.budgets import DecodeBudget, check_budget
 from sidecar.pipeline.failures import RetryPolicy, describe, is_transient
 from sidecar.pipeline.lanes import Lane, LaneStatus, Supervisor
+from sidecar.pipeline.warmup import warm_up
 from sidecar.results import build_results
 from sidecar.results.alert_image import build_alert_image
 from sidecar.results.store import ResultStore
@@ -105,7 +106,9 @@ class Worker:
         clock: Callable[[], float] = time.time,
         lanes: Sequence[str] = ("any", "streaming"),
         min_free_bytes: int = 0,
+        warm: bool = True,
     ) -> None:
+        self.warm = warm  # warm the models and result writers up in start(), before the first job
         self.journal = journal
         self.observer = observer
         self.models = dict(models)
@@ -133,7 +136,10 @@ class Worker:
 
     def start(self) -> None:
         """Lanes `any` (streaming first, then series) and `streaming` (instance jobs only), so a
-        slice never waits behind a long series job; each under the supervisor's error boundary."""
+        slice never waits behind a long series job; each under the supervisor's error boundary.
+        The models and the result writers are warmed up first (sidecar/pipeline/warmup.py)."""
+        if self.warm:
+            warm_up(self.models)
         self._stop.clear()
         self.supervisor = Supervisor([
             Lane("worker" if kind == "any" else f"worker-{kind}", self._lane_body(kind))
