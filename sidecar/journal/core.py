@@ -341,6 +341,17 @@ class Journal(JournalQueries, JobRetries):
         if rows:
             db.notify(JOBS_CHANNEL)
 
+    def queue_results(self, job_id: int, results: Sequence[tuple[str, str, str]]) -> None:
+        """Queue results of a job that is still running (a streaming slice's alert images, ahead of
+        its SR); the job completes later with `complete_job`. Idempotent like it: a result already
+        queued for a destination is not queued twice."""
+        if not results:
+            return
+        now = self._clock()
+        with self._tx() as db:
+            _queue_outbox(db, job_id, results, now)
+            db.notify(OUTBOX_CHANNEL)
+
     def complete_job(
         self, job_id: int, results: Sequence[tuple[str, str, str]], *, detail: str = ""
     ) -> None:
@@ -351,13 +362,7 @@ class Journal(JournalQueries, JobRetries):
         """
         now = self._clock()
         with self._tx() as db:
-            series_uid = db.execute("SELECT series_uid FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
-            for destination, sop_uid, path in results:
-                db.execute(
-                    "INSERT INTO outbox(job_id, series_uid, destination, sop_instance_uid, path,"
-                    " next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                    (job_id, series_uid, destination, sop_uid, path, now, now),
-                )
+            series_uid = _queue_outbox(db, job_id, results, now)
             db.execute(
                 "UPDATE jobs SET state = 'done', finished_at = ?, reason = NULL, owner = NULL, lease_until = NULL"
                 " WHERE id = ?", (now, job_id)
@@ -586,3 +591,16 @@ class Journal(JournalQueries, JobRetries):
                 raise JournalError("no such series in the journal")
             self._event(db, series_uid, "replayed", f"revision {row[0]}")
             return int(row[0])
+
+
+def _queue_outbox(db: Any, job_id: int, results: Sequence[tuple[str, str, str]], now: float) -> str:
+    """Insert a job's (destination, SOP Instance UID, path) results into the outbox, once each;
+    returns the job's series UID."""
+    series_uid = str(db.execute("SELECT series_uid FROM jobs WHERE id = ?", (job_id,)).fetchone()[0])
+    for destination, sop_uid, path in results:
+        db.execute(
+            "INSERT INTO outbox(job_id, series_uid, destination, sop_instance_uid, path,"
+            " next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            (job_id, series_uid, destination, sop_uid, path, now, now),
+        )
+    return series_uid

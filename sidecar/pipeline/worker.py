@@ -109,6 +109,7 @@ class Worker:
         warm: bool = True,
     ) -> None:
         self.warm = warm  # warm the models and result writers up in start(), before the first job
+        self._images_queued: set[int] = set()  # jobs whose alert images are queued ahead of their SR
         self.journal = journal
         self.observer = observer
         self.models = dict(models)
@@ -441,9 +442,10 @@ class Worker:
             path = self._write(job, ds)
             for dest in rule.destinations if rule.live else ():  # a silent trial keeps results here
                 queued.append((dest, str(ds.SOPInstanceUID), str(path)))
-        if "alert" in rule.outputs and rule.live:
+        if "alert" in rule.outputs and rule.live and job.id not in self._images_queued:
             queued.extend(self._alert_images(job, findings, datasets[0], input_uid))
         self.journal.complete_job(job.id, queued, detail=f"{len(objects)} objects; {_trial_facts(job, rule, findings)}")
+        self._images_queued.discard(job.id)
         numbers = {str(ds.SOPInstanceUID): _int_or_none(ds.get("InstanceNumber")) for ds in datasets}
         self._observe("finished", job, findings, numbers)
         return len(objects)
@@ -489,6 +491,12 @@ class Worker:
                 self.fanout.publish(Alert(job.series_uid, key, job.model_id, label, p, lines, inst_no,
                                           instance_uid=job.instance_uid, received_at=self._received_at(job),
                                           raised_at=time.time()))
+        if live:  # the console's alert images go out now, ahead of the SR the job still builds
+            images = self._alert_images(job, findings, source, input_uid)
+            if images:
+                self.journal.queue_results(job.id, images)
+                self._on_results_queued()
+            self._images_queued.add(job.id)
 
     def _alert_images(
         self, job: Job, findings: Findings, source: Dataset, input_uid: str

@@ -439,8 +439,11 @@ class TestAlertsAhead:
         enqueue(sops[1])
         real_finish = w._finish
 
+        queued_before: dict[str, int] = {}
+
         def finish(job, model, rule, findings, datasets):  # the seam: slice 3 arrives mid-build
             assert fanout.flush(10.0)
+            queued_before[names[job.instance_uid]] = len(j.outbox(uid))
             if job.instance_uid == sops[0]:
                 enqueue(sops[2])
             n = real_finish(job, model, rule, findings, datasets)
@@ -454,6 +457,9 @@ class TestAlertsAhead:
         assert order == ["alert slice 1", "alert slice 2", "results slice 1", "alert slice 3",
                          "results slice 2", "results slice 3"]
         assert len(j.outbox(uid)) == 6  # an SR and an alert image per slice
+        # alert images are queued with their alerts, ahead of the SRs: before slice 2's SR is
+        # built, the outbox holds the alert images of slices 1-3 and slice 1's SR
+        assert queued_before == {"slice 1": 2, "slice 2": 4, "slice 3": 5}
         assert {present(j.job(o.job_id)).state for o in outcomes} == {"done"}
         assert w.run_once(streaming_only=True) is None
         assert w.held_jobs() == []
