@@ -301,9 +301,9 @@ def run(spec: TaskSpec, args: argparse.Namespace) -> str:
     if args.command == "phantom-manifest":
         from train.common.phantom_manifest import write_phantom_manifest
 
-        manifest = write_phantom_manifest(spec.name, args.out, seed=args.seed, n_patients=args.patients)
-        n = sum(1 for _ in manifest.open()) - 1
-        return f"{n} labelled phantom files and {manifest} (split val; NOT FOR CLINICAL USE)"
+        written = write_phantom_manifest(spec.name, args.out, seed=args.seed, n_patients=args.patients)
+        n = len(written.read_text().splitlines()) - 1
+        return f"{n} labelled phantom files and {written} (split val; NOT FOR CLINICAL USE)"
     if args.command == "fit-guard":
         from train.common.guard import CARD_DIRS, FitGuardRequest, run_fit_guard
 

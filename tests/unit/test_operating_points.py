@@ -88,3 +88,18 @@ class TestPhantomManifest:
     def test_unknown_model_is_refused(self, tmp_path: Path) -> None:
         with pytest.raises(ValueError, match="no labelled phantoms"):
             write_phantom_manifest("hand_joints", tmp_path, seed=1, n_patients=1)
+
+
+class TestCommands:
+    def test_phantom_manifest_command_writes_the_manifest(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        from train.cli import main
+
+        assert main(["gout_mtp1", "phantom-manifest", "--out", str(tmp_path), "--patients", "1"]) == 0
+        rows = list(csv.DictReader((tmp_path / "phantoms-gout_mtp1-seed7300.csv").open()))
+        assert rows and f"{len(rows)} labelled phantom files" in capsys.readouterr().out
+
+    def test_operating_point_command_refuses_a_binary_model(self, capsys: pytest.CaptureFixture[str]) -> None:
+        from train.cli import main
+
+        assert main(["lge_qa", "operating-point"]) != 0
+        assert "calibrate" in capsys.readouterr().err

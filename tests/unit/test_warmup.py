@@ -36,16 +36,16 @@ def test_synthetic_source_carries_no_patient_values() -> None:
 
 
 def test_warm_up_runs_each_model_and_makes_the_next_sr_build_cheap() -> None:
-    from sidecar.results import build_results
     from models.findings import Classification, Findings, ImageRef
+    from sidecar.results import build_results
 
     model = CountingModel()
     warm_up({"brightness": model})
     assert model.warmed == 1
     src = synthetic_source()
     card = model.card
-    item = Classification(card.labels[0], {k: 0.5 for k in card.labels}, ImageRef(str(src.SOPClassUID),
-                                                                                      str(src.SOPInstanceUID)))
+    item = Classification(card.labels[0], dict.fromkeys(card.labels, 0.5),
+                          ImageRef(str(src.SOPClassUID), str(src.SOPInstanceUID)))
     t0 = time.perf_counter()
     [sr] = build_results(Findings(card.id, card.version, classifications=(item,)), [src], card, ["sr"],
                          input_uid=str(src.SOPInstanceUID), kind="instance")
