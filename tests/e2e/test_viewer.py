@@ -105,6 +105,7 @@ class StudyView:
     source_series: set[str] = field(default_factory=set)
     source_drawn: bool = False  # the harness's positive control: the study's image, as OHIF first shows it
     source_ink: float = 0.0
+    source_retry: list[str] = field(default_factory=list)  # OHIF's error when the first showing failed
 
 
 # -- what the SR says ----------------------------------------------------------------------
@@ -249,7 +250,14 @@ def _open_studies(page: Any, ohif: OhifServer, visits: list[StudyView], console:
         opened = time.monotonic()
         try:
             image = next(d for d in first["images"] if d["seriesInstanceUID"] in view.source_series)
+            console.clear()
             view.source_drawn = _show(page, image["displaySetInstanceUID"], LOAD_TIMEOUT_MS)
+            if not view.source_drawn:
+                # OHIF 3.12 once failed to draw the LGE source stack ("Something went wrong") in 1 of 3
+                # full runs, the same study drawing in the others: show it again, as a reader would,
+                # and keep what OHIF said the first time (printed if the second try fails too)
+                view.source_retry = [*_error_details(page), *(c[:300] for c in console[:5])] or ["(no message)"]
+                view.source_drawn = _show(page, image["displaySetInstanceUID"], LOAD_TIMEOUT_MS)
             view.source_ink = _viewport_ink(page, ARTIFACTS / f"{view.model}-image.png")
             srs = [s for s in first["sr"] if s["studyInstanceUID"] == view.study_uid]
             for i, sr in enumerate(srs):
@@ -333,7 +341,7 @@ def views(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, StudyV
                         if v.study_uid == visit.study_uid:
                             v.probes, v.ink, v.screenshots, v.load_error, v.console = (
                                 visit.probes, visit.ink, visit.screenshots, visit.load_error, visit.console)
-                            v.source_drawn, v.source_ink = visit.source_drawn, visit.source_ink
+                            v.source_drawn, v.source_ink, v.source_retry = visit.source_drawn, visit.source_ink, visit.source_retry
             finally:
                 browser.close()
         yield result
@@ -384,7 +392,8 @@ class TestViewer:
     def test_the_source_image_is_drawn(self, views: dict[str, StudyView], model: str) -> None:
         """The harness can see a drawn image: OHIF's first viewport shows the study's image, with ink."""
         view = _view(views, model)
-        assert view.source_drawn and view.source_ink >= MIN_INK, (view.source_drawn, view.source_ink)
+        assert view.source_drawn and view.source_ink >= MIN_INK, (view.source_drawn, view.source_ink,
+                                                                  view.source_retry)
 
     @pytest.mark.parametrize("model", MODELS)
     def test_every_sr_series_is_parsed_by_ohif(self, views: dict[str, StudyView], model: str) -> None:
