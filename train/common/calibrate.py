@@ -173,12 +173,19 @@ def write_card(card_dir: Path, op: Mapping[str, Any], old_sha: str, new_sha: str
     data["operating_point"] = dict(op)
     y.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True).replace(old_sha, new_sha))
     md = card_dir / "card.md"
-    text = md.read_text().replace(old_sha, new_sha) if md.is_file() else ""
+    _put_section(md, card_section(op), old_sha, new_sha)
+
+
+def _put_section(md: Path, section: str, old_sha: str = "", new_sha: str = "") -> None:
+    """Replace card.md's operating-point section (between its markers), or append it."""
+    text = md.read_text() if md.is_file() else ""
+    if old_sha:
+        text = text.replace(old_sha, new_sha)
     if _BEGIN in text and _END in text:
         head, rest = text.split(_BEGIN, 1)
-        text = head + card_section(op) + rest.split(_END, 1)[1].lstrip("\n")
+        text = head + section + rest.split(_END, 1)[1].lstrip("\n")
     else:
-        text = text.rstrip("\n") + "\n\n" + card_section(op)
+        text = text.rstrip("\n") + "\n\n" + section
     md.write_text(text)
 
 
@@ -236,14 +243,7 @@ def write_rule_card(card_dir: Path, model_id: str) -> dict[str, Any]:
     op = rule_operating_point(model_id, data)
     data["operating_point"] = op
     y.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
-    md = card_dir / "card.md"
-    text = md.read_text()
-    if _BEGIN in text and _END in text:
-        head, rest = text.split(_BEGIN, 1)
-        text = head + rule_card_section(op) + rest.split(_END, 1)[1].lstrip("\n")
-    else:
-        text = text.rstrip("\n") + "\n\n" + rule_card_section(op)
-    md.write_text(text)
+    _put_section(card_dir / "card.md", rule_card_section(op))
     return op
 
 
