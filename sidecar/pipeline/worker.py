@@ -197,10 +197,8 @@ class Worker:
                 given_up = [j for j in (job, *more) if j.attempts > self.retry.max_attempts]
                 out = [self._quarantine(j) for j in given_up]
                 runnable = [j for j in (job, *more) if j not in given_up]
-                if streaming_only and runnable:
+                if runnable and runnable[0].instance_uid:  # slices, on either lane: alerts ahead of SRs
                     return out + self.run_streaming(runnable)
-                if len(runnable) > 1:
-                    return out + self.run_batch(runnable)
                 return out + [self.run_job(j) for j in runnable]
 
     def _quarantine(self, job: Job) -> JobOutcome:
@@ -246,41 +244,8 @@ class Worker:
         self._on_results_queued()
         return JobOutcome(job.id, True, n)
 
-    def run_batch(self, jobs: list[Job]) -> list[JobOutcome]:
-        """Streaming jobs of one model in one forward pass; on any error each job runs alone."""
-        started = time.perf_counter()
-        try:
-            loaded = [self._load(job) for job in jobs]
-            model, _, _ = loaded[0]
-            datasets = [ds for _, _, dss in loaded for ds in dss]
-            t0 = time.perf_counter()
-            findings = model.predict(model.prepare(datasets))
-            self._observe("inferred", jobs[0].model_id, time.perf_counter() - t0)
-        except Exception as exc:  # boundary: fall back to one job at a time
-            log.warning("batch_failed_running_singly", n_jobs=len(jobs), error_type=type(exc).__name__)
-            return [self.run_job(job) for job in jobs]
-        per_job = [_domain_policy(rule, findings.for_instance(job.instance_uid))
-                   for job, (_, rule, _) in zip(jobs, loaded, strict=True)]
-        for job, (_, rule, dss), mine in zip(jobs, loaded, per_job, strict=True):
-            if "alert" in rule.outputs:  # every alert of the batch goes out before any SR is built
-                try:
-                    self._publish_alerts(job, mine, dss[0], live=rule.live)
-                except Exception as exc:  # boundary: the job below still runs and records its failure
-                    log.error("alert_publish_failed", job_id=job.id, error_type=type(exc).__name__)
-        outcomes = []
-        for job, (model, rule, dss), mine in zip(jobs, loaded, per_job, strict=True):
-            try:
-                n = self._finish(job, model, rule, mine, dss)
-                outcomes.append(JobOutcome(job.id, True, n))
-            except Exception as exc:  # boundary: one slice's results failing never fails the rest
-                outcomes.append(self._failed(job, exc, "results"))
-        log.info("batch_done", n_jobs=len(jobs), model=jobs[0].model_id,
-                 ms=round((time.perf_counter() - started) * 1000, 1))
-        self._on_results_queued()
-        return outcomes
-
     def run_streaming(self, jobs: list[Job]) -> list[JobOutcome]:
-        """The streaming lane: alerts ahead of SR builds, across slices as they arrive.
+        """Streaming jobs (slices): alerts ahead of SR builds, across slices as they arrive.
 
         The claimed slices are inferred in one forward pass and their alerts published; then their
         results are built one job at a time, and before each build any slice queued meanwhile is
