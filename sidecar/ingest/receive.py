@@ -11,7 +11,7 @@ the spool's disk, and never checks a size). Two small pieces, installed per asso
   parameter value) before any of it is buffered.
 - `SpoolingDimse` feeds pynetdicom's DIMSE decoder one PDV at a time; the moment a C-STORE's
   command set is complete it opens a temporary file below the spool root, writes the File Meta
-  (from the command set and the accepted transfer syntax, as pynetdicom does), and every data
+  (from the command set and the accepted transfer syntax, the bytes pynetdicom writes), and every data
   set fragment after that is written straight to it. When the instance crosses
   `max_instance_bytes` the file is truncated and the rest of the instance is read and dropped,
   so the handler can answer "out of resources" and the association carries on.
@@ -26,15 +26,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import structlog
-from pydicom.filewriter import write_file_meta_info
-from pydicom.uid import UID
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import C_STORE_RQ
-from pynetdicom.dsutils import create_file_meta
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket
 
+from sidecar.dicom.filemeta import FileMetaError, file_meta_bytes
 from sidecar.dicom.status import AbortReason, AbortSource
 from sidecar.errors import SpoolFull
 from sidecar.ingest.spool import Spool
@@ -156,6 +154,13 @@ class SpoolingDimse(DIMSEServiceProvider):
         if cx is None or not cx.transfer_syntax:
             log.warning("store_on_unknown_context", context_id=msg.context_id)
             return False
+        cs = msg.command_set
+        try:
+            meta = file_meta_bytes(str(cs.AffectedSOPClassUID), str(cs.AffectedSOPInstanceUID),
+                                   str(cx.transfer_syntax[0]))
+        except FileMetaError as exc:
+            log.warning("store_command_invalid", reason=str(exc))
+            return False
         try:
             fh, path = self._spool.incoming()
         except SpoolFull as exc:
@@ -167,13 +172,7 @@ class SpoolingDimse(DIMSEServiceProvider):
             spooled.write_failed = str(exc)
         else:
             spooled = SpoolFile(path, fh, self._limit)
-            cs = msg.command_set
-            fh.write(b"\x00" * 128 + b"DICM")
-            write_file_meta_info(cast(Any, fh), create_file_meta(
-                sop_class_uid=UID(str(cs.AffectedSOPClassUID)),
-                sop_instance_uid=UID(str(cs.AffectedSOPInstanceUID)),
-                transfer_syntax=UID(str(cx.transfer_syntax[0])),
-            ))
+            spooled.write(meta)
             spooled.written = 0  # the limit counts the data set, not the File Meta
         msg._data_set_file = cast(Any, spooled)
         msg._data_set_path = path
