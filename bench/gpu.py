@@ -45,6 +45,12 @@ class DeviceTorch:
             out = self.net(x)
             return out.float().cpu().numpy()
 
+    def run_named(self, inputs: Any) -> dict[str, np.ndarray]:
+        """The LGE forward by name (one input, one output: the model's signature names)."""
+        from models.lge_qa.wrapper import INPUT_NAME, OUTPUT_NAME
+
+        return {OUTPUT_NAME: self.run(inputs[INPUT_NAME])}
+
     def close(self) -> None:
         pass
 

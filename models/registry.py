@@ -23,6 +23,7 @@ from models.backends import (
     BackendUnavailable,
     InProcessConfig,
     SwappableForward,
+    TensorBackend,
     open_backend,
 )
 from models.base import ClinicalModel
@@ -110,7 +111,7 @@ class ModelSpec:
 
 
 def build_model(spec: ModelSpec, factories: Mapping[str, str | Factory] | None = None) -> ClinicalModel:
-    """Verify weights, build the model, open its backend and warm it; `ModelUnavailable` says why not.
+    """Verify weights, build the model, open its backends and warm it; `ModelUnavailable` says why not.
 
     A remote backend that does not answer the warm-up leaves the model loaded (logged): its jobs
     then fail with their reason, visibly, instead of its routes being switched off at start-up.
@@ -127,10 +128,7 @@ def build_model(spec: ModelSpec, factories: Mapping[str, str | Factory] | None =
     if not isinstance(spec.backend, InProcessConfig):
         if not isinstance(model, SwappableForward):
             raise ModelUnavailable(f"model {spec.model_id!r} runs in process only, not on {spec.backend.kind}")
-        try:
-            model.use_backend(open_backend(spec.backend, model.tensor_signature()))
-        except BackendUnavailable as exc:
-            raise ModelUnavailable(f"{spec.backend.kind} backend for {spec.model_id!r}: {exc}") from exc
+        _open_backends(spec, model)
     warm = getattr(model, "warm_up", None)
     if callable(warm):
         try:
@@ -140,3 +138,18 @@ def build_model(spec: ModelSpec, factories: Mapping[str, str | Factory] | None =
                 raise
             log.warning("model_warm_up_failed", model=spec.model_id, backend=spec.backend.kind, reason=str(exc)[:300])
     return model
+
+
+def _open_backends(spec: ModelSpec, model: SwappableForward) -> None:
+    """One backend per network of `model` (most have one); if one cannot be opened, those already
+    opened are closed and the model is unavailable, saying which network and why."""
+    opened: list[TensorBackend] = []
+    try:
+        for signature in model.tensor_signatures():
+            backend = open_backend(spec.backend, signature)
+            opened.append(backend)
+            model.use_backend(backend, signature.network)
+    except BackendUnavailable as exc:
+        for backend in opened:
+            backend.close()
+        raise ModelUnavailable(f"{spec.backend.kind} backend for {spec.model_id!r}: {exc}") from exc

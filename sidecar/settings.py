@@ -278,20 +278,42 @@ class InProcessBackendEntry(_Strict):
         return InProcessConfig()
 
 
-class OnnxRuntimeBackendEntry(_Strict):
-    """An ONNX file from `python -m train <model> export --format onnx`, run by onnxruntime
-    in process (`pip install .[onnx]`)."""
+class OnnxNetworkEntry(_Strict):
+    """The ONNX file of one network of a model that has several (hand_joints: detector, grader)."""
 
-    kind: Literal["onnxruntime"]
     model_file: Path  # relative paths are relative to the config folder
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+
+
+class OnnxRuntimeBackendEntry(_Strict):
+    """ONNX files from `python -m train <model> export --format onnx`, run by onnxruntime in
+    process (`pip install .[onnx]`): `model_file` for a model of one network, or `networks`
+    (network name -> its file) for a model of several; one of the two."""
+
+    kind: Literal["onnxruntime"]
+    model_file: Path | None = None  # relative paths are relative to the config folder
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     threads: int = Field(default=0, ge=0)  # onnxruntime intra-op threads; 0: its default
+    networks: dict[str, OnnxNetworkEntry] = {}
+
+    @model_validator(mode="after")
+    def _one_way_to_name_files(self) -> OnnxRuntimeBackendEntry:
+        if (self.model_file is None) == (not self.networks):
+            raise ValueError("name the exported file in model_file (a model of one network) or one file per "
+                             "network in networks (hand_joints: detector, grader), not both or neither")
+        if self.networks and self.sha256 is not None:
+            raise ValueError("sha256 belongs to each network's entry when networks are named")
+        return self
 
     def to_config(self, config_dir: Path) -> Any:
-        from models.backends import OnnxRuntimeConfig
+        from models.backends import OnnxNetworkFile, OnnxRuntimeConfig
 
-        path = self.model_file if self.model_file.is_absolute() else config_dir / self.model_file
-        return OnnxRuntimeConfig(model_file=path, sha256=self.sha256, threads=self.threads)
+        def resolve(path: Path) -> Path:
+            return path if path.is_absolute() else config_dir / path
+
+        networks = tuple(OnnxNetworkFile(name, resolve(e.model_file), e.sha256) for name, e in self.networks.items())
+        return OnnxRuntimeConfig(model_file=resolve(self.model_file) if self.model_file is not None else None,
+                                 sha256=self.sha256, threads=self.threads, networks=networks)
 
 
 class TritonBackendEntry(_Strict):

@@ -275,9 +275,13 @@ def run(spec: TaskSpec, args: argparse.Namespace) -> str:
             preferred_batch_sizes=tuple(args.preferred_batch_sizes), max_queue_delay_us=args.max_queue_delay_us,
             alert_queue_timeout_ms=args.alert_queue_timeout_ms,
             default_queue_timeout_ms=args.default_queue_timeout_ms, tolerance=args.tolerance))
-        where = f"; Triton model {exported.triton_model_dir}" if exported.triton_model_dir else ""
-        return (f"{args.format} written to {exported.model_file}{where}; max |torch - export| "
-                f"{exported.max_abs_diff:.2e}; tensors {exported.input_name} -> {exported.output_name}")
+        lines = []
+        for net in exported.networks:
+            where = f"; Triton model {net.triton_model_dir}" if net.triton_model_dir else ""
+            lines.append(f"{args.format} written to {net.model_file}{where}; max |torch - export| "
+                         f"{net.max_abs_diff:.2e}; tensors {', '.join(net.input_names)} -> "
+                         f"{', '.join(net.output_names)}")
+        return "\n".join(lines)
     if args.command == "calibrate":
         from train.common.calibrate import CalibrateRequest, Target, run_calibrate
         from train.common.guard import CARD_DIRS

@@ -8,8 +8,9 @@ from the command line by train.cli) and writes into the folders they name:
     evaluate      EvaluateRequest -> Path (metrics.json, report.md, PNGs in out_dir)
     card          CardRequest -> Path (card.md, card.yaml in out_dir)
     demo-weights  DemoWeightsRequest -> Path (the bundled weights file, rebuilt from phantoms)
-    export        ExportRequest -> ExportResult (ONNX or TorchScript file, a Triton repository);
-                  optional: only tasks whose model adopted models/backends offer it
+    export        ExportRequest -> ExportResult (ONNX or TorchScript file per network, a Triton
+                  repository); optional: only tasks whose model adopted models/backends offer it
+                  (every clinical model's task does; `train.common.export` does the work)
 
 Without `--manifest`, fit and evaluate use the task's own seeded phantom data.
 """
@@ -86,18 +87,48 @@ class ExportRequest:
     max_queue_delay_us: int = 2000
     alert_queue_timeout_ms: int = 500  # Triton queue timeout of priority level 1 (streaming alerts)
     default_queue_timeout_ms: int = 5000
-    tolerance: float = 1e-4  # largest accepted |torch - export| on the check inputs (logits)
+    tolerance: float = 1e-4  # largest accepted |torch - export| over every output on the check inputs
+
+
+@dataclass(frozen=True)
+class ExportedNetwork:
+    """One network's exported file and how far it was from the in-process forward."""
+
+    network: str  # "" for a model's only network
+    model_file: Path
+    triton_model_dir: Path | None
+    max_abs_diff: float
+    input_names: tuple[str, ...]  # in the Triton repository (TorchScript: "<name>__0")
+    output_names: tuple[str, ...]
 
 
 @dataclass(frozen=True)
 class ExportResult:
-    """What an export wrote and how far it was from the in-process model."""
+    """What an export wrote, one entry per network (hand_joints has two), and how far each was
+    from the in-process model. The properties answer for the first network."""
 
-    model_file: Path
-    triton_model_dir: Path | None
-    max_abs_diff: float
-    input_name: str  # in the Triton repository (TorchScript: "<name>__0")
-    output_name: str
+    networks: tuple[ExportedNetwork, ...]
+
+    @property
+    def model_file(self) -> Path:
+        return self.networks[0].model_file
+
+    @property
+    def triton_model_dir(self) -> Path | None:
+        return self.networks[0].triton_model_dir
+
+    @property
+    def max_abs_diff(self) -> float:
+        """The largest difference over every network."""
+        return max(n.max_abs_diff for n in self.networks)
+
+    @property
+    def input_name(self) -> str:
+        return self.networks[0].input_names[0]
+
+    @property
+    def output_name(self) -> str:
+        return self.networks[0].output_names[0]
 
 
 @dataclass(frozen=True)

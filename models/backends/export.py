@@ -1,12 +1,18 @@
 """Export a model's network forward for the other backends, and check the export against torch.
 
-- `export_onnx`: the forward as ONNX (opset 17, batch axis dynamic) with the model id and card
-  version in the file's metadata (`OnnxRuntimeBackend` refuses a file of another version).
+- `export_onnx`: the forward as ONNX (opset 17, batch axis dynamic) with the model id, card
+  version and network in the file's metadata (`OnnxRuntimeBackend` refuses a file of another
+  version). The module is the float32 one (`require_float32`).
 - `export_torchscript`: the forward traced to TorchScript, for Triton's `pytorch_libtorch`.
 - `write_triton_repository`: a Triton model repository, ``<repo>/<model>/config.pbtxt`` and
   ``<repo>/<model>/1/model.onnx|model.pt`` (`render_config` writes the configuration).
-- `max_abs_difference`: the largest difference between the in-process forward and an exported
-  one on the same inputs; an export whose difference exceeds the tolerance is refused.
+- `max_abs_difference` (`max_abs_difference_named` for forwards of several tensors): the largest
+  difference between the in-process forward and an exported one on the same inputs; an export
+  whose difference exceeds the tolerance is refused.
+
+Every network exports to ONNX. TorchScript and Triton repositories are written for forwards of
+one tensor in and one out (Triton's client here sends one); the elastography generator with its
+Tsukuba head and the hand-joints grader are refused there, naming their tensors.
 
 `onnx` and `onnxruntime` come with `pip install .[onnx]` and are imported only here, when an
 export runs.
@@ -16,7 +22,7 @@ from __future__ import annotations
 
 import shutil
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -76,6 +82,7 @@ def _dims(shape: tuple[int, ...]) -> str:
 
 def render_config(signature: TensorSignature, fmt: ExportFormat, batching: TritonBatching = TritonBatching()) -> str:
     """config.pbtxt for one model: platform, batch size, tensors, dynamic batching, queue policy."""
+    single_tensor_only(signature, "a Triton model configuration")
     platform = "onnxruntime_onnx" if fmt == "onnx" else "pytorch_libtorch"
     in_name, out_name = triton_names(signature, fmt)
     if signature.output_shape:
@@ -93,8 +100,8 @@ def render_config(signature: TensorSignature, fmt: ExportFormat, batching: Trito
         for level in range(1, batching.priority_levels + 1)
     )
     return (
-        f"# {signature.model_name} {signature.version}: written by python -m train {signature.model_name} export\n"
-        f'name: "{signature.model_name}"\n'
+        f"# {signature.label} {signature.version}: written by python -m train {signature.model_name} export\n"
+        f'name: "{signature.served_name}"\n'
         f'platform: "{platform}"\n'
         f"max_batch_size: {batching.max_batch_size}\n"
         f"input [\n  {{\n    name: \"{in_name}\"\n    data_type: TYPE_FP32\n"
@@ -123,21 +130,45 @@ def _import_onnx() -> ModuleType:
     return onnx
 
 
+def require_float32(net: nn.Module, signature: TensorSignature) -> None:
+    """`ExportError` unless every floating parameter and buffer of `net` is float32: exports are
+    made from the float32 module (checkpoints stored in float16 are widened when loaded), so the
+    exported forward takes and gives float32 as the seam says."""
+    for name, tensor in (*net.named_parameters(), *net.named_buffers()):
+        if tensor.is_floating_point() and tensor.dtype != torch.float32:
+            raise ExportError(f"{signature.label}: {name} is {tensor.dtype}; export the float32 module")
+
+
+def example_inputs(signature: TensorSignature, n: int = 2) -> tuple[torch.Tensor, ...]:
+    """Zeros of every input of `signature` for a batch of `n` (indices: zeros, a valid index)."""
+    return tuple(torch.zeros((n, *spec.shape), dtype=torch.float32 if spec.dtype == "float32" else torch.int64)
+                 for spec in signature.inputs)
+
+
 def export_onnx(net: nn.Module, signature: TensorSignature, path: Path) -> Path:
-    """Write `net`'s forward as ONNX with a dynamic batch axis and the version in its metadata."""
+    """Write `net`'s forward as ONNX with a dynamic batch axis on every tensor and the model id,
+    version and network in its metadata."""
     onnx = _import_onnx()
+    require_float32(net, signature)
     path.parent.mkdir(parents=True, exist_ok=True)
-    example = torch.zeros((2, *signature.input_shape), dtype=torch.float32)
+    names = [spec.name for spec in (*signature.inputs, *signature.outputs)]
     with warnings.catch_warnings():  # the TorchScript-based exporter announces its deprecation
         warnings.simplefilter("ignore", category=DeprecationWarning)
         warnings.simplefilter("ignore", category=FutureWarning)
+        # the trace fixes Python values read from shapes (image size, grid): only the batch axis is
+        # dynamic, and the tasks' exports run the file against torch on real inputs right after
+        warnings.filterwarnings("ignore", message="Converting a tensor to a Python")  # torch.jit.TracerWarning
         torch.onnx.export(
-            net.eval(), (example,), str(path), dynamo=False, opset_version=ONNX_OPSET,
-            input_names=[signature.input_name], output_names=[signature.output_name],
-            dynamic_axes={signature.input_name: {0: "batch"}, signature.output_name: {0: "batch"}},
+            net.eval(), example_inputs(signature), str(path), dynamo=False, opset_version=ONNX_OPSET,
+            input_names=[spec.name for spec in signature.inputs],
+            output_names=[spec.name for spec in signature.outputs],
+            dynamic_axes={name: {0: "batch"} for name in names},
         )
     model = onnx.load(str(path))
-    for key, value in (("model_id", signature.model_name), ("model_version", signature.version)):
+    metadata = [("model_id", signature.model_name), ("model_version", signature.version)]
+    if signature.network:
+        metadata.append(("network", signature.network))
+    for key, value in metadata:
         prop = model.metadata_props.add()
         prop.key, prop.value = key, value
     onnx.checker.check_model(model)
@@ -145,8 +176,18 @@ def export_onnx(net: nn.Module, signature: TensorSignature, path: Path) -> Path:
     return path
 
 
+def single_tensor_only(signature: TensorSignature, what: str) -> None:
+    """`ExportError` for a forward of extra inputs or outputs where `what` serves one of each."""
+    if not signature.single_tensor:
+        raise ExportError(f"{what} is written for forwards of one tensor in and one out; the {signature.label} "
+                          f"forward takes {[t.name for t in signature.inputs]} and gives "
+                          f"{[t.name for t in signature.outputs]} (export it as ONNX for onnxruntime)")
+
+
 def export_torchscript(net: nn.Module, signature: TensorSignature, path: Path) -> Path:
     """Write `net`'s forward traced to TorchScript, with the version as an extra file."""
+    single_tensor_only(signature, "a TorchScript export (for Triton's pytorch_libtorch)")
+    require_float32(net, signature)
     path.parent.mkdir(parents=True, exist_ok=True)
     example = torch.zeros((2, *signature.input_shape), dtype=torch.float32)
     with warnings.catch_warnings():  # torch deprecates TorchScript; Triton's libtorch backend still runs it
@@ -161,12 +202,14 @@ def write_triton_repository(
     repo: Path, signature: TensorSignature, model_file: Path, fmt: ExportFormat,
     batching: TritonBatching = TritonBatching(),
 ) -> Path:
-    """``repo/<model>/config.pbtxt`` and ``repo/<model>/1/model.<onnx|pt>``; returns the model folder."""
-    folder = repo / signature.model_name
+    """``repo/<model>/config.pbtxt`` and ``repo/<model>/1/model.<onnx|pt>``; returns the model folder
+    (``<model>_<network>`` for one network of several)."""
+    config = render_config(signature, fmt, batching)  # first: a forward Triton cannot serve writes nothing
+    folder = repo / signature.served_name
     version_dir = folder / "1"
     version_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(model_file, version_dir / ("model.onnx" if fmt == "onnx" else "model.pt"))
-    (folder / "config.pbtxt").write_text(render_config(signature, fmt, batching), encoding="utf-8")
+    (folder / "config.pbtxt").write_text(config, encoding="utf-8")
     return folder
 
 
@@ -176,7 +219,7 @@ def runner_for(path: Path, signature: TensorSignature, fmt: ExportFormat) -> Cal
         from models.backends.base import OnnxRuntimeConfig
         from models.backends.onnx import OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend(OnnxRuntimeConfig(model_file=path), signature).run
+        return OnnxRuntimeBackend(OnnxRuntimeConfig.of_file(path, signature), signature).run
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=DeprecationWarning)
         module = torch.jit.load(str(path), map_location="cpu").eval()  # type: ignore[no-untyped-call]  # torch.jit is unannotated
@@ -187,6 +230,37 @@ def runner_for(path: Path, signature: TensorSignature, fmt: ExportFormat) -> Cal
             return result
 
     return run
+
+
+NamedForward = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+def named_runner_for(path: Path, signature: TensorSignature, fmt: ExportFormat) -> NamedForward:
+    """`runner_for` by name: every input in, every output out (ONNX; TorchScript is one-in, one-out)."""
+    if fmt == "onnx":
+        from models.backends.base import OnnxRuntimeConfig
+        from models.backends.onnx import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend(OnnxRuntimeConfig.of_file(path, signature), signature).run_named
+    single_tensor_only(signature, "a TorchScript export")
+    run = runner_for(path, signature, fmt)
+    return lambda inputs: {signature.output_name: run(np.asarray(inputs[signature.input_name]))}
+
+
+def max_abs_difference_named(reference: NamedForward, candidate: NamedForward,
+                             inputs: Mapping[str, np.ndarray]) -> float:
+    """The largest |reference - candidate| over every output for `inputs`."""
+    a, b = reference(inputs), candidate(inputs)
+    if set(a) != set(b):
+        raise ExportError(f"exported model answers {sorted(b)}, the in-process model {sorted(a)}")
+    worst = 0.0
+    for name in a:
+        x, y = np.asarray(a[name], dtype=np.float64), np.asarray(b[name], dtype=np.float64)
+        if x.shape != y.shape:
+            raise ExportError(f"exported model answers {name} of shape {y.shape}, the in-process model {x.shape}")
+        if x.size:
+            worst = max(worst, float(np.max(np.abs(x - y))))
+    return worst
 
 
 def max_abs_difference(reference: Callable[[np.ndarray], np.ndarray],

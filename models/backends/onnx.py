@@ -9,6 +9,7 @@ version.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,7 @@ from models.backends.base import (
     InferenceFailed,
     OnnxRuntimeConfig,
     TensorSignature,
+    as_inputs,
     as_output,
 )
 from models.checkpoint import ModelUnavailable, verify_weights
@@ -42,7 +44,9 @@ class OnnxRuntimeBackend:
     def __init__(self, config: OnnxRuntimeConfig, signature: TensorSignature) -> None:
         ort = import_onnxruntime()
 
-        path = config.model_file
+        path = config.for_network(signature).model_file
+        if path is None:
+            raise BackendUnavailable(f"{signature.label}: no ONNX model_file configured")
         try:
             verify_weights(path, config.sha256)
         except ModelUnavailable as exc:
@@ -67,25 +71,36 @@ class OnnxRuntimeBackend:
                 f"{path} was exported from {sig.model_name} version {version!r}; the loaded weights are "
                 f"version {sig.version!r} (export again: python -m train {sig.model_name} export --format onnx)"
             )
-        inputs = {i.name: i.shape for i in self.session.get_inputs()}
+        network = meta.get("network", "")
+        if network != sig.network:
+            raise BackendUnavailable(f"{path} is the export of the {network or 'only'} network of "
+                                     f"{meta.get('model_id')!r}; expected the {sig.label} network")
+        inputs = {i.name: tuple(i.shape[1:]) for i in self.session.get_inputs()}
         outputs = {o.name for o in self.session.get_outputs()}
-        if sig.input_name not in inputs or sig.output_name not in outputs:
+        want_in, want_out = [s.name for s in sig.inputs], [s.name for s in sig.outputs]
+        if set(inputs) != set(want_in) or not set(want_out) <= outputs:
             raise BackendUnavailable(
-                f"{path} has inputs {sorted(inputs)} and outputs {sorted(outputs)}; expected input "
-                f"{sig.input_name!r} and output {sig.output_name!r}"
+                f"{path} has inputs {sorted(inputs)} and outputs {sorted(outputs)}; expected inputs "
+                f"{want_in} and outputs {want_out}"
             )
-        fixed = tuple(d for d in inputs[sig.input_name][1:])
-        if fixed != sig.input_shape:
-            raise BackendUnavailable(f"{path} takes {sig.input_name} of shape {fixed} per item, "
-                                     f"expected {sig.input_shape}")
+        for spec in sig.inputs:
+            if inputs[spec.name] != spec.shape:
+                raise BackendUnavailable(f"{path} takes {spec.name} of shape {inputs[spec.name]} per item, "
+                                         f"expected {spec.shape}")
 
     def run(self, inputs: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(inputs, dtype=np.float32)
+        return self.run_named({self.signature.input_name: inputs})[self.signature.output_name]
+
+    def run_named(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        sig = self.signature
+        feeds = as_inputs(inputs, sig)
+        names = [spec.name for spec in sig.outputs]
         try:
-            [out] = self.session.run([self.signature.output_name], {self.signature.input_name: x})
+            answers = self.session.run(names, feeds)
         except Exception as exc:  # onnxruntime's errors are not rooted; the job gets the reason
             raise InferenceFailed(f"onnxruntime: {type(exc).__name__}: {str(exc)[:200]}") from exc
-        return as_output(out, self.signature, len(x))
+        n = len(next(iter(feeds.values())))
+        return {spec.name: as_output(out, sig, n, spec) for spec, out in zip(sig.outputs, answers, strict=True)}
 
     def close(self) -> None:
         """Nothing to release early: onnxruntime frees the session with this object."""

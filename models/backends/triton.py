@@ -8,6 +8,10 @@ timeout equal to the time left, so a request that waited too long in the queue i
 rather than computed late. When no endpoint answers in time the pass raises `InferenceFailed`
 naming each endpoint and what it said: the worker fails the job with that reason.
 
+It serves forwards of one tensor in and one out (lge_qa, gout_mtp1, the synovitis variants, the
+hand-joints detector, and the elastography generator of a checkpoint without the Tsukuba head);
+a signature with extra inputs or outputs is refused when the backend is opened, naming them.
+
 Before its first request to an endpoint the backend reads the model's configuration there: a
 `model_version` parameter (written by `python -m train <model> export`) that differs from the
 loaded weights' version refuses that endpoint (`VERSION_MISMATCH`), since its answers would be
@@ -26,6 +30,7 @@ import asyncio
 import concurrent.futures
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -37,6 +42,7 @@ from models.backends.base import (
     InferenceFailed,
     TensorSignature,
     TritonConfig,
+    as_inputs,
     as_output,
 )
 
@@ -154,9 +160,15 @@ class TritonBackend:
         """`loop` is the event loop the backend runs (a new one by default; tests pass one on virtual time)."""
         if not config.endpoints:
             raise BackendUnavailable("triton backend needs at least one endpoint (host:port)")
+        if not signature.single_tensor:
+            raise BackendUnavailable(
+                f"triton serves forwards of one tensor in and one out; the {signature.label} forward takes "
+                f"{[t.name for t in signature.inputs]} and gives {[t.name for t in signature.outputs]} "
+                "(run it in process or on onnxruntime)")
+        config = config.for_network(signature)
         self.config = config
         self.signature = signature
-        self.model_name = config.model_name or signature.model_name
+        self.model_name = config.model_name or signature.served_name
         self.input_name = config.input_name or signature.input_name
         self.output_name = config.output_name or signature.output_name
         self.deadline_s = config.deadline_ms / 1000.0
@@ -180,6 +192,12 @@ class TritonBackend:
             future.cancel()
             raise InferenceFailed(f"triton {self.model_name}: no answer within {self.config.deadline_ms:.0f} ms "
                                   "(client loop stalled)") from exc
+
+    def run_named(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """`run` by name: the one input in, the one output out (multi-tensor forwards are refused
+        when the backend is opened)."""
+        x = as_inputs(inputs, self.signature)[self.signature.input_name]
+        return {self.signature.output_name: self.run(x)}
 
     def close(self) -> None:
         if self._loop.is_closed():

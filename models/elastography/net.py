@@ -20,6 +20,8 @@ elastography study, with the seed study's Transformer stage):
 transformer tokens and the generated strain and gives 5 logits (scores 1-5); it is trained after
 the generator with the generator frozen.
 
+`ServedGenerator` is the forward a backend serves (image, and the Tsukuba logits with the head).
+
 `PatchDiscriminator`: a 3-layer PatchGAN (receptive field 46 px) on (B-mode, image) stacked;
 `LesionCropDiscriminator` crops the lesion box (from a mask channel that only training batches
 carry) with a margin, resamples it to 64 x 64 and judges it with its own PatchGAN.
@@ -100,7 +102,9 @@ class TsukubaHead(nn.Module):
         self.fc = nn.Linear(2 * hidden, N_TSUKUBA)
 
     def forward(self, tokens: torch.Tensor, strain: torch.Tensor) -> torch.Tensor:
-        s = F.adaptive_avg_pool2d(strain, (tokens.shape[-2], tokens.shape[-1]))
+        # the grid as plain ints: an export traces a fixed image size (only the batch axis is
+        # dynamic), and ONNX has no adaptive pooling to a size computed in the graph
+        s = F.adaptive_avg_pool2d(strain, (int(tokens.shape[-2]), int(tokens.shape[-1])))
         f = self.conv(torch.cat([tokens, s], dim=1))
         pooled = torch.cat([f.mean(dim=(2, 3)), f.amax(dim=(2, 3))], dim=1)
         result: torch.Tensor = self.fc(pooled)
@@ -150,6 +154,19 @@ class ElastographyGenerator(nn.Module):
         if self.tsukuba is None:
             return out, None
         return out, self.tsukuba(feats[-1], out[:, 3:4])
+
+
+class ServedGenerator(nn.Module):
+    """The generator's forward as a backend serves it: B-mode (N, 1, H, W) -> the image
+    (N, 4, H, W) and, when the generator has the Tsukuba head, its logits (N, 5) as well."""
+
+    def __init__(self, generator: ElastographyGenerator) -> None:
+        super().__init__()
+        self.generator = generator
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        out, logits = self.generator.forward_with_score(x)
+        return out if logits is None else (out, logits)
 
 
 class PatchDiscriminator(nn.Module):

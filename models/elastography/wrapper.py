@@ -16,6 +16,10 @@ training made on its phantom regions.
 
 Options: ``torch_threads`` (int), ``alpha`` (opacity of the elastogram over the B-mode, default
 0.65), ``input_size`` (network size without weights; default 256).
+
+The network forward (`net.ServedGenerator`: B-mode (N, 1, S, S) -> image (N, 4, S, S) and, with
+the head, Tsukuba logits (N, 5)) is the only part a backend replaces (`models.backends`); the
+preprocessing, the softmax, the colour mapping and the composite stay here.
 """
 
 from __future__ import annotations
@@ -31,11 +35,14 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from pydicom import Dataset
 
+from models.backends import TensorBackend, TensorSignature, TensorSpec
+from models.backends.base import one_network
+from models.backends.inprocess import InProcessTorch
 from models.checkpoint import apply_torch_threads, card_from_metadata, load_checkpoint, untrained_metadata
 from models.elastography import transforms as T
 from models.elastography.box import StrainBox, place_box, relative_to_box
 from models.elastography.concepts import VOCABULARY
-from models.elastography.net import DEFAULT_CHANNELS, N_TSUKUBA, ElastographyGenerator
+from models.elastography.net import DEFAULT_CHANNELS, N_TSUKUBA, OUT_CHANNELS, ElastographyGenerator, ServedGenerator
 from models.findings import Classification, Findings, GeneratedImage, ImageRef
 from models.guard import DomainGuard, guard_verdicts
 
@@ -63,6 +70,8 @@ PUBLISHED: dict[str, float] = {
     "ncc_mean": 0.70, "ncc_sd": 0.08, "ncc_median": 0.70, "ncc_min": 0.50, "ncc_max": 0.86,
     "authenticity": 0.49, "tsukuba_kappa_generated": 0.61, "tsukuba_kappa_real": 0.57,
 }
+#: tensor names of the network forward, in exported ONNX files
+INPUT_NAME, IMAGE_OUTPUT, TSUKUBA_OUTPUT = "bmode", "image", "tsukuba_logits"
 
 
 class ElastographyError(ValueError):
@@ -156,6 +165,7 @@ class ElastographyModel:
 
     def __init__(self, net: ElastographyGenerator, metadata: Mapping[str, Any], alpha: float = 0.65) -> None:
         self.net = net.eval()
+        self.served = ServedGenerator(self.net).eval()
         self.metadata = dict(metadata)
         self.guard = DomainGuard.from_metadata(metadata)
         self.size = int(metadata.get("input_size", T.SIZE))
@@ -163,6 +173,7 @@ class ElastographyModel:
         self.card = card_from_metadata(
             metadata, id=MODEL_ID, name=NAME, manufacturer=MANUFACTURER, intended_use=INTENDED_USE,
             labels=LABELS, reference=REFERENCE, published=PUBLISHED, vocabulary=VOCABULARY)
+        self.backend: TensorBackend = InProcessTorch(self.served, self.tensor_signature())
 
     def prepare(self, datasets: Sequence[Dataset]) -> ElastographyBatch:
         """B-mode images -> one batch; elastography or Doppler images are left out (counted)."""
@@ -188,16 +199,38 @@ class ElastographyModel:
         """The prepared inputs the domain guard checks (what the network sees), with their sources."""
         return list(batch.tensor.numpy()), list(batch.refs)
 
+    def tensor_signature(self) -> TensorSignature:
+        """B-mode (1, S, S) in; the image (4, S, S) out, and the Tsukuba logits (5,) when the
+        generator has the head; the card version."""
+        head = (TensorSpec(TSUKUBA_OUTPUT, (N_TSUKUBA,)),) if self.net.tsukuba is not None else ()
+        return TensorSignature(MODEL_ID, self.card.version, INPUT_NAME, (1, self.size, self.size), IMAGE_OUTPUT,
+                               (OUT_CHANNELS, self.size, self.size), extra_outputs=head)
+
+    def tensor_signatures(self) -> tuple[TensorSignature, ...]:
+        """The one network's signature (the seam's `SwappableForward`)."""
+        return (self.tensor_signature(),)
+
+    def use_backend(self, backend: TensorBackend, network: str = "") -> None:
+        """Run every later forward on `backend` (onnxruntime) instead of `self.served`."""
+        one_network(MODEL_ID, network)
+        self.backend = backend
+
+    def outputs(self, tensor: torch.Tensor | np.ndarray) -> dict[str, np.ndarray]:
+        """The network forward on the configured backend: the image and, with the head, the
+        Tsukuba logits (float32, by name)."""
+        x = tensor.numpy() if isinstance(tensor, torch.Tensor) else tensor
+        return self.backend.run_named({INPUT_NAME: x})
+
     def generate(self, tensor: torch.Tensor) -> Generated:
         """Run the generator (and the Tsukuba head) on (N, 1, S, S) inputs in [-1, 1]."""
-        with torch.inference_mode():
-            out, logits = self.net.forward_with_score(tensor)
-        arr = out.float().numpy()
+        answer = self.outputs(tensor)
+        arr = answer[IMAGE_OUTPUT]
         emode = T.from_unit(arr[:, :3]).transpose(0, 2, 3, 1)
         strain = T.from_unit(arr[:, 3])
         probs = None
+        logits = answer.get(TSUKUBA_OUTPUT)
         if logits is not None and bool(self.metadata.get("tsukuba", True)):
-            probs = torch.softmax(logits.double(), dim=1).numpy()
+            probs = torch.softmax(torch.from_numpy(logits).double(), dim=1).numpy()
         return Generated(np.ascontiguousarray(emode), strain, probs)
 
     def predict(self, batch: ElastographyBatch) -> Findings:
@@ -226,8 +259,7 @@ class ElastographyModel:
 
     def warm_up(self) -> None:
         """One forward pass on zeros, so the first image does not pay for allocation."""
-        with torch.inference_mode():
-            self.net.forward_with_score(torch.zeros(1, 1, self.size, self.size))
+        self.backend.run_named({INPUT_NAME: np.zeros((1, 1, self.size, self.size), dtype=np.float32)})
 
 
 def network_from(metadata: Mapping[str, Any]) -> ElastographyGenerator:

@@ -7,6 +7,10 @@ threshold (chosen on validation, Youden), size and input_size. Output per image:
 laterality and the view the headers give ("unknown" otherwise, in the notes). The series
 summary is the image with the highest P(abnormal).
 Options: ``threshold`` (overrides the checkpoint's), ``torch_threads``, ``size`` (without weights).
+
+The network forward (images (N, 1, S, S) -> logits (N,)) is the only part a backend replaces
+(`models.backends`); preprocessing and the sigmoid/threshold stay here. The demo weights are
+stored in float16 and widened to float32 when loaded, so every backend takes and gives float32.
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ import numpy as np
 import torch
 from pydicom import Dataset
 
+from models.backends import TensorBackend, TensorSignature
+from models.backends.base import one_network
+from models.backends.inprocess import InProcessTorch
 from models.checkpoint import apply_torch_threads, card_from_metadata, load_checkpoint, untrained_metadata
 from models.findings import Classification, Findings, ImageRef
 from models.gout_mtp1.concepts import VOCABULARY
@@ -48,6 +55,9 @@ PUBLISHED: dict[str, float] = {
     "per_view_auc": 0.92, "per_view_accuracy": 0.8657, "per_view_sensitivity": 0.8237,
     "per_view_specificity": 0.9086, "delong_p_single_vs_per_view": 0.62,
 }
+#: tensor names of the network forward, in exported ONNX files and Triton model configurations
+INPUT_NAME = "images"
+OUTPUT_NAME = "logits"
 
 
 class GoutError(ValueError):
@@ -78,6 +88,7 @@ class GoutModel:
         self.card = card_from_metadata(
             metadata, id=MODEL_ID, name=NAME, manufacturer=MANUFACTURER, intended_use=INTENDED_USE,
             labels=LABELS, reference=REFERENCE, published=PUBLISHED, vocabulary=VOCABULARY)
+        self.backend: TensorBackend = InProcessTorch(self.net, self.tensor_signature())
 
     def prepare(self, datasets: Sequence[Dataset]) -> GoutBatch:
         if not datasets:
@@ -91,10 +102,27 @@ class GoutModel:
         """The prepared inputs the domain guard checks (what the network sees), with their sources."""
         return list(batch.tensor.numpy()), list(batch.refs)
 
+    def tensor_signature(self) -> TensorSignature:
+        """The forward's input (1, S, S) and output (a scalar logit) per image, and the card version."""
+        size = self.config.size
+        return TensorSignature(MODEL_ID, self.card.version, INPUT_NAME, (1, size, size), OUTPUT_NAME, ())
+
+    def tensor_signatures(self) -> tuple[TensorSignature, ...]:
+        """The one network's signature (the seam's `SwappableForward`)."""
+        return (self.tensor_signature(),)
+
+    def use_backend(self, backend: TensorBackend, network: str = "") -> None:
+        """Run every later forward on `backend` (onnxruntime, Triton) instead of `self.net`."""
+        one_network(MODEL_ID, network)
+        self.backend = backend
+
+    def logits(self, batch: GoutBatch) -> np.ndarray:
+        """The network forward on the configured backend: (N,) float32 log-odds of abnormal."""
+        return self.backend.run(batch.tensor.numpy())
+
     def probabilities(self, batch: GoutBatch) -> np.ndarray:
         """P(abnormal) per image (temperature-scaled when the checkpoint was calibrated)."""
-        with torch.inference_mode():
-            return torch.sigmoid(self.net(batch.tensor).double() / self.temperature).numpy()
+        return torch.sigmoid(torch.from_numpy(self.logits(batch)).double() / self.temperature).numpy()
 
     def _classify(self, p: float, ref: ImageRef | None, lat: str | None) -> Classification:
         return Classification(label=ABNORMAL if p >= self.threshold else NORMAL,
@@ -115,8 +143,8 @@ class GoutModel:
             domain=guard_verdicts(self.guard, *self.guard_inputs(batch)))
 
     def warm_up(self) -> None:
-        with torch.inference_mode():
-            self.net(torch.zeros(1, 1, self.config.size, self.config.size))
+        """One forward pass on zeros, so the first image does not pay for allocation."""
+        self.backend.run(np.zeros((1, 1, self.config.size, self.config.size), dtype=np.float32))
 
 
 def build(weights: Path | None = None, options: Mapping[str, Any] | None = None) -> GoutModel:

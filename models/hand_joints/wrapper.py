@@ -16,6 +16,11 @@ detection per scheme.
 
 Options: ``scheme`` ("auto", "shs", "kl", "both"; default auto), ``min_confidence`` (joints
 whose heatmap peak is below are not reported; default 0.1), ``torch_threads`` (int).
+
+Two network forwards, each behind its own backend (`models.backends`): the detector (grids
+(N, 1, G, G) -> heatmap logits (N, 21, G, G)) and the grader (crops (N, 1, C, C) and joint
+indices (N,) int64 -> SHS and KL logits (N, 5) each). Cutting hands and crops, the spatial
+softmax, keypoints, boxes and the softmax over grades stay here.
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ import numpy as np
 import torch
 from pydicom import Dataset
 
+from models.backends import TensorBackend, TensorSignature, TensorSpec
+from models.backends.base import BackendUnavailable
+from models.backends.inprocess import InProcessTorch
 from models.checkpoint import (
     apply_torch_threads,
     card_from_metadata,
@@ -65,6 +73,11 @@ PUBLISHED: dict[str, float] = {
     "oa.pr_auc.all": 0.917,
 }
 LABELS: tuple[str, ...] = (*J.grade_labels(J.SHS), *J.grade_labels(J.KL), *J.THREE_CLASSES)
+#: the two networks a backend can serve, and their tensor names in exported ONNX files
+DETECTOR, GRADER = "detector", "grader"
+NETWORKS: tuple[str, str] = (DETECTOR, GRADER)
+GRIDS, HEATMAPS = "grids", "heatmaps"
+CROPS, JOINT_INDEX, SHS_LOGITS, KL_LOGITS = "crops", "joints", "shs_logits", "kl_logits"
 
 _RA = re.compile(r"rheumat|\bRA\b|sharp|heijde|svdh|erosi|polyarthrit", re.IGNORECASE)
 _OA = re.compile(r"osteoarth|arthros|\bOA\b|kellgren|\bKL\b|heberden|bouchard|rhizarthr", re.IGNORECASE)
@@ -128,7 +141,7 @@ class HandResult:
 SPREAD_SCALE = 30.0
 
 
-def locate(detector: torch.nn.Module, grids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def locate(detector: TensorBackend, grids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(N, 1, G, G) detector inputs -> keypoints (N, K, 2) as grid (x, y) and confidences (N, K).
 
     Each channel is a spatial softmax, trained by integral regression (`spatial_softmax`), so the
@@ -136,8 +149,7 @@ def locate(detector: torch.nn.Module, grids: np.ndarray) -> tuple[np.ndarray, np
     confidence is exp(-spread / SPREAD_SCALE), spread being the RMS distance of the map's mass
     from that point: a focused map is a sure joint, a diffuse one (wrong side, not a hand) not.
     """
-    with torch.inference_mode():
-        prob = spatial_softmax(detector(torch.from_numpy(np.ascontiguousarray(grids))).float()).double()
+    prob = spatial_softmax(torch.from_numpy(detector.run(grids))).double()
     _n, _k, h, w = prob.shape
     xs = torch.arange(w, dtype=torch.float64)
     ys = torch.arange(h, dtype=torch.float64)
@@ -154,13 +166,28 @@ def spatial_softmax(logits: torch.Tensor) -> torch.Tensor:
     return logits.reshape(n, k, h * w).softmax(dim=2).reshape(n, k, h, w)
 
 
-def grade_crops(grader: JointGrader, crops: np.ndarray, joint_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def grade_crops(grader: TensorBackend, crops: np.ndarray, joint_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Crops (N, 1, C, C) and joint indices (N,) -> (P(SHS grade) (N, 5), P(KL grade) (N, 5))."""
     if len(crops) == 0:
         return np.zeros((0, J.N_GRADES)), np.zeros((0, J.N_GRADES))
-    with torch.inference_mode():
-        shs, kl = grader(torch.from_numpy(np.ascontiguousarray(crops)), torch.from_numpy(joint_idx).long())
+    out = grader.run_named({CROPS: crops, JOINT_INDEX: np.asarray(joint_idx, dtype=np.int64)})
+    shs, kl = torch.from_numpy(out[SHS_LOGITS]), torch.from_numpy(out[KL_LOGITS])
     return shs.softmax(1).double().numpy(), kl.softmax(1).double().numpy()
+
+
+@dataclass(frozen=True)
+class HandInputs:
+    """What the two networks see for one hand: the detector grid of the orientation chosen, the
+    joint crops cut at its keypoints and their joint indices, with the geometry to map back."""
+
+    hand: T.Hand
+    points: np.ndarray  # (K, 2) keypoints in hand pixels
+    geometry: list[J.JointGeometry]  # per joint, from the keypoints
+    confidence: np.ndarray  # (K,)
+    side_inferred: bool
+    grid: np.ndarray  # (1, G, G)
+    crops: np.ndarray  # (K, 1, C, C)
+    joint_index: np.ndarray  # (K,) int64
 
 
 class HandJointsModel:
@@ -179,33 +206,66 @@ class HandJointsModel:
         self.card = card_from_metadata(
             metadata, id=MODEL_ID, name=NAME, manufacturer=MANUFACTURER, intended_use=INTENDED_USE,
             labels=LABELS, reference=REFERENCE, published=PUBLISHED, vocabulary=VOCABULARY)
+        detector_sig, grader_sig = self.tensor_signatures()
+        self.backends: dict[str, TensorBackend] = {
+            DETECTOR: InProcessTorch(self.detector, detector_sig), GRADER: InProcessTorch(self.grader, grader_sig)}
+
+    # -- the backend seam: two networks ------------------------------------------------------
+
+    def tensor_signatures(self) -> tuple[TensorSignature, TensorSignature]:
+        """The detector's (grids -> heatmap logits) and the grader's (crops and joint indices ->
+        SHS and KL logits) signatures, with the card version."""
+        version, g, c = self.card.version, self.grid, self.crop
+        detector = TensorSignature(MODEL_ID, version, GRIDS, (1, g, g), HEATMAPS, (len(J.JOINTS), g, g),
+                                   network=DETECTOR)
+        grader = TensorSignature(MODEL_ID, version, CROPS, (1, c, c), SHS_LOGITS, (J.N_GRADES,),
+                                 extra_inputs=(TensorSpec(JOINT_INDEX, (), "int64"),),
+                                 extra_outputs=(TensorSpec(KL_LOGITS, (J.N_GRADES,)),), network=GRADER)
+        return detector, grader
+
+    def use_backend(self, backend: TensorBackend, network: str = "") -> None:
+        """Run every later forward of `network` ("detector" or "grader") on `backend`."""
+        if network not in NETWORKS:
+            raise BackendUnavailable(f"{MODEL_ID} has the networks {', '.join(NETWORKS)}; "
+                                     f"name one (not {network!r})")
+        self.backends[network] = backend
 
     # -- the analysis one radiograph gets (training's evaluation calls this too) -------------
 
-    def _orient(self, hand: T.Hand) -> tuple[T.Hand, np.ndarray, np.ndarray, bool]:
-        """Keypoints (hand pixels) and confidences; unknown side: the orientation whose joint maps
-        are the most focused (the detector only ever saw canonical right hands)."""
+    def _orient(self, hand: T.Hand) -> tuple[T.Hand, np.ndarray, np.ndarray, np.ndarray, bool]:
+        """Keypoints (hand pixels), confidences and the detector grid; unknown side: the
+        orientation whose joint maps are the most focused (the detector only ever saw canonical
+        right hands)."""
         candidates = [hand] if hand.laterality in ("L", "R") else [hand, hand.flipped()]
-        best: tuple[T.Hand, np.ndarray, np.ndarray] | None = None
+        best: tuple[T.Hand, np.ndarray, np.ndarray, np.ndarray] | None = None
         best_score = -1.0
         for cand in candidates:
             grid, gm = T.detector_grid(cand, self.grid)
-            pts, conf = locate(self.detector, grid[np.newaxis])
+            pts, conf = locate(self.backends[DETECTOR], grid[np.newaxis])
             score = float(np.mean(conf[0]))
             if score > best_score:
-                best, best_score = (cand, gm.to_image(pts[0]), conf[0]), score
+                best, best_score = (cand, gm.to_image(pts[0]), conf[0], grid), score
         assert best is not None
-        return best[0], best[1], best[2], len(candidates) > 1
+        return best[0], best[1], best[2], best[3], len(candidates) > 1
+
+    def hand_inputs(self, ds: Dataset, laterality: str | None = None) -> list[HandInputs]:
+        """Per hand of one radiograph: the detector's chosen grid, and the grader's crops and
+        joint indices cut at the keypoints it found (what the two networks see)."""
+        out = []
+        for hand in T.hands_of(ds, laterality):
+            oriented, pts, conf, grid, inferred = self._orient(hand)
+            geometry = J.geometry_from_keypoints(pts)
+            crops = np.stack([T.joint_crop(oriented.pixels, geo, name, self.crop)
+                              for name, geo in zip(J.JOINTS, geometry, strict=True)])
+            out.append(HandInputs(oriented, pts, geometry, conf, inferred, grid, crops, np.arange(len(J.JOINTS))))
+        return out
 
     def analyse(self, ds: Dataset, laterality: str | None = None) -> list[HandResult]:
         """Every hand of one radiograph, joints in source coordinates."""
         out = []
-        for hand in T.hands_of(ds, laterality):
-            oriented, pts, conf, inferred = self._orient(hand)
-            geometry = J.geometry_from_keypoints(pts)
-            crops = np.stack([T.joint_crop(oriented.pixels, geo, name, self.crop)
-                              for name, geo in zip(J.JOINTS, geometry, strict=True)])
-            p_shs, p_kl = grade_crops(self.grader, crops, np.arange(len(J.JOINTS)))
+        for inputs in self.hand_inputs(ds, laterality):
+            oriented, pts, conf, geometry = inputs.hand, inputs.points, inputs.confidence, inputs.geometry
+            p_shs, p_kl = grade_crops(self.backends[GRADER], inputs.crops, inputs.joint_index)
             src_pts = oriented.to_source(pts)
             results = []
             for k, (name, geo) in enumerate(zip(J.JOINTS, geometry, strict=True)):
@@ -214,7 +274,7 @@ class HandJointsModel:
                 results.append(JointResult(name, (float(src_pts[k, 0]), float(src_pts[k, 1])),
                                            _clip_box(box, ds), float(conf[k]), p_shs[k], p_kl[k]))
             side = oriented.laterality or ("L" if oriented.mirrored else "R")
-            out.append(HandResult(side, inferred, tuple(results)))
+            out.append(HandResult(side, inputs.side_inferred, tuple(results)))
         return out
 
     # -- the model seam ----------------------------------------------------------------------
@@ -278,10 +338,10 @@ class HandJointsModel:
             notes=tuple(dict.fromkeys(notes)), domain=guard_verdicts(self.guard, *self.guard_inputs(batch)))
 
     def warm_up(self) -> None:
-        """One pass of each network on zeros."""
-        with torch.inference_mode():
-            self.detector(torch.zeros(1, 1, self.grid, self.grid))
-            self.grader(torch.zeros(1, 1, self.crop, self.crop), torch.zeros(1, dtype=torch.long))
+        """One pass of each network on zeros, on its configured backend."""
+        self.backends[DETECTOR].run(np.zeros((1, 1, self.grid, self.grid), dtype=np.float32))
+        self.backends[GRADER].run_named({CROPS: np.zeros((1, 1, self.crop, self.crop), dtype=np.float32),
+                                         JOINT_INDEX: np.zeros(1, dtype=np.int64)})
 
 
 def _clip_box(box: tuple[float, float, float, float], ds: Dataset) -> tuple[float, float, float, float]:

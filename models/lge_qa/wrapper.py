@@ -27,6 +27,7 @@ from pydicom import Dataset
 
 from models import checkpoint
 from models.backends import TensorBackend, TensorSignature
+from models.backends.base import one_network
 from models.backends.inprocess import InProcessTorch
 from models.checkpoint import card_from_metadata
 from models.findings import Classification, Findings, ImageRef
@@ -105,7 +106,6 @@ class LgeQaModel:
         threshold: float,
     ) -> None:
         self.net = net.eval()
-        self.backend: TensorBackend = InProcessTorch(self.net)
         self.metadata = dict(metadata)
         self.guard = DomainGuard.from_metadata(metadata)
         self.threshold = float(threshold)
@@ -120,6 +120,7 @@ class LgeQaModel:
             metadata, id=MODEL_ID, name=NAME, manufacturer=MANUFACTURER, intended_use=INTENDED_USE,
             labels=LABELS, reference=REFERENCE, published=PUBLISHED, vocabulary=VOCABULARY,
         )
+        self.backend: TensorBackend = InProcessTorch(self.net, self.tensor_signature())
 
     def prepare(self, datasets: Sequence[Dataset]) -> LgeQaBatch:
         """Single-frame slices and multi-frame Enhanced MR (one ref per frame) -> one batch."""
@@ -142,8 +143,13 @@ class LgeQaModel:
         size = self.config.size
         return TensorSignature(MODEL_ID, self.card.version, INPUT_NAME, (1, size, size), OUTPUT_NAME, ())
 
-    def use_backend(self, backend: TensorBackend) -> None:
+    def tensor_signatures(self) -> tuple[TensorSignature, ...]:
+        """The one network's signature (the seam's `SwappableForward`)."""
+        return (self.tensor_signature(),)
+
+    def use_backend(self, backend: TensorBackend, network: str = "") -> None:
         """Run every later forward on `backend` (onnxruntime, Triton) instead of `self.net`."""
+        one_network(MODEL_ID, network)
         self.backend = backend
 
     def logits(self, batch: LgeQaBatch) -> np.ndarray:

@@ -9,6 +9,11 @@ another variant is refused. Preprocessing is `transforms.to_input`, the call tra
 Output per image: a Classification with the EULAR-OMERACT combined grade (labels grade_0 ..
 grade_3), the four probabilities, the joint and laterality the headers give; the series summary
 is the highest grade seen. Options: ``torch_threads`` (int), ``size`` (net size without weights).
+
+The network forward (stills (N, C, S, S) or cines (N, T, C, S, S) -> logits (N, 4)) is the only
+part a backend replaces (`models.backends`); preprocessing and the softmax stay here. The demo
+weights are stored in float16 and widened to float32 when loaded, so every backend takes and
+gives float32.
 """
 
 from __future__ import annotations
@@ -22,11 +27,14 @@ import numpy as np
 import torch
 from pydicom import Dataset
 
+from models.backends import TensorBackend, TensorSignature
+from models.backends.base import one_network
+from models.backends.inprocess import InProcessTorch
 from models.checkpoint import apply_torch_threads, card_from_metadata, load_checkpoint, untrained_metadata
 from models.findings import Classification, Findings, ImageRef
 from models.guard import DomainGuard, guard_verdicts
 from models.synovitis.concepts import VOCABULARY
-from models.synovitis.net import SynovitisNet
+from models.synovitis.net import N_GRADES, SynovitisNet
 from models.synovitis.transforms import VARIANTS, SynovitisTransform, joint_site, to_input
 from models.us.headers import laterality
 
@@ -47,6 +55,8 @@ PUBLISHED: dict[str, dict[str, float]] = {
     "dpd": {"auc.grade_0": 0.87},
 }
 PUBLISHED_ICC_RANGE = (0.239, 0.756)
+#: tensor names of the network forward, in exported ONNX files and Triton model configurations
+STILL_INPUT, CINE_INPUT, OUTPUT_NAME = "images", "cines", "logits"
 
 
 def model_id(variant: str) -> str:
@@ -93,6 +103,7 @@ class SynovitisModel:
             metadata, id=model_id(variant), name=f"RA synovitis grade, {self.spec.name} ({self.spec.code}, ResNet)",
             manufacturer=MANUFACTURER, intended_use=intended_use(variant), labels=LABELS,
             reference=REFERENCE, published=PUBLISHED[variant], vocabulary=VOCABULARY)
+        self.backend: TensorBackend = InProcessTorch(self.net, self.tensor_signature())
 
     def prepare(self, datasets: Sequence[Dataset]) -> SynovitisBatch:
         """Each instance (still or cine) -> one input of this variant."""
@@ -108,10 +119,32 @@ class SynovitisModel:
         """The prepared inputs the domain guard checks (what the network sees), with their sources."""
         return list(batch.tensor.numpy()), list(batch.refs)
 
+    def input_shape(self) -> tuple[int, ...]:
+        """One input of this variant: (C, S, S) for a still, (T, C, S, S) for a cine."""
+        s, c = self.config.size, self.spec.channels
+        return (self.config.frames, c, s, s) if self.spec.cine else (c, s, s)
+
+    def tensor_signature(self) -> TensorSignature:
+        """The forward's input per image or cine and its output (4 grade logits), and the card version."""
+        return TensorSignature(self.card.id, self.card.version, CINE_INPUT if self.spec.cine else STILL_INPUT,
+                               self.input_shape(), OUTPUT_NAME, (N_GRADES,))
+
+    def tensor_signatures(self) -> tuple[TensorSignature, ...]:
+        """The one network's signature (the seam's `SwappableForward`)."""
+        return (self.tensor_signature(),)
+
+    def use_backend(self, backend: TensorBackend, network: str = "") -> None:
+        """Run every later forward on `backend` (onnxruntime, Triton) instead of `self.net`."""
+        one_network(self.card.id, network)
+        self.backend = backend
+
+    def logits(self, batch: SynovitisBatch) -> np.ndarray:
+        """The network forward on the configured backend: (N, 4) float32 grade logits."""
+        return self.backend.run(batch.tensor.numpy())
+
     def probabilities(self, batch: SynovitisBatch) -> np.ndarray:
         """(N, 4) grade probabilities."""
-        with torch.inference_mode():
-            return torch.softmax(self.net(batch.tensor).float(), dim=1).double().numpy()
+        return torch.softmax(torch.from_numpy(self.logits(batch)), dim=1).double().numpy()
 
     def predict(self, batch: SynovitisBatch) -> Findings:
         p = self.probabilities(batch)
@@ -134,10 +167,7 @@ class SynovitisModel:
 
     def warm_up(self) -> None:
         """One forward pass on zeros of the input shape."""
-        s, c = self.config.size, self.spec.channels
-        shape = (1, self.config.frames, c, s, s) if self.spec.cine else (1, c, s, s)
-        with torch.inference_mode():
-            self.net(torch.zeros(shape))
+        self.backend.run(np.zeros((1, *self.input_shape()), dtype=np.float32))
 
 
 def build(variant: str, weights: Path | None = None, options: Mapping[str, Any] | None = None) -> SynovitisModel:

@@ -577,12 +577,13 @@ def task_demo_weights(request: Any) -> Path:
 
 
 def _register() -> None:
+    from train.elastography.export import task_export
     from train.tasks import TASKS, TaskSpec, register_task
 
     spec = TaskSpec(
         name=MODEL_ID,
         summary="virtual breast strain elastography from B-mode (Transformer-UNet pix2pix GAN, Tsukuba head)",
-        fit=task_fit, evaluate=task_evaluate, card=task_card, demo_weights=task_demo_weights,
+        fit=task_fit, evaluate=task_evaluate, card=task_card, demo_weights=task_demo_weights, export=task_export,
         default_config=GanConfig(epochs=DemoConfig.epochs, lr=DemoConfig.lr, seed=DEMO_SEED, patience=0,
                                  max_steps_per_epoch=DemoConfig.max_steps_per_epoch),
     )

@@ -43,6 +43,7 @@ from train.common.seeding import seed_everything
 from train.common.splits import split_indices
 from train.common.trainer import FitConfig, FitResult
 from train.common.weights import checkpoint_metadata, save_state_and_metadata, sha256_of
+from train.gout_mtp1.export import task_export
 from train.phantoms.mtp1 import VIEWS, Mtp1Case, case_dataset, sample_cases
 from train.tasks import CardRequest, DemoWeightsRequest, EvaluateRequest, FitRequest, TaskSpec, register_task
 
@@ -273,5 +274,5 @@ def demo(request: DemoWeightsRequest) -> Path:
 
 TASK = register_task(TaskSpec(
     name=MODEL_ID, summary="gout at MTP1 on ultrasound, normal vs abnormal, one ResNet-50 across views",
-    fit=fit, evaluate=evaluate, card=card, demo_weights=demo,
+    fit=fit, evaluate=evaluate, card=card, demo_weights=demo, export=task_export,
     default_config=FitConfig(epochs=10, lr=2e-3, patience=4)))

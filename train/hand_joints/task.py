@@ -56,6 +56,7 @@ from train.common.trainer import FitConfig, FitResult, Runtime, Trainer, make_sc
 from train.common.weights import save_serving_checkpoint, serving_state, sha256_of
 from train.hand_joints.annotations import AnnotatedImage, from_phantom, read_annotated_manifest, split_of
 from train.hand_joints.evaluation import evaluate_model, write_card
+from train.hand_joints.export import task_export
 from train.phantoms.hand import HandImage, hand_cohort
 from train.tasks import CardRequest, DemoWeightsRequest, EvaluateRequest, FitRequest, TaskSpec, register_task
 
@@ -422,6 +423,6 @@ def demo_weights(request: DemoWeightsRequest) -> Path:
 TASK = register_task(TaskSpec(
     name="hand_joints",
     summary="hand radiographs: joint keypoints + boxes, SHS narrowing and KL grades (phantoms)",
-    fit=fit, evaluate=evaluate, card=card, demo_weights=demo_weights,
+    fit=fit, evaluate=evaluate, card=card, demo_weights=demo_weights, export=task_export,
     default_config=FitConfig(epochs=30, lr=3e-3, patience=6),
 ))

@@ -454,44 +454,14 @@ def task_demo_weights(request: Any) -> Path:
 def task_export(request: Any) -> Any:
     """ExportRequest -> ExportResult: the network forward as ONNX or TorchScript (and a Triton
     repository), refused unless it agrees with the in-process model on phantom slices."""
-    from models.backends.export import (
-        ExportError,
-        TritonBatching,
-        export_onnx,
-        export_torchscript,
-        max_abs_difference,
-        runner_for,
-        triton_names,
-        write_triton_repository,
-    )
+    from train.common.export import NetworkToExport, export_networks, with_zeros
     from train.phantoms.lge import demo_series
-    from train.tasks import ExportResult
 
     model = build(Path(request.checkpoint) if request.checkpoint is not None else DEMO_WEIGHTS)
     signature = model.tensor_signature()
-    fmt = request.format
-    out = Path(request.out_dir) / f"{signature.model_name}.{'onnx' if fmt == 'onnx' else 'pt'}"
-    (export_onnx if fmt == "onnx" else export_torchscript)(model.net, signature, out)
-    batching = TritonBatching(
-        max_batch_size=request.max_batch_size, preferred_batch_sizes=tuple(request.preferred_batch_sizes),
-        max_queue_delay_us=request.max_queue_delay_us, alert_queue_timeout_ms=request.alert_queue_timeout_ms,
-        default_queue_timeout_ms=request.default_queue_timeout_ms)
-    folder = None
-    checked = [out]
-    if request.triton_repo is not None:
-        folder = write_triton_repository(Path(request.triton_repo), signature, out, fmt, batching)
-        checked.append(folder / "1" / out.name.replace(signature.model_name, "model"))
     # phantom slices through the serving preprocessing, plus an empty (all-nulled) slice
-    x = np.concatenate([model.prepare(demo_series(seed=1, n_slices=7)).tensor.numpy(),
-                        np.zeros((1, *signature.input_shape), dtype=np.float32)])
-    worst = 0.0
-    for path in checked:
-        worst = max(worst, max_abs_difference(model.backend.run, runner_for(path, signature, fmt), x))
-    if worst > request.tolerance:
-        raise ExportError(f"{fmt} export differs from torch by {worst:.2e} > tolerance {request.tolerance:.1e}")
-    in_name, out_name = triton_names(signature, fmt)
-    return ExportResult(model_file=out, triton_model_dir=folder, max_abs_diff=worst,
-                        input_name=in_name, output_name=out_name)
+    x = with_zeros(model.prepare(demo_series(seed=1, n_slices=7)).tensor.numpy())
+    return export_networks(request, [NetworkToExport(model.net, signature, {signature.input_name: x})])
 
 
 def _register() -> None:

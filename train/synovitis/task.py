@@ -54,7 +54,17 @@ from train.common.splits import split_indices
 from train.common.trainer import FitConfig, FitResult
 from train.common.weights import checkpoint_metadata, save_state_and_metadata, sha256_of
 from train.phantoms.joint_us import JointCase, case_dataset, sample_cases
-from train.tasks import CardRequest, DemoWeightsRequest, EvaluateRequest, FitRequest, TaskSpec, register_task
+from train.synovitis.export import task_export
+from train.tasks import (
+    CardRequest,
+    DemoWeightsRequest,
+    EvaluateRequest,
+    ExportRequest,
+    ExportResult,
+    FitRequest,
+    TaskSpec,
+    register_task,
+)
 
 MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "synovitis"
 DEMO_SEED = 0
@@ -335,10 +345,13 @@ def _register(variant: str) -> TaskSpec:
         print(json.dumps(summary, indent=2, default=str))
         return out
 
+    def export(request: ExportRequest) -> ExportResult:
+        return task_export(variant, request)
+
     spec = VARIANTS[variant]
     return register_task(TaskSpec(
         name=model_id(variant), summary=f"RA synovitis grade 0-3, {spec.name} ({spec.code}), MONAI ResNet",
-        fit=fit, evaluate=evaluate, card=card, demo_weights=demo,
+        fit=fit, evaluate=evaluate, card=card, demo_weights=demo, export=export,
         default_config=FitConfig(epochs=12, lr=2e-3, patience=5)))
 
 
