@@ -396,6 +396,9 @@ def main() -> int:
             zero = (lost == 0 and all(c == 0 for c in codes) and outbox.get("pending", 0) == 0
                     and outbox.get("dead", 0) == 0 and failed_jobs == 0 and lge_alerted + lge_not_assessed == len(stream.sent))
             print(f"  {'zero lost':<34} {'YES' if zero else 'NO'}")
+            _print_settle(journal)
+            for phase in ("unloaded", "loaded"):
+                _print_alert_stages(journal, watch, [x for x in stream.sent if x.phase == phase], phase)
             print("\n/metrics after the run (selected):")
             for line in metrics.splitlines():
                 if line.startswith(("sidecar_instances_", "sidecar_series{", "sidecar_dead_letters",
@@ -409,6 +412,55 @@ def main() -> int:
             pacs.stop()
     print(f"\nmachine: {machine_note()}; total {time.monotonic() - t_start:.0f} s")
     return 0
+
+
+def _print_settle(journal: Path) -> None:
+    """Where the settle time went: per stage of the series jobs, seconds after the last load instance."""
+    rows = _journal(journal, """
+        SELECT s.last_received, s.completed_at, j.created_at, j.started_at, j.finished_at,
+               (SELECT MAX(o.sent_at) FROM outbox o WHERE o.job_id = j.id)
+        FROM jobs j JOIN series s ON s.series_uid = j.series_uid
+        WHERE j.route = 'bench-load' ORDER BY j.id""")
+    if not rows:
+        return
+    last = max(r[0] for r in rows)
+    names = ("series complete", "job queued", "job started", "job finished", "SR at the PACS")
+
+    def span(i: int) -> str:
+        vals = [r[i] - last for r in rows if r[i] is not None]
+        return f"+{min(vals):6.1f} .. +{max(vals):6.1f} s" if vals else "never"
+
+    runs = [r[4] - r[3] for r in rows if r[3] is not None and r[4] is not None]
+    print(f"  {'settle, load series jobs':<34} (n={len(rows)}; seconds after the last load instance was received)")
+    for i, name in enumerate(names, start=1):
+        print(f"    {name:<32} {span(i)}")
+    if runs:
+        print(f"    {'one job, started -> finished':<32} median {median(runs):.1f} s, max {max(runs):.1f} s")
+
+
+def _print_alert_stages(journal: Path, watch: StreamWatch, sent: list[Slice], phase: str) -> None:
+    """Where an LGE slice's time to alert goes, from the journal's timestamps and the alert's raised_at."""
+    stages: dict[str, list[float]] = {"received -> job queued (assembler, routing)": [],
+                                      "job queued -> claimed (streaming worker)": [],
+                                      "claimed -> alert raised (read, model, alert)": [],
+                                      "raised -> on the stream (fan-out, web)": []}
+    keys = list(stages)
+    for x in sent:
+        alert = watch.alerts.get(x.sop_uid)
+        rows = _journal(journal, "SELECT i.received_at, j.created_at, j.started_at FROM instances i "
+                        "JOIN jobs j ON j.instance_uid = i.sop_instance_uid WHERE i.sop_instance_uid = ?",
+                        (x.sop_uid,))
+        if alert is None or not rows or None in rows[0]:
+            continue
+        received, queued, started = rows[0]
+        for key, value in zip(keys, (queued - received, started - queued, alert.raised_at - started,
+                                     alert.arrived_at - alert.raised_at), strict=True):
+            stages[key].append(value)
+    if not stages[keys[0]]:
+        return
+    print(f"  {'alert stages, ' + phase:<34} (journal timestamps; n={len(stages[keys[0]])})")
+    for key, values in stages.items():
+        print(f"    {key:<48} {_stats(values)}")
 
 
 def _wait_alerts(watch: StreamWatch, stream: LgeStream, phase: str) -> None:
