@@ -110,6 +110,12 @@ def _sample(model_id: str) -> Callable[..., list[Dataset]] | None:
         return None
 
 
+def _absolute(entry: dict[str, object], key: str, bundled: Path) -> None:
+    value = entry.get(key)
+    if isinstance(value, str) and value and not Path(value).is_absolute():
+        entry[key] = str((bundled / value).resolve())
+
+
 def write_demo_config(folder: Path, pacs: PacsStandIn, bundled: Path = BUNDLED_CONF) -> Path:
     """Copy the bundled conf/ with the demo's ports, data folder and destination."""
     conf = folder / "conf"
@@ -127,8 +133,14 @@ def write_demo_config(folder: Path, pacs: PacsStandIn, bundled: Path = BUNDLED_C
     (conf / "sidecar.yaml").write_text(yaml.safe_dump(svc))
     models = yaml.safe_load((conf / "models.yaml").read_text()) or {}
     for entry in (models.get("models") or {}).values():
-        if entry and entry.get("weights") and not Path(entry["weights"]).is_absolute():
-            entry["weights"] = str((bundled / entry["weights"]).resolve())
+        if not entry:
+            continue
+        _absolute(entry, "weights", bundled)
+        backend = entry.get("backend")
+        if isinstance(backend, dict):  # the ONNX file(s), relative to the bundled conf/ like the weights
+            _absolute(backend, "model_file", bundled)
+            for network in (backend.get("networks") or {}).values():
+                _absolute(network, "model_file", bundled)
     (conf / "models.yaml").write_text(yaml.safe_dump(models))
     routes = yaml.safe_load((conf / "routes.yaml").read_text()) or {}
     for r in routes.get("routes") or []:

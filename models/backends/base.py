@@ -164,7 +164,7 @@ class OnnxNetworkFile:
 
 @dataclass(frozen=True)
 class OnnxRuntimeConfig:
-    """An exported ONNX file run by onnxruntime in this process (`pip install .[onnx]`).
+    """An exported ONNX file run by onnxruntime in this process (the bundled models' default).
 
     A model of one network names its file in `model_file`; a model of several (hand_joints)
     names one file per network in `networks` instead (an ONNX Runtime session must be fed every

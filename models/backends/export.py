@@ -14,8 +14,8 @@ Every network exports to ONNX. TorchScript and Triton repositories are written f
 one tensor in and one out (Triton's client here sends one); the elastography generator with its
 Tsukuba head and the hand-joints grader are refused there, naming their tensors.
 
-`onnx` and `onnxruntime` come with `pip install .[onnx]` and are imported only here, when an
-export runs.
+`onnx` comes with `pip install .[onnx]` (onnxruntime is a base dependency); both are imported
+only here, when an export runs.
 """
 
 from __future__ import annotations

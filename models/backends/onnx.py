@@ -1,4 +1,4 @@
-"""An exported ONNX file run by onnxruntime in this process (`pip install .[onnx]`).
+"""An exported ONNX file run by onnxruntime in this process (the bundled models' default).
 
 onnxruntime is imported when the backend is opened, never at import of this package, so the
 default install needs none of it. The file must carry the model version it was exported from
@@ -24,7 +24,7 @@ from models.backends.base import (
 )
 from models.checkpoint import ModelUnavailable, verify_weights
 
-INSTALL_HINT = "install the optional backend with: pip install '.[onnx]'"
+INSTALL_HINT = "install it with: pip install onnxruntime (a dependency of the sidecar)"
 
 
 def import_onnxruntime() -> Any:

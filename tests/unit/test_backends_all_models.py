@@ -295,3 +295,33 @@ class TestExportRules:
         assert [(t.name, t.dtype) for t in sig.inputs] == [("crops", "float32"), ("idx", "int64")]
         assert [t.name for t in sig.outputs] == ["a", "b"]
         assert (sig.single_tensor, sig.served_name, sig.label) == (False, "m_grader", "m grader")
+
+
+class TestTheBundledConfiguration:
+    """conf/models.yaml runs every model on onnxruntime (bench.backends: 2-10x faster here); the
+    bundled ONNX files must be exports of the bundled weights, answering as they do."""
+
+    @pytest.mark.parametrize("model_id", list(PHANTOMS))
+    def test_bundled_onnx_files_answer_as_the_bundled_weights(self, model_id: str) -> None:
+        bundled = load_settings(REPO / "conf", env={})
+        assert bundled.model_backend(model_id).kind == "onnxruntime", f"{model_id} is not on onnxruntime"
+        reference = _build(bundled, model_id, onnx=False)
+        served = _build(bundled, model_id, onnx=True)  # sha256 and model version checked on open
+        assert set(_backend_names(served)) == {"onnxruntime"}
+        datasets = PHANTOMS[model_id]()
+        assert assert_findings_agree(reference.predict(reference.prepare(datasets)),
+                                     served.predict(served.prepare(datasets))) >= len(datasets)
+
+    def test_the_demo_config_copy_keeps_every_onnx_file_reachable(self, tmp_path: Path) -> None:
+        """`write_demo_config` (sidecar demo, the viewer test) copies conf/ elsewhere: the ONNX
+        files' relative paths must follow, or every model is unavailable there."""
+        from sidecar.demo import PacsStandIn, write_demo_config
+
+        pacs = PacsStandIn(tmp_path / "pacs")
+        settings = load_settings(write_demo_config(tmp_path, pacs), env={})
+        files: list[Path] = []
+        for model_id in PHANTOMS:
+            backend = settings.model_backend(model_id)
+            assert backend.kind == "onnxruntime", model_id
+            files += [backend.model_file] if backend.model_file else [n.model_file for n in backend.networks]
+        assert len(files) == 9 and all(Path(f).is_file() for f in files), files

@@ -88,7 +88,7 @@ class TestModelBackends:
     def test_backend_in_models_yaml_reaches_the_model_factory(self, tmp_path: Path) -> None:
         """models.yaml's ONNX Runtime backend reaches the model: per-network files that do not exist
         make it unavailable, naming the missing file (every built-in model has the seam now)."""
-        pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install '.[onnx]')")
+        pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (a base dependency)")
         from sidecar.pipeline.model_set import load_models
         from sidecar.settings import load_settings
 
