@@ -355,3 +355,70 @@ class TestJournalFailures:
         assert len(h.journal.jobs(str(ds.SeriesInstanceUID))) == 1
         assert fake.calls.count("set_route") == 1
         fake.close()
+
+
+class TestOnArrival:
+    """A slice of a series already routed to instance mode is handled on the association thread."""
+
+    def _stream(self, tmp_path: Path) -> tuple[Harness, list[Dataset]]:
+        h = Harness(tmp_path, [_route(mode="instance")])
+        series = make_mr_series(3, seed=60)
+        h.receive(series[0])  # the first slice is routed on the assembler's thread
+        assert h.asm.pending() == 0 and len(h.journal.jobs(str(series[0].SeriesInstanceUID))) == 1
+        return h, series
+
+    def _arrive(self, h: Harness, ds: Dataset) -> None:
+        path = h.tmp / f"{ds.SOPInstanceUID}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        hd = read_header(ds)
+        rec = h.journal.record_instance(InstanceRecord(
+            hd.sop_instance_uid, hd.sop_class_uid, hd.series_uid, hd.study_uid, hd.modality, str(path), 1,
+            "CONSOLE", hd.expected_count))
+        h.asm.on_instance(InstanceReceived(hd, str(path), rec, "CONSOLE"))
+
+    def test_next_slice_is_queued_before_on_instance_returns(self, tmp_path: Path) -> None:
+        h, series = self._stream(tmp_path)
+        self._arrive(h, series[1])  # no process_pending: nothing may be left for the assembler's thread
+        jobs = h.journal.jobs(str(series[1].SeriesInstanceUID))
+        assert h.asm.pending() == 0
+        assert [j.instance_uid for j in jobs] == [str(series[0].SOPInstanceUID), str(series[1].SOPInstanceUID)]
+        assert h.queued == 2
+
+    def test_a_busy_assembler_leaves_the_slice_on_the_urgent_lane(self, tmp_path: Path) -> None:
+        import threading
+
+        h, series = self._stream(tmp_path)
+        held, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            with h.asm._lock:  # the assembler's thread in a long step (a header read, a completion)
+                held.set()
+                release.wait(5)
+
+        t = threading.Thread(target=hold)
+        t.start()
+        held.wait(5)
+        try:
+            self._arrive(h, series[1])
+            assert h.asm.pending() == 1 and len(h.journal.jobs(str(series[1].SeriesInstanceUID))) == 1
+        finally:
+            release.set()
+            t.join(5)
+        assert h.asm.process_pending() == 1
+        assert len(h.journal.jobs(str(series[1].SeriesInstanceUID))) == 2 and h.queued == 2
+
+    def test_a_failed_journal_write_leaves_the_slice_for_the_lane(self, tmp_path: Path) -> None:
+        routes = [_route(mode="instance")]
+        h = Harness(tmp_path, routes)
+        fake = FailingJournal(f"sqlite:///{tmp_path / 'fake.sqlite'}", clock=h.timers.now, heartbeat_s=0)
+        h.journal = fake
+        h.asm = SeriesAssembler(fake, routes, {}, {"brightness": "1"}, h.timers, on_job_queued=h._q)
+        series = make_mr_series(2, seed=61)
+        h.receive(series[0])
+        fake.fail("enqueue_job", times=1)
+        self._arrive(h, series[1])  # the write on arrival fails: the slice is queued, not lost
+        assert h.asm.pending() == 1
+        assert h.asm.process_pending() == 1
+        assert [j.instance_uid for j in h.journal.jobs(str(series[0].SeriesInstanceUID))] == [
+            str(series[0].SOPInstanceUID), str(series[1].SOPInstanceUID)]
+        fake.close()
