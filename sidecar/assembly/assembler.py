@@ -21,12 +21,13 @@ job for every journalled slice of an instance-mode series that has none, whateve
 its series, so every acknowledged slice gets exactly one job.
 
 Routing reads the spooled header on this component's own thread, never on the association
-thread. A slice of a series already routed to instance mode needs no header read: it is handled
-on the association thread itself, before the C-STORE response (one journal read, one write),
-because handing it to this component's thread cost a wait for the GIL among the association
-threads: ~100 ms per slice under a burst of eight consoles (bench.load's alert stages). When
-this component is busy (its lock not free within `FAST_LOCK_S`) or the journal write fails, the
-slice takes the urgent lane instead; handling a slice twice queues one job (the journal's key).
+thread. A slice of a series already routed to instance mode needs no header read: its job is
+queued on the association thread itself, before the C-STORE response (one journal read, one
+write, without this component's lock), because handing it to this component's thread cost a
+wait for the GIL among the association threads: ~100 ms per slice under a burst of eight
+consoles (bench.load's alert stages). The slice still takes the urgent lane for its completion
+check; queueing its job again there is a no-op (the journal's key), and if the write on arrival
+failed, the lane queues it.
 """
 
 from __future__ import annotations
@@ -52,7 +53,6 @@ PRIORITY_INSTANCE = 0  # streaming jobs (LGE per slice) run first
 PRIORITY_SERIES = 10
 SHORT_GRACE_FACTOR = 10.0  # a series short of its expected count waits this many quiet times
 RETRY_S = 1.0  # how often a journal write that failed is tried again
-FAST_LOCK_S = 0.02  # a known streaming slice waits this long for the assembler's lock, else queues
 _MODE_CACHE = 50_000  # series whose lane is remembered (unrouted ones are never forgotten otherwise)
 
 _Item = InstanceReceived | AssociationReleased
@@ -96,26 +96,26 @@ class SeriesAssembler:
 
     def on_instance(self, item: InstanceReceived) -> None:
         mode = self._mode.get(item.header.series_uid)
-        if mode == "instance" and self._handle_now(item):
-            return
+        if mode == "instance":
+            self._queue_now(item)
         urgent = (mode or "instance") == "instance"
         with self._wake:
             (self._urgent if urgent else self._bulk).append(item)
             self._wake.notify()
 
-    def _handle_now(self, item: InstanceReceived) -> bool:
-        """A slice of a known streaming series, handled on the caller's (association) thread;
-        False when it should take the urgent lane instead (lock busy, journal failed)."""
-        if not self._lock.acquire(timeout=FAST_LOCK_S):
-            return False
+    def _queue_now(self, item: InstanceReceived) -> None:
+        """The job of a slice of a known streaming series, queued on the caller's (association)
+        thread without the assembler's lock (its thread may hold it for a whole bulk item); the
+        item still takes the urgent lane for its completion check, where queueing it again is a
+        no-op (the journal's key). A failure here leaves the job to the lane."""
         try:
-            self._instance(item)
-            return True
-        except Exception as exc:  # boundary: the ingest must still answer; the lane retries it
+            series = self.journal.series(item.header.series_uid)
+            rule = self.routes.get(series.route or "") if series is not None else None
+            if series is None or rule is None or rule.mode != "instance" or series.state == "unrouted":
+                return
+            self._enqueue(series, rule, item.header.sop_instance_uid, series.revision)
+        except Exception as exc:  # boundary: the ingest must still answer; the lane queues it
             log.warning("assembly_on_arrival_failed", error_type=type(exc).__name__, error=str(exc)[:200])
-            return False
-        finally:
-            self._lock.release()
 
     def on_release(self, item: AssociationReleased) -> None:
         with self._wake:
