@@ -261,6 +261,8 @@ def main() -> int:
     ap.add_argument("--interval", type=float, default=0.25, help="seconds between LGE slices (default 0.25)")
     ap.add_argument("--model", choices=("auto", "lge_qa", "brightness"), default="auto",
                     help="streaming model: lge_qa with the demo weights when present (auto), or the test model")
+    ap.add_argument("--backend", choices=("bundled", "inprocess"), default="bundled",
+                    help="lge_qa's backend: conf/models.yaml's (onnxruntime, default) or in-process torch")
     ap.add_argument("--load-route", choices=("series", "none"), default="series",
                     help="analyse the load series (series SR, default) or leave them unrouted (ingest only)")
     args = ap.parse_args()
@@ -296,7 +298,8 @@ def main() -> int:
                                "outputs": ["sr"], "destinations": ["pacs"], "quiet_s": 60})
             models: dict[str, Any] = {"brightness": {}}
             if model == "lge_qa":
-                models["lge_qa"] = {"weights": str(DEMO_WEIGHTS), "options": {"threshold": 1e-6}}
+                models["lge_qa"] = {"weights": str(DEMO_WEIGHTS), "options": {"threshold": 1e-6},
+                                    "backend": _lge_backend(args.backend)}
             cfg = write_config(
                 work / "conf", port=port, routes=routes, models=models,
                 destinations=[{"kind": "dicom", "name": "pacs", "host": "127.0.0.1", "port": pacs_port,
@@ -315,7 +318,7 @@ def main() -> int:
             stream = LgeStream(port, args.size, args.interval, psir=model == "lge_qa")
 
             print(f"phase 1, unloaded: {args.unloaded} LGE slices, one every {args.interval} s "
-                  f"(model {model})", flush=True)
+                  f"(model {model}, backend {args.backend})", flush=True)
             stream.run("unloaded", n=args.unloaded)
             _wait_alerts(watch, stream, "unloaded")
 
@@ -412,6 +415,19 @@ def main() -> int:
             pacs.stop()
     print(f"\nmachine: {machine_note()}; total {time.monotonic() - t_start:.0f} s")
     return 0
+
+
+def _lge_backend(which: str) -> Any:
+    """lge_qa's `backend:` entry as conf/models.yaml ships it (its paths made absolute), or in process."""
+    if which == "inprocess":
+        return "inprocess"
+    import yaml
+
+    entry = yaml.safe_load((REPO / "conf" / "models.yaml").read_text(encoding="utf-8"))["models"]["lge_qa"]
+    backend = dict(entry.get("backend") or {"kind": "inprocess"})
+    if backend.get("model_file"):
+        backend["model_file"] = str((REPO / "conf" / backend["model_file"]).resolve())
+    return backend
 
 
 def _print_settle(journal: Path) -> None:

@@ -175,6 +175,9 @@ class Worker(_Strict):
     max_decoded_job_bytes: int = Field(default=4 << 30, gt=0)
     isolation: Literal["thread", "process"] = "thread"  # process: inference in worker processes
     processes: int = Field(default=1, ge=1)  # general worker processes, beside the streaming one
+    # the streaming worker process's niceness: below 0 it takes the CPU ahead of the listener and
+    # the series work under a burst (needs root or CAP_SYS_NICE; refused: logged, runs at 0)
+    streaming_nice: int = Field(default=-5, ge=-20, le=19)
     rss_budget_bytes: int = Field(default=2 << 30, gt=0)  # a worker process above this is replaced
     job_timeout_s: float = Field(default=300.0, gt=0)  # a job running longer: its process is replaced
     stop_grace_s: float = Field(default=10.0, gt=0)  # worker processes still alive after it are killed

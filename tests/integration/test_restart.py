@@ -225,6 +225,15 @@ class TestWorkerProcesses:
                 pid_of_service = sidecar.proc.pid
                 wait_for(lambda: len(_worker_pids(pid_of_service)) == 2, 60, "two worker processes")
                 before = _worker_pids(pid_of_service)
+                # the streaming worker runs at worker.streaming_nice (-5) where the OS allows it
+                def nices() -> list[int]:
+                    return sorted(os.getpriority(os.PRIO_PROCESS, pid) for pid in before)
+
+                if os.geteuid() == 0:
+                    wait_for(lambda: nices() == [-5, 0], 30, "the streaming worker at niceness -5")
+                else:
+                    wait_for(lambda: "worker_priority_refused" in sidecar.log.read_text(), 30, "the refusal logged")
+                    assert nices() == [0, 0]
                 sent = storescu(files, sidecar.port, called_aet="SIDECAR")
                 assert sent.returncode == 0, sent.stderr
                 journal = _journal(cfg)
