@@ -30,7 +30,7 @@ from sidecar.app import Sidecar
 from sidecar.dicom.status import StoreStatus
 from sidecar.logging import configure_logging
 from sidecar.results.text import render_sr_text, summarize_sr
-from sidecar.settings import load_settings
+from sidecar.settings import absolute_model_paths, load_settings
 
 BUNDLED_CONF = Path(__file__).resolve().parent.parent / "conf"
 
@@ -110,12 +110,6 @@ def _sample(model_id: str) -> Callable[..., list[Dataset]] | None:
         return None
 
 
-def _absolute(entry: dict[str, object], key: str, bundled: Path) -> None:
-    value = entry.get(key)
-    if isinstance(value, str) and value and not Path(value).is_absolute():
-        entry[key] = str((bundled / value).resolve())
-
-
 def write_demo_config(folder: Path, pacs: PacsStandIn, bundled: Path = BUNDLED_CONF) -> Path:
     """Copy the bundled conf/ with the demo's ports, data folder and destination."""
     conf = folder / "conf"
@@ -132,15 +126,10 @@ def write_demo_config(folder: Path, pacs: PacsStandIn, bundled: Path = BUNDLED_C
     svc.setdefault("sender", {}).update({"echo_on_start": False, "poll_s": 0.1})
     (conf / "sidecar.yaml").write_text(yaml.safe_dump(svc))
     models = yaml.safe_load((conf / "models.yaml").read_text()) or {}
-    for entry in (models.get("models") or {}).values():
-        if not entry:
-            continue
-        _absolute(entry, "weights", bundled)
-        backend = entry.get("backend")
-        if isinstance(backend, dict):  # the ONNX file(s), relative to the bundled conf/ like the weights
-            _absolute(backend, "model_file", bundled)
-            for network in (backend.get("networks") or {}).values():
-                _absolute(network, "model_file", bundled)
+    entries = models.get("models") or {}
+    for model_id, entry in entries.items():  # weights and ONNX files, relative to the bundled conf/
+        if entry:
+            entries[model_id] = absolute_model_paths(entry, bundled)
     (conf / "models.yaml").write_text(yaml.safe_dump(models))
     routes = yaml.safe_load((conf / "routes.yaml").read_text()) or {}
     for r in routes.get("routes") or []:

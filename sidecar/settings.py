@@ -421,6 +421,29 @@ _ENV_NESTED = {
 }
 
 
+def absolute_model_paths(entry: dict[str, Any], config_dir: Path) -> dict[str, Any]:
+    """A copy of one models.yaml entry with its files (weights, the backend's ONNX file or files)
+    made absolute against `config_dir`, so the entry can be written into a config elsewhere."""
+    def absolute(value: object) -> object:
+        if isinstance(value, str) and value and not Path(value).is_absolute():
+            return str((Path(config_dir) / value).resolve())
+        return value
+
+    out = dict(entry)
+    if "weights" in out:
+        out["weights"] = absolute(out["weights"])
+    backend = out.get("backend")
+    if isinstance(backend, dict):
+        backend = dict(backend)
+        if "model_file" in backend:
+            backend["model_file"] = absolute(backend["model_file"])
+        if isinstance(backend.get("networks"), dict):
+            backend["networks"] = {name: {**net, "model_file": absolute(net.get("model_file"))}
+                                   for name, net in backend["networks"].items()}
+        out["backend"] = backend
+    return out
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.exists():
         return {}

@@ -10,6 +10,7 @@ import pydicom
 import pytest
 import yaml
 
+from sidecar.settings import absolute_model_paths
 from tests.helpers.dcmtk import StoreSCP, storescu
 from tests.helpers.sidecar import running_sidecar, write_config
 from tests.helpers.validate import assert_valid_dicom
@@ -27,8 +28,7 @@ def _bundled_models() -> dict[str, Any]:
     entries = yaml.safe_load((CONF / "models.yaml").read_text())["models"]
     out = {}
     for model_id in MODELS:
-        entry = dict(entries[model_id])
-        entry["weights"] = str((CONF / entry["weights"]).resolve())
+        entry = absolute_model_paths(entries[model_id], CONF)  # weights and ONNX file: the bundled ones
         entry["options"] = {"torch_threads": 1}
         out[model_id] = entry
     return out
